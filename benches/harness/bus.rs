@@ -1,0 +1,114 @@
+//! The harness's own connection to a namespace, through Warren's `broker`
+//! crate: publishing jobs exactly as the observer does (persistent, with
+//! publisher confirms) when a scenario needs many jobs at once, and asking
+//! how many consumers a queue has.
+
+use std::time::{Duration, Instant};
+
+use broker::message::Job;
+use broker::topology::TopologySettings;
+use broker::{Broker, BrokerConfig, Names, Publisher};
+
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Jobs in flight at once while publishing a batch.
+const IN_FLIGHT: usize = 64;
+
+pub struct Bus {
+    runtime: tokio::runtime::Runtime,
+    broker: Option<Broker>,
+    publisher: Publisher,
+    names: Names,
+}
+
+impl Bus {
+    /// Connects to `url` and declares the namespace's topology (with the
+    /// default delivery limit, as the components do).
+    pub fn open(namespace: &str, url: &str) -> Bus {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let config = BrokerConfig {
+            url: url.to_string(),
+            names: Names::new(namespace),
+            settings: TopologySettings::default(),
+            max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
+        };
+        let (broker, publisher) = runtime.block_on(async {
+            let broker = Broker::open(&config, "warren-bench")
+                .await
+                .expect("the harness connects to the broker");
+            let publisher = broker.publisher().await.expect("publisher");
+            (broker, publisher)
+        });
+        Bus {
+            runtime,
+            broker: Some(broker),
+            publisher,
+            names: config.names,
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// A job for `commit` on `main` of `repo`, shaped like the observer's.
+    pub fn job(repo: &str, commit: &str) -> Job {
+        let mut job = Job::for_commit(repo, "main", commit);
+        job.subject = Some("benchmark commit".into());
+        job.author = Some("Warren Bench".into());
+        job
+    }
+
+    /// Publishes `jobs` to the jobs exchange, up to 64 awaiting their
+    /// confirm at once; returns when every one is confirmed.
+    pub fn publish(&self, jobs: &[Job]) -> Duration {
+        let started = Instant::now();
+        let exchange = self.names.jobs_exchange();
+        self.runtime.block_on(async {
+            for chunk in jobs.chunks(IN_FLIGHT) {
+                let mut set = tokio::task::JoinSet::new();
+                for job in chunk {
+                    let publisher = self.publisher.clone();
+                    let exchange = exchange.clone();
+                    let job = job.clone();
+                    set.spawn(async move { publisher.publish(&exchange, "", &job).await });
+                }
+                while let Some(done) = set.join_next().await {
+                    done.expect("publish task")
+                        .expect("the broker confirms the job");
+                }
+            }
+        });
+        started.elapsed()
+    }
+
+    /// (messages ready, consumers) of a queue.
+    pub fn queue_stats(&self, queue: &str) -> (u32, u32) {
+        let broker = self.broker.as_ref().expect("open");
+        self.runtime
+            .block_on(broker.queue_stats(queue))
+            .unwrap_or((0, 0))
+    }
+
+    /// Waits until the work queue has `consumers` consumers (runners ready).
+    pub fn wait_for_runners(&self, consumers: u32, within: Duration) {
+        let queue = self.names.work_queue();
+        crate::common::wait_for(
+            &format!("{consumers} runners consuming {queue}"),
+            within,
+            || (self.queue_stats(&queue).1 == consumers).then_some(()),
+        );
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            self.runtime.block_on(broker.close());
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The six scenarios of issue 7. Each adds rows and details to a
+//! [`Report`]; [`run`] also notes the load average and duration.
+
+pub mod api;
+pub mod failover;
+pub mod latency;
+pub mod overhead;
+pub mod resources;
+pub mod throughput;
+
+use std::time::Instant;
+
+use crate::harness::system::load_average;
+use crate::harness::{Report, Sizes};
+
+/// The scenarios by number, in the order of the issue.
+pub const ALL: [u8; 6] = [1, 2, 3, 4, 5, 6];
+
+/// Runs scenario `id`, printing its progress to stderr.
+pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
+    let title = report.section(id).title.clone();
+    eprintln!("scenario {id}: {title} …");
+    let load_before = load_average();
+    let clock = Instant::now();
+    match id {
+        1 => latency::run(sizes, report),
+        2 => overhead::run(sizes, report),
+        3 => throughput::run(sizes, report),
+        4 => failover::run(sizes, report),
+        5 => resources::run(sizes, report),
+        6 => api::run(sizes, report),
+        _ => panic!("no scenario {id}"),
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    let section = report.section(id);
+    section.load = (load_before, load_average());
+    section.seconds = seconds;
+    eprintln!("scenario {id}: done in {seconds:.1} s");
+}

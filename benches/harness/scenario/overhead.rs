@@ -1,0 +1,251 @@
+//! Scenario 2: the time a runner spends per job outside the test itself,
+//! with `true` as the test on a small repository, broken down from the
+//! runner's own timing lines:
+//!
+//! - announce: `started` event published and confirmed (job received →
+//!   "job running" logged),
+//! - fetch (the `cat-file` check, plus `git fetch` when the commit is new),
+//!   checkout and clean,
+//! - process: `sh -c true` spawned, waited for and its output drained,
+//! - result publish with confirm, and ack,
+//! - other: the rest (reading `.warren-test`, building the result, logging).
+//!
+//! "Total" runs from the job's receipt (`started_at_ms`) to the ack.
+
+use std::time::Duration;
+
+use crate::harness::bus::Bus;
+use crate::harness::fixture::{Setup, Warren};
+use crate::harness::logs::Line;
+use crate::harness::report::{breakdown_table, Row, Target, Unit};
+use crate::harness::repos::{add_commits, commit_now, location, small_repo};
+use crate::harness::stats::median;
+use crate::harness::{Report, Sizes};
+
+/// Reads one part of a job's time.
+type Part = fn(&Parts) -> f64;
+
+/// One job's parts, in milliseconds.
+#[derive(Debug, Clone, Default)]
+struct Parts {
+    announce: f64,
+    fetch: f64,
+    checkout: f64,
+    clean: f64,
+    process: f64,
+    publish: f64,
+    ack: f64,
+    total: f64,
+    finished_at: f64,
+}
+
+impl Parts {
+    fn other(&self) -> f64 {
+        self.total
+            - (self.announce
+                + self.fetch
+                + self.checkout
+                + self.clean
+                + self.process
+                + self.publish
+                + self.ack)
+    }
+}
+
+fn parts_of(id: &str, lines: &[Line], started_at_ms: f64) -> Option<Parts> {
+    let find = |message: &str| lines.iter().find(|l| l.is(message, id));
+    let running = find("job running")?;
+    let checkout = find("checkout timings")?;
+    let test = find("test timings")?;
+    let finished = find("job finished")?;
+    Some(Parts {
+        announce: running.at_ms - started_at_ms,
+        fetch: checkout.number("fetch_ms")?,
+        checkout: checkout.number("checkout_ms")?,
+        clean: checkout.number("clean_ms")?,
+        process: test.number("test_ms")?,
+        publish: finished.number("publish_ms")?,
+        ack: finished.number("ack_ms")?,
+        total: finished.at_ms - started_at_ms,
+        finished_at: finished.at_ms,
+    })
+}
+
+fn table(parts: &[Parts]) -> String {
+    let column = |f: fn(&Parts) -> f64| parts.iter().map(f).collect::<Vec<f64>>();
+    breakdown_table(
+        Unit::Ms,
+        &[
+            (
+                "announce (`started` event, confirmed)",
+                column(|p| p.announce),
+            ),
+            (
+                "fetch (object check, `git fetch` if new)",
+                column(|p| p.fetch),
+            ),
+            (
+                "checkout (`git checkout --force --detach`)",
+                column(|p| p.checkout),
+            ),
+            ("clean (`git clean -ffdxq`)", column(|p| p.clean)),
+            (
+                "process start (`sh -c true`, waited, drained)",
+                column(|p| p.process),
+            ),
+            ("result publish with confirm", column(|p| p.publish)),
+            ("ack", column(|p| p.ack)),
+            ("other", column(Parts::other)),
+            ("**total: job received → acked**", column(|p| p.total)),
+        ],
+    )
+}
+
+/// What starting a process costs on this machine: the median of `n` runs
+/// of `program args` (spawned, waited for), in ms.
+fn process_start_ms(program: &str, args: &[&str], n: usize) -> f64 {
+    let samples: Vec<f64> = (0..n)
+        .map(|_| {
+            let clock = std::time::Instant::now();
+            let _ = std::process::Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status();
+            clock.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    median(&samples)
+}
+
+pub fn run(sizes: &Sizes, report: &mut Report) {
+    let git_start = process_start_ms("git", &["--version"], 30);
+    let sh_start = process_start_ms("sh", &["-c", "true"], 30);
+    report.fact("machine.git_start_ms", git_start);
+    report.fact("machine.sh_start_ms", sh_start);
+    let warren = Warren::start("bench-overhead", Setup::new(1, "true"));
+    let repo = small_repo(&warren.scratch.join("repo"));
+    let repo_location = location(&repo.path);
+
+    // Warm-up: the runner clones the repository.
+    let head = crate::common::git(&repo.path, &["rev-parse", "HEAD"]);
+    let warmup = Bus::job(&repo_location, &head);
+    warren.bus.publish(std::slice::from_ref(&warmup));
+    warren.wait_recorded(std::slice::from_ref(&warmup.id), Duration::from_secs(60));
+
+    // A: one job at a time, each for a new commit the runner must fetch.
+    let mut fetched_ids = Vec::new();
+    for i in 0..sizes.overhead_fetch {
+        let (commit, _) = commit_now(&repo, &format!("overhead {i}"));
+        let job = Bus::job(&repo_location, &commit);
+        warren.bus.publish(std::slice::from_ref(&job));
+        warren.wait_recorded(std::slice::from_ref(&job.id), Duration::from_secs(60));
+        fetched_ids.push(job.id);
+    }
+
+    // B: jobs queued at once for commits made together; the first job
+    // fetches them all, the others find their commit present.
+    let commits = add_commits(&repo.path, sizes.overhead_warm + 1, "warm");
+    let jobs: Vec<_> = commits
+        .iter()
+        .map(|c| Bus::job(&repo_location, c))
+        .collect();
+    warren.bus.publish(&jobs);
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    warren.wait_recorded(&ids, Duration::from_secs(120));
+
+    let lines = warren.all_runner_lines();
+    let api = warren.api_jobs();
+    let started = |id: &str| {
+        api.get(id)
+            .and_then(|j| j["started_at_ms"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let fetched: Vec<Parts> = fetched_ids
+        .iter()
+        .filter_map(|id| parts_of(id, &lines, started(id)))
+        .collect();
+    let mut warm: Vec<Parts> = ids
+        .iter()
+        .filter_map(|id| parts_of(id, &lines, started(id)))
+        .collect();
+    warm.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
+    // Back to back: from one job's ack to the next one's (the whole cycle,
+    // including the next delivery after the ack: prefetch is 1).
+    let cycle: Vec<f64> = warm
+        .windows(2)
+        .map(|w| w[1].finished_at - w[0].finished_at)
+        .collect();
+    let warm_fetched_all = if warm.is_empty() {
+        None
+    } else {
+        Some(warm.remove(0))
+    };
+
+    for (mode, parts) in [("fetch", &fetched), ("warm", &warm)] {
+        let medians: [(&str, Part); 9] = [
+            ("announce", |p| p.announce),
+            ("fetch", |p| p.fetch),
+            ("checkout", |p| p.checkout),
+            ("clean", |p| p.clean),
+            ("process", |p| p.process),
+            ("publish", |p| p.publish),
+            ("ack", |p| p.ack),
+            ("other", Parts::other),
+            ("total", |p| p.total),
+        ];
+        for (name, f) in medians {
+            let values: Vec<f64> = parts.iter().map(f).collect();
+            report.fact(&format!("overhead.{mode}.{name}"), median(&values));
+        }
+    }
+    let target = || Target::median_at_most(30.0, "≤ 30 ms median");
+    report.add(
+        2,
+        Row::new(
+            "per-job overhead, each job a new commit (fetch)",
+            Unit::Ms,
+            fetched.iter().map(|p| p.total).collect(),
+        )
+        .target(target()),
+    );
+    report.add(
+        2,
+        Row::new(
+            "per-job overhead, commit already fetched",
+            Unit::Ms,
+            warm.iter().map(|p| p.total).collect(),
+        )
+        .target(target()),
+    );
+    report.add(
+        2,
+        Row::new(
+            "back-to-back cycle per job (ack to next ack), queue full",
+            Unit::Ms,
+            cycle,
+        ),
+    );
+    report.detail(
+        2,
+        &format!(
+            "One runner, test command `true`, a small repository (~20 files). \
+             **A** — {} jobs one at a time, each for a new commit (`git commit`, then the job \
+             published), so every job fetches:\n\n{}\n\
+             **B** — {} jobs queued at once for commits the runner already fetched \
+             (the first job of the batch, which fetched them all, is left out{}):\n\n{}\n\
+             For scale, on this machine starting a process and waiting for it costs \
+             {git_start:.1} ms for `git --version` and {sh_start:.1} ms for `sh -c true` \
+             (medians of 30, from the harness).",
+            fetched.len(),
+            table(&fetched),
+            warm.len(),
+            warm_fetched_all
+                .map(|p| format!(
+                    "; it took {:.1} ms in total, {:.1} ms of it fetching",
+                    p.total, p.fetch
+                ))
+                .unwrap_or_default(),
+            table(&warm),
+        ),
+    );
+}

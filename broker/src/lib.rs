@@ -1,0 +1,62 @@
+//! The one crate that knows RabbitMQ.
+//!
+//! Every other Warren crate talks to the broker only through this one: the
+//! names of exchanges and queues ([`Names`]), their declaration
+//! ([`topology`]), the messages that travel on them ([`message`]),
+//! connecting with retry ([`connect`]) and publishing with confirms
+//! ([`Publisher`]). Keeping it in one place means the topology the code
+//! declares, the definitions file compose loads and the tests all agree.
+
+pub mod connect;
+pub mod consume;
+pub mod message;
+mod names;
+mod publisher;
+pub mod topology;
+
+pub use connect::{connect_with_retry, delete_namespace, redact_url, Broker, BrokerConfig};
+pub use consume::{dead_letter, header_string, Incoming};
+pub use lapin::message::Delivery;
+pub use lapin::Consumer;
+pub use names::Names;
+pub use publisher::Publisher;
+
+/// Errors from talking to RabbitMQ, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{context}: {source}")]
+    Amqp {
+        context: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker refused the message published to {exchange:?} (nack)")]
+    Nacked { exchange: String },
+    #[error("invalid AMQP URL: {0}")]
+    InvalidUrl(String),
+    #[error("{0}")]
+    TopologyMismatch(String),
+    #[error("timed out {0}")]
+    Timeout(String),
+    #[error("the connection to the broker was lost")]
+    ConnectionLost,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl BrokerError {
+    pub(crate) fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let context = context.into();
+        move |source| BrokerError::Amqp { context, source }
+    }
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch: the one clock format in messages.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

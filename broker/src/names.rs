@@ -1,0 +1,121 @@
+//! Names of every exchange and queue, all under one namespace.
+//!
+//! Two deployments (or two tests) that use different namespaces share a
+//! broker without seeing each other's messages.
+
+/// The names of a namespace's exchanges and queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    namespace: String,
+}
+
+impl Names {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Names {
+            namespace: namespace.into(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}.{}", self.namespace, suffix)
+    }
+
+    /// Fanout exchange the observer (and `trigger`/`rerun`) publish jobs to.
+    pub fn jobs_exchange(&self) -> String {
+        self.name("jobs")
+    }
+    /// Topic exchange for runner events (`started`, `heartbeat`).
+    pub fn events_exchange(&self) -> String {
+        self.name("events")
+    }
+    /// Topic exchange for results, routing key `result.<outcome>`.
+    pub fn results_exchange(&self) -> String {
+        self.name("results")
+    }
+    /// Fanout exchange the dispatcher uses to tell runners to stop a job.
+    pub fn control_exchange(&self) -> String {
+        self.name("control")
+    }
+    /// Fanout dead-letter exchange: poison jobs and malformed messages.
+    pub fn dead_letter_exchange(&self) -> String {
+        self.name("dead")
+    }
+
+    /// The work queue runners compete on (quorum, delivery limit).
+    pub fn work_queue(&self) -> String {
+        self.name("jobs")
+    }
+    /// Dead letters kept for people to inspect (bounded).
+    pub fn dead_letter_queue(&self) -> String {
+        self.name("dead")
+    }
+    /// The dispatcher's copy of every job, to show it as queued.
+    pub fn dispatcher_jobs_queue(&self) -> String {
+        self.name("dispatcher.jobs")
+    }
+    /// Runner events for the dispatcher (attempts, leases).
+    pub fn dispatcher_events_queue(&self) -> String {
+        self.name("dispatcher.events")
+    }
+    /// Results for the dispatcher to record.
+    pub fn dispatcher_results_queue(&self) -> String {
+        self.name("dispatcher.results")
+    }
+    /// Dead letters for the dispatcher to record poison jobs as `error`.
+    pub fn dispatcher_dead_queue(&self) -> String {
+        self.name("dispatcher.dead")
+    }
+
+    /// Every durable queue of the namespace, for clean-up and definitions.
+    pub fn all_queues(&self) -> Vec<String> {
+        vec![
+            self.work_queue(),
+            self.dead_letter_queue(),
+            self.dispatcher_jobs_queue(),
+            self.dispatcher_events_queue(),
+            self.dispatcher_results_queue(),
+            self.dispatcher_dead_queue(),
+        ]
+    }
+
+    /// Every exchange of the namespace.
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![
+            self.jobs_exchange(),
+            self.events_exchange(),
+            self.results_exchange(),
+            self.control_exchange(),
+            self.dead_letter_exchange(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_starts_with_the_namespace() {
+        let names = Names::new("team-a");
+        for name in names
+            .all_queues()
+            .iter()
+            .chain(names.all_exchanges().iter())
+        {
+            assert!(name.starts_with("team-a."), "{name}");
+        }
+    }
+
+    #[test]
+    fn queue_names_are_distinct() {
+        let names = Names::new("w");
+        let mut queues = names.all_queues();
+        queues.sort();
+        queues.dedup();
+        assert_eq!(queues.len(), names.all_queues().len());
+    }
+}

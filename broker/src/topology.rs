@@ -1,0 +1,342 @@
+//! The exchanges, queues and bindings of a namespace, declared idempotently.
+//!
+//! One [`Topology`] value describes everything; [`declare`] applies it to the
+//! broker and [`Topology::definitions`] renders it in RabbitMQ's definitions
+//! format, so the file compose loads can be checked against the code.
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use serde_json::{json, Value};
+
+use crate::{BrokerError, Names, Result};
+
+/// Default number of deliveries after which a job that keeps killing its
+/// runner is dead-lettered (the quorum queue's `x-delivery-limit`).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 3;
+
+/// How many dead letters are kept for inspection before the oldest go.
+pub const DEAD_LETTER_QUEUE_MAX: i64 = 10_000;
+
+/// Settings that change the declared arguments. Every component of one
+/// deployment must use the same values, or the broker refuses the declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologySettings {
+    pub delivery_limit: u32,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        TopologySettings {
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Fanout,
+    Topic,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Fanout => "fanout",
+            Kind::Topic => "topic",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Queue arguments; values are strings or integers.
+    pub arguments: Vec<(&'static str, Value)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindingSpec {
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+}
+
+/// Everything a namespace declares.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
+}
+
+impl Topology {
+    pub fn new(names: &Names, settings: TopologySettings) -> Self {
+        let exchange = |name: String, kind| ExchangeSpec { name, kind };
+        let quorum = |name: String, extra: Vec<(&'static str, Value)>| {
+            let mut arguments = vec![("x-queue-type", json!("quorum"))];
+            arguments.extend(extra);
+            QueueSpec { name, arguments }
+        };
+        let bind = |exchange: String, queue: String, routing_key: &str| BindingSpec {
+            exchange,
+            queue,
+            routing_key: routing_key.to_string(),
+        };
+        Topology {
+            exchanges: vec![
+                exchange(names.jobs_exchange(), Kind::Fanout),
+                exchange(names.events_exchange(), Kind::Topic),
+                exchange(names.results_exchange(), Kind::Topic),
+                exchange(names.control_exchange(), Kind::Fanout),
+                exchange(names.dead_letter_exchange(), Kind::Fanout),
+            ],
+            queues: vec![
+                quorum(
+                    names.work_queue(),
+                    vec![
+                        ("x-delivery-limit", json!(settings.delivery_limit)),
+                        (
+                            "x-dead-letter-exchange",
+                            json!(names.dead_letter_exchange()),
+                        ),
+                    ],
+                ),
+                quorum(
+                    names.dead_letter_queue(),
+                    vec![
+                        ("x-max-length", json!(DEAD_LETTER_QUEUE_MAX)),
+                        ("x-overflow", json!("drop-head")),
+                    ],
+                ),
+                quorum(names.dispatcher_jobs_queue(), vec![]),
+                quorum(names.dispatcher_events_queue(), vec![]),
+                quorum(names.dispatcher_results_queue(), vec![]),
+                quorum(names.dispatcher_dead_queue(), vec![]),
+            ],
+            bindings: vec![
+                bind(names.jobs_exchange(), names.work_queue(), ""),
+                bind(names.jobs_exchange(), names.dispatcher_jobs_queue(), ""),
+                bind(
+                    names.events_exchange(),
+                    names.dispatcher_events_queue(),
+                    "#",
+                ),
+                bind(
+                    names.results_exchange(),
+                    names.dispatcher_results_queue(),
+                    "#",
+                ),
+                bind(names.dead_letter_exchange(), names.dead_letter_queue(), ""),
+                bind(
+                    names.dead_letter_exchange(),
+                    names.dispatcher_dead_queue(),
+                    "",
+                ),
+            ],
+        }
+    }
+
+    /// The topology in RabbitMQ's definitions format (`vhost` is the
+    /// virtual host the definitions are loaded into).
+    pub fn definitions(&self, vhost: &str) -> Value {
+        let exchanges: Vec<Value> = self
+            .exchanges
+            .iter()
+            .map(|e| {
+                json!({
+                    "name": e.name, "vhost": vhost, "type": e.kind.as_str(),
+                    "durable": true, "auto_delete": false, "internal": false, "arguments": {}
+                })
+            })
+            .collect();
+        let queues: Vec<Value> = self
+            .queues
+            .iter()
+            .map(|q| {
+                let arguments: serde_json::Map<String, Value> = q
+                    .arguments
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                json!({
+                    "name": q.name, "vhost": vhost, "durable": true,
+                    "auto_delete": false, "arguments": arguments
+                })
+            })
+            .collect();
+        let bindings: Vec<Value> = self
+            .bindings
+            .iter()
+            .map(|b| {
+                json!({
+                    "source": b.exchange, "vhost": vhost, "destination": b.queue,
+                    "destination_type": "queue", "routing_key": b.routing_key, "arguments": {}
+                })
+            })
+            .collect();
+        json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings })
+    }
+}
+
+fn field_table(arguments: &[(&'static str, Value)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in arguments {
+        let value = match value {
+            Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
+            Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            other => AMQPValue::LongString(LongString::from(other.to_string())),
+        };
+        table.insert((*key).into(), value);
+    }
+    table
+}
+
+fn lapin_kind(kind: Kind) -> ExchangeKind {
+    match kind {
+        Kind::Fanout => ExchangeKind::Fanout,
+        Kind::Topic => ExchangeKind::Topic,
+    }
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+}
+
+/// Declares the whole topology. Idempotent: every component calls it at
+/// start-up (and after each reconnect), so any start order works.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
+    for exchange in &topology.exchanges {
+        channel
+            .exchange_declare(
+                exchange.name.as_str().into(),
+                lapin_kind(exchange.kind),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::amqp(format!(
+                "declaring exchange {}",
+                exchange.name
+            )))?;
+    }
+    for queue in &topology.queues {
+        channel
+            .queue_declare(
+                queue.name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                field_table(&queue.arguments),
+            )
+            .await
+            .map_err(|source| {
+                if is_precondition_failed(&source) {
+                    BrokerError::TopologyMismatch(format!(
+                        "queue {} exists with other arguments ({source}); use the same --delivery-limit everywhere, or delete the namespace with `warren topology --delete`",
+                        queue.name
+                    ))
+                } else {
+                    BrokerError::Amqp {
+                        context: format!("declaring queue {}", queue.name),
+                        source,
+                    }
+                }
+            })?;
+    }
+    for binding in &topology.bindings {
+        channel
+            .queue_bind(
+                binding.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::amqp(format!(
+                "binding {} to {}",
+                binding.queue, binding.exchange
+            )))?;
+    }
+    Ok(())
+}
+
+/// Deletes every queue and exchange of the namespace (tests, `warren
+/// topology --delete`). Missing ones are not an error.
+pub async fn delete(channel: &Channel, names: &Names) -> Result<()> {
+    for queue in names.all_queues() {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map_err(BrokerError::amqp(format!("deleting queue {queue}")))?;
+    }
+    for exchange in names.all_exchanges() {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(BrokerError::amqp(format!("deleting exchange {exchange}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_queue_is_quorum_with_delivery_limit_and_dead_letters() {
+        let names = Names::new("t");
+        let topology = Topology::new(&names, TopologySettings { delivery_limit: 5 });
+        let work = topology
+            .queues
+            .iter()
+            .find(|q| q.name == "t.jobs")
+            .expect("work queue");
+        assert!(work.arguments.contains(&("x-queue-type", json!("quorum"))));
+        assert!(work.arguments.contains(&("x-delivery-limit", json!(5))));
+        assert!(work
+            .arguments
+            .contains(&("x-dead-letter-exchange", json!("t.dead"))));
+    }
+
+    #[test]
+    fn definitions_list_every_queue_exchange_and_binding() {
+        let names = Names::new("t");
+        let topology = Topology::new(&names, TopologySettings::default());
+        let defs = topology.definitions("/");
+        assert_eq!(
+            defs["queues"].as_array().map(Vec::len),
+            Some(names.all_queues().len())
+        );
+        assert_eq!(
+            defs["exchanges"].as_array().map(Vec::len),
+            Some(names.all_exchanges().len())
+        );
+        assert_eq!(
+            defs["bindings"].as_array().map(Vec::len),
+            Some(topology.bindings.len())
+        );
+    }
+
+    #[test]
+    fn every_bound_queue_and_exchange_is_declared() {
+        let topology = Topology::new(&Names::new("t"), TopologySettings::default());
+        for b in &topology.bindings {
+            assert!(topology.queues.iter().any(|q| q.name == b.queue));
+            assert!(topology.exchanges.iter().any(|e| e.name == b.exchange));
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The HTTP face of the dispatcher: the JSON API that the CLI and the
+//! dashboard read, metrics and health checks (the pages are in dashboard.rs).
+
+// Handlers return ready-made error responses; boxing them buys nothing.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use broker::message::{
+    job_id, validate_branch, validate_commit, validate_repo, Job, SCHEMA_VERSION,
+};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{JobQuery, JobRecord, Store};
+use crate::BrokerSlot;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub broker: BrokerSlot,
+    /// Every job change, for `/api/events`.
+    pub updates: tokio::sync::broadcast::Sender<JobRecord>,
+    /// Required (as `Authorization: Bearer …`) by rerun and trigger, if set.
+    pub api_token: Option<String>,
+    pub heartbeat: Duration,
+    pub management_url: String,
+}
+
+impl AppState {
+    fn broker(&self) -> Option<Arc<broker::Broker>> {
+        self.broker.read().ok().and_then(|slot| slot.clone())
+    }
+
+    /// Runners seen within three heartbeats (and at least 10 s) are online.
+    pub fn online_within_ms(&self) -> i64 {
+        (self.heartbeat.as_millis() as i64 * 3).max(10_000)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/jobs", get(list_jobs))
+        .route("/api/jobs/{id}", get(show_job))
+        .route("/api/jobs/{id}/log", get(job_log))
+        .route("/api/jobs/{id}/rerun", post(rerun))
+        .route("/api/trigger", post(trigger))
+        .route("/api/runners", get(list_runners))
+        .route("/api/queue", get(queue))
+        .route("/api/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .merge(crate::dashboard::routes())
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Checks the API token for actions that change state.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &state.api_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let matches = given.is_some_and(|given| {
+        // Compare in constant time.
+        given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this action needs the API token (Authorization: Bearer …)",
+        ))
+    }
+}
+
+/// Publishes a job to the jobs exchange (confirmed).
+async fn publish_job(state: &AppState, job: &Job) -> Result<(), Response> {
+    let broker = state.broker().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker; try again",
+        )
+    })?;
+    let publisher = broker
+        .publisher()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    publisher
+        .publish(&broker.names().jobs_exchange(), "", job)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let stored = job.clone();
+    state
+        .store
+        .call(move |s| s.record_queued(&stored))
+        .await
+        .map_err(internal)?;
+    tracing::info!(job = %job.id, commit = %job.commit, branch = %job.branch, "job queued by hand");
+    Ok(())
+}
+
+/// `POST /api/jobs/{id}/rerun`: the same commit again, as a new job.
+async fn rerun(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let original = match find_job(&state.store, id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such job"),
+        Err(response) => return response,
+    };
+    let mut job = original.to_job();
+    job.id = job_id(
+        &job.repo,
+        &job.branch,
+        &job.commit,
+        &format!("rerun-{}", broker::now_ms()),
+    );
+    job.enqueued_at_ms = broker::now_ms();
+    if let Err(response) = publish_job(&state, &job).await {
+        return response;
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": job.id, "rerun_of": original.id })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TriggerRequest {
+    /// A full commit id, or a branch name to resolve.
+    target: String,
+    /// The branch to file the job under (default: the target if it is a
+    /// branch, else the newest job's branch for the repository).
+    branch: Option<String>,
+    /// Default: the repository of the newest job.
+    repo: Option<String>,
+}
+
+/// `POST /api/trigger`: enqueue a job by hand (like a forced build).
+async fn trigger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<TriggerRequest>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let newest = match state
+        .store
+        .call(|s| {
+            s.jobs(&JobQuery {
+                limit: 1,
+                ..Default::default()
+            })
+        })
+        .await
+    {
+        Ok(jobs) => jobs.into_iter().next(),
+        Err(err) => return internal(err),
+    };
+    let Some(repo) = request
+        .repo
+        .clone()
+        .or_else(|| newest.as_ref().map(|j| j.repo.clone()))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no repository known yet; pass repo",
+        );
+    };
+    if let Err(e) = validate_repo(&repo) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let target = request.target.trim().to_string();
+    let (commit, branch) = if validate_commit(&target).is_ok() {
+        let branch = request
+            .branch
+            .clone()
+            .or_else(|| {
+                newest
+                    .as_ref()
+                    .filter(|j| j.repo == repo)
+                    .map(|j| j.branch.clone())
+            })
+            .unwrap_or_else(|| "main".to_string());
+        (target, branch)
+    } else {
+        if let Err(e) = validate_branch(&target) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("target is neither a full commit id nor a branch: {e}"),
+            );
+        }
+        let reference = format!("refs/heads/{target}");
+        let listed = match git::run_in(None, &["ls-remote", "--", &repo, &reference]).await {
+            Ok(listed) => listed,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("cannot read {repo}: {e}")),
+        };
+        let Some(commit) = listed
+            .split_whitespace()
+            .next()
+            .filter(|c| validate_commit(c).is_ok())
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no branch {target:?} in {repo}"),
+            );
+        };
+        (commit.to_string(), request.branch.clone().unwrap_or(target))
+    };
+    if let Err(e) = validate_branch(&branch) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let job = Job {
+        v: SCHEMA_VERSION,
+        id: job_id(
+            &repo,
+            &branch,
+            &commit,
+            &format!("manual-{}", broker::now_ms()),
+        ),
+        repo,
+        branch,
+        commit,
+        enqueued_at_ms: broker::now_ms(),
+        subject: None,
+        author: None,
+    };
+    if let Err(response) = publish_job(&state, &job).await {
+        return response;
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": job.id, "commit": job.commit, "branch": job.branch })),
+    )
+        .into_response()
+}
+
+/// `GET /api/queue`: the work queue's depth and consumers, and dead letters.
+async fn queue(State(state): State<AppState>) -> Response {
+    let Some(broker) = state.broker() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker",
+        );
+    };
+    let names = broker.names().clone();
+    let work = broker.queue_stats(&names.work_queue()).await;
+    let dead = broker.queue_stats(&names.dead_letter_queue()).await;
+    match (work, dead) {
+        (Ok((depth, consumers)), Ok((dead_letters, _))) => Json(serde_json::json!({
+            "queue": names.work_queue(),
+            "depth": depth,
+            "consumers": consumers,
+            "dead_letter_queue": names.dead_letter_queue(),
+            "dead_letters": dead_letters,
+            "management_ui": broker::redact_url(&state.management_url).replace(":***@", "@"),
+        }))
+        .into_response(),
+        (Err(e), _) | (_, Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /api/events`: server-sent events, one `job` event per change.
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut updates = state.updates.subscribe();
+    let stream = async_stream(move |yielder| async move {
+        loop {
+            match updates.recv().await {
+                Ok(job) => {
+                    let data = serde_json::to_string(&JobView::from(job)).unwrap_or_default();
+                    if yielder
+                        .send(Ok(SseEvent::default().event("job").data(data)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow a client: tell it to reload.
+                    let _ = yielder
+                        .send(Ok(SseEvent::default().event("reload").data("{}")))
+                        .await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<T, F, Fut>(produce: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(produce(tx));
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let online = state.online_within_ms();
+    match state
+        .store
+        .call(move |s| crate::metrics::render(s, online))
+        .await
+    {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(err) => internal(err),
+    }
+}
+
+/// A job in the API: the record plus readable times.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub record: JobRecord,
+    pub enqueued_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub log_url: String,
+}
+
+pub fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let ms = u64::try_from(ms?).ok()?;
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    Some(humantime::format_rfc3339_millis(time).to_string())
+}
+
+impl From<JobRecord> for JobView {
+    fn from(record: JobRecord) -> Self {
+        JobView {
+            enqueued_at: rfc3339(record.enqueued_at_ms),
+            started_at: rfc3339(record.started_at_ms),
+            finished_at: rfc3339(record.finished_at_ms),
+            log_url: format!("/api/jobs/{}/log", record.id),
+            record,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    pub status: Option<String>,
+    pub branch: Option<String>,
+    pub before: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+pub fn internal(err: impl std::fmt::Display) -> Response {
+    tracing::error!("API: {err}");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+}
+
+pub async fn query_jobs(store: &Store, params: ListParams) -> Result<Vec<JobView>, Response> {
+    let query = JobQuery {
+        status: params.status.filter(|s| !s.is_empty()),
+        branch: params.branch.filter(|s| !s.is_empty()),
+        before: params.before,
+        limit: params.limit.unwrap_or(50),
+    };
+    let jobs = store
+        .call(move |s| s.jobs(&query))
+        .await
+        .map_err(internal)?;
+    Ok(jobs.into_iter().map(JobView::from).collect())
+}
+
+async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListParams>) -> Response {
+    match query_jobs(&state.store, params).await {
+        Ok(jobs) => Json(jobs).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Finds a job by id, or by full or abbreviated commit (newest job first).
+pub async fn find_job(store: &Store, key: String) -> Result<Option<JobRecord>, Response> {
+    store
+        .call(move |s| {
+            if let Some(job) = s.job(&key)? {
+                return Ok(Some(job));
+            }
+            s.job_by_commit(&key)
+        })
+        .await
+        .map_err(internal)
+}
+
+async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match find_job(&state.store, id).await {
+        Ok(Some(job)) => Json(JobView::from(job)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn job_log(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let job = match find_job(&state.store, id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+        Err(response) => return response,
+    };
+    let text = match state.store.log_path(&job.id) {
+        Some(path) => tokio::fs::read_to_string(path).await.unwrap_or_default(),
+        None => String::new(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
+/// A runner in the API: the record plus whether it is online.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnerView {
+    #[serde(flatten)]
+    pub record: crate::store::RunnerRecord,
+    pub online: bool,
+    pub last_seen: Option<String>,
+}
+
+pub async fn runner_views(state: &AppState) -> Result<Vec<RunnerView>, Response> {
+    let runners = state.store.call(|s| s.runners()).await.map_err(internal)?;
+    let cutoff = broker::now_ms() as i64 - state.online_within_ms();
+    Ok(runners
+        .into_iter()
+        .map(|record| RunnerView {
+            online: record.last_seen_ms >= cutoff,
+            last_seen: rfc3339(Some(record.last_seen_ms)),
+            record,
+        })
+        .collect())
+}
+
+async fn list_runners(State(state): State<AppState>) -> Response {
+    match runner_views(&state).await {
+        Ok(runners) => Json(runners).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let broker = state.broker().is_some_and(|b| b.is_connected());
+    let store = state
+        .store
+        .call(|s| Ok(s.writable()))
+        .await
+        .unwrap_or(false);
+    let body = serde_json::json!({ "broker_connected": broker, "store_writable": store });
+    let status = if broker && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

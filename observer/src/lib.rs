@@ -1,0 +1,161 @@
+//! The observer: watches one repository and turns every new commit on a
+//! watched branch into one job, oldest first.
+//!
+//! It remembers the last published commit per branch in a state file, and
+//! writes it only after the broker confirmed the publish, so a restart
+//! neither skips nor repeats a commit (and job ids are stable, so even a
+//! publish repeated after a crash between confirm and write is recorded
+//! once).
+
+mod source;
+mod state;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::message::{validate_branch, Job};
+use broker::{Broker, BrokerConfig, Publisher};
+use tokio_util::sync::CancellationToken;
+
+pub use source::RepoSource;
+pub use state::{State, StateError};
+
+/// Everything the observer needs.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    pub broker: BrokerConfig,
+    /// A local path or a git URL.
+    pub repo: String,
+    /// Branches to watch; empty means the repository's HEAD branch.
+    pub branches: Vec<String>,
+    pub interval: Duration,
+    pub state_file: PathBuf,
+}
+
+/// Runs the observer until `shutdown` fires.
+pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state_file = config.state_file.clone();
+    let mut state = State::load(&state_file)?;
+    let source = RepoSource::open(&config.repo, &state_file).await?;
+    state.check_repo(source.location())?;
+    let branches = if config.branches.is_empty() {
+        vec![source
+            .head_branch()
+            .await
+            .context("finding the repository's HEAD branch")?]
+    } else {
+        config.branches.clone()
+    };
+    for branch in &branches {
+        validate_branch(branch).map_err(|e| anyhow::anyhow!("--branch {branch:?}: {e}"))?;
+    }
+    tracing::info!(
+        repo = source.location(),
+        branches = ?branches,
+        interval_secs = config.interval.as_secs_f64(),
+        "observer started"
+    );
+
+    let connection_name = format!("warren-observer-{}", std::process::id());
+    let mut session: Option<(Broker, Publisher)> = None;
+    while !shutdown.is_cancelled() {
+        if session.is_none() {
+            let broker =
+                match broker::connect_with_retry(&config.broker, &connection_name, &shutdown).await
+                {
+                    Ok(broker) => broker,
+                    Err(broker::BrokerError::Shutdown) => break,
+                    Err(err) => return Err(err.into()),
+                };
+            match broker.publisher().await {
+                Ok(publisher) => session = Some((broker, publisher)),
+                Err(err) => {
+                    tracing::warn!("lost the broker while opening a channel ({err}); reconnecting");
+                    broker.close().await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let Some((broker, publisher)) = session.as_ref() else {
+            continue;
+        };
+        match poll_once(
+            &source,
+            &branches,
+            &mut state,
+            &state_file,
+            broker,
+            publisher,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(PollError::Broker(err)) => {
+                tracing::warn!("lost the broker while publishing ({err}); reconnecting");
+                if let Some((broker, _)) = session.take() {
+                    broker.close().await;
+                }
+                continue;
+            }
+            Err(PollError::Repo(err)) => tracing::warn!("cannot read the repository: {err:#}"),
+            Err(PollError::State(err)) => return Err(err.into()),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(config.interval) => {}
+        }
+    }
+    if let Some((broker, _)) = session {
+        broker.close().await;
+    }
+    tracing::info!("observer stopped");
+    Ok(())
+}
+
+enum PollError {
+    Broker(broker::BrokerError),
+    Repo(anyhow::Error),
+    State(StateError),
+}
+
+/// One poll: refresh the repository, then publish every new commit of every
+/// branch, oldest first, recording each after its confirm.
+async fn poll_once(
+    source: &RepoSource,
+    branches: &[String],
+    state: &mut State,
+    state_file: &std::path::Path,
+    broker: &Broker,
+    publisher: &Publisher,
+) -> Result<(), PollError> {
+    source.refresh().await.map_err(PollError::Repo)?;
+    for branch in branches {
+        let Some(head) = source.branch_head(branch).await.map_err(PollError::Repo)? else {
+            tracing::debug!(branch, "branch does not exist (yet)");
+            continue;
+        };
+        let last = state.last(branch).map(str::to_string);
+        if last.as_deref() == Some(head.as_str()) {
+            continue;
+        }
+        let commits = source
+            .new_commits(last.as_deref(), &head)
+            .await
+            .map_err(PollError::Repo)?;
+        for commit in commits {
+            let mut job = Job::for_commit(source.location(), branch, &commit.id);
+            job.subject = Some(commit.subject);
+            job.author = Some(commit.author);
+            publisher
+                .publish(&broker.names().jobs_exchange(), "", &job)
+                .await
+                .map_err(PollError::Broker)?;
+            state.set_last(branch, &commit.id);
+            state.save(state_file).map_err(PollError::State)?;
+            tracing::info!(job = %job.id, branch, commit = %commit.id, "job queued");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The observer's memory: the last published commit per branch, in a JSON
+//! file written atomically (temp file, fsync, rename).
+//!
+//! A missing file means "first start"; an unreadable or corrupt one is an
+//! error, never a silent reset that would publish everything again.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the state file {path} is corrupt ({reason}); fix it or move it away to start over from the current head")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "the state file {path} belongs to repository {theirs:?}, not {ours:?}; use another --state"
+    )]
+    OtherRepo {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error("cannot write the state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    version: u32,
+    #[serde(default)]
+    repo: Option<String>,
+    #[serde(skip)]
+    path: PathBuf,
+    /// Branch name to the last commit published for it.
+    branches: BTreeMap<String, String>,
+}
+
+impl State {
+    /// Loads the state, or an empty one if the file does not exist.
+    pub fn load(path: &Path) -> Result<State, StateError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: STATE_VERSION,
+                    path: path.to_path_buf(),
+                    ..State::default()
+                })
+            }
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut state: State = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if state.version != STATE_VERSION {
+            return Err(corrupt(format!("unknown version {}", state.version)));
+        }
+        for (branch, commit) in &state.branches {
+            broker::message::validate_commit(commit)
+                .map_err(|e| corrupt(format!("branch {branch:?}: {e}")))?;
+        }
+        state.path = path.to_path_buf();
+        Ok(state)
+    }
+
+    /// Refuses a state file written for another repository; adopts an
+    /// unowned one.
+    pub fn check_repo(&mut self, repo: &str) -> Result<(), StateError> {
+        match &self.repo {
+            Some(theirs) if theirs != repo => Err(StateError::OtherRepo {
+                path: self.path.clone(),
+                theirs: theirs.clone(),
+                ours: repo.to_string(),
+            }),
+            _ => {
+                self.repo = Some(repo.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    pub fn last(&self, branch: &str) -> Option<&str> {
+        self.branches.get(branch).map(String::as_str)
+    }
+
+    pub fn set_last(&mut self, branch: &str, commit: &str) {
+        self.branches.insert(branch.to_string(), commit.to_string());
+    }
+
+    /// Writes the state atomically: a crash leaves the old or the new file,
+    /// never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let write_err = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(write_err)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        tmp.write_all(text.as_bytes()).map_err(write_err)?;
+        tmp.as_file().sync_all().map_err(write_err)?;
+        tmp.persist(path).map_err(|e| write_err(e.error))?;
+        if let Ok(dir) = std::fs::File::open(&dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C1: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_missing_file_is_a_first_start_and_saves_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/state.json");
+        let mut state = State::load(&path).expect("empty");
+        assert_eq!(state.last("main"), None);
+        state.check_repo("/r").expect("adopt");
+        state.set_last("main", C1);
+        state.save(&path).expect("save");
+        let again = State::load(&path).expect("load");
+        assert_eq!(again.last("main"), Some(C1));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{\"version\":1,\"branches\":{\"main\":").expect("write");
+        let err = State::load(&path).expect_err("corrupt");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        std::fs::write(
+            &path,
+            "{\"version\":1,\"branches\":{\"main\":\"; rm -rf /\"}}",
+        )
+        .expect("write");
+        assert!(matches!(
+            State::load(&path),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_state_file_of_another_repository_is_refused() {
+        let mut state = State::default();
+        state.check_repo("/a").expect("adopt");
+        assert!(matches!(
+            state.check_repo("/b"),
+            Err(StateError::OtherRepo { .. })
+        ));
+    }
+}

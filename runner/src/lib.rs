@@ -1,0 +1,618 @@
+//! The runner: competes with other runners for jobs on the work queue
+//! (prefetch 1, manual ack), tests one commit at a time, publishes the
+//! result with a confirm, and only then acks the job.
+//!
+//! While a job runs it sends heartbeats, so the dispatcher can tell a frozen
+//! runner from a slow test. If the broker goes away mid-test, the test runs
+//! on; the result is kept and delivered after reconnecting, and the
+//! redelivered job is then acked without running it again.
+
+mod process;
+mod workspace;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broker::message::{Control, Event, Job, JobResult, Outcome, RunnerInfo, SCHEMA_VERSION};
+use broker::{Broker, BrokerConfig, BrokerError, Delivery, Incoming, Publisher};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+pub use process::{become_subreaper, run_test, scrubbed_env, Ending, TestRun};
+pub use workspace::{PrepareError, Workspace};
+
+/// Default cap on captured test output.
+pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
+/// The original design's convention: unittest discovery under `tests/`.
+pub const DEFAULT_TEST_COMMAND: &str = "python3 -m unittest discover -s tests -v";
+/// A repository may name its own test command in this file at its root.
+pub const REPO_COMMAND_FILE: &str = ".warren-test";
+/// How many delivered job ids to remember, to ack redeliveries unrun.
+const COMPLETED_MEMORY: usize = 1000;
+
+/// Everything a runner needs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub broker: BrokerConfig,
+    pub workdir: PathBuf,
+    /// Overrides the default test command (a repository's file wins).
+    pub test_command: Option<String>,
+    pub job_timeout: Duration,
+    pub id: String,
+    pub heartbeat: Duration,
+    pub output_cap: usize,
+    /// How long a running job may take to finish after SIGTERM.
+    pub grace: Duration,
+}
+
+/// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
+pub fn default_runner_id() -> String {
+    let id: String = format!("{}-{}", host_name(), std::process::id())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    id
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "runner".to_string())
+}
+
+/// The job a runner is executing, and how to stop it.
+struct Current {
+    job_id: String,
+    cancel: CancellationToken,
+}
+
+type SharedCurrent = Arc<Mutex<Option<Current>>>;
+
+/// Aborts a background task when the session that owns it ends.
+struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a broker session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost,
+}
+
+/// What to do after handling a job.
+enum Next {
+    Continue,
+    /// Shutting down: take no more jobs.
+    Stop,
+}
+
+enum Execution {
+    Finished(Box<JobResult>),
+    Cancelled,
+}
+
+/// Runs a runner until `shutdown` fires.
+pub async fn run(config: RunnerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Runner::new(config).run(shutdown).await
+}
+
+struct Runner {
+    config: RunnerConfig,
+    workspace: Workspace,
+    host: String,
+    current: SharedCurrent,
+    /// Results published and confirmed, newest last.
+    completed: VecDeque<String>,
+    /// A result not yet confirmed by the broker; delivered after reconnect.
+    pending: Option<JobResult>,
+}
+
+impl Runner {
+    fn new(config: RunnerConfig) -> Self {
+        Runner {
+            workspace: Workspace::new(config.workdir.clone()),
+            host: host_name(),
+            current: Arc::new(Mutex::new(None)),
+            completed: VecDeque::new(),
+            pending: None,
+            config,
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        become_subreaper();
+        tracing::info!(runner = %self.config.id, workdir = %self.config.workdir.display(), "runner started");
+        let mut session_number = 0u32;
+        loop {
+            session_number += 1;
+            let connection = format!(
+                "warren-runner-{}-{}-{}",
+                self.config.id,
+                std::process::id(),
+                session_number
+            );
+            let broker =
+                match broker::connect_with_retry(&self.config.broker, &connection, &shutdown).await
+                {
+                    Ok(broker) => broker,
+                    Err(BrokerError::Shutdown) => break,
+                    Err(err) => return Err(err.into()),
+                };
+            match self.session(&broker, &shutdown).await {
+                Ok(SessionEnd::Shutdown) => {
+                    broker.close().await;
+                    break;
+                }
+                Ok(SessionEnd::Lost) => tracing::warn!("lost the broker; reconnecting"),
+                Err(err) => tracing::warn!("lost the broker ({err}); reconnecting"),
+            }
+            // A channel may be gone (e.g. the broker's consumer timeout)
+            // while the connection lives: close it before the next one.
+            broker.close().await;
+            if shutdown.is_cancelled() && self.pending.is_none() {
+                break;
+            }
+        }
+        tracing::info!(runner = %self.config.id, "runner stopped");
+        Ok(())
+    }
+
+    /// One connection's life: deliver a pending result, then take jobs.
+    async fn session(
+        &mut self,
+        broker: &Broker,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
+        let publisher = broker.publisher().await?;
+        let info = RunnerInfo {
+            id: self.config.id.clone(),
+            host: self.host.clone(),
+            connection: broker.connection_name().to_string(),
+        };
+        if let Some(result) = self.pending.take() {
+            if let Err(err) = self.publish_result(broker, &publisher, &result).await {
+                self.pending = Some(result);
+                return Err(err);
+            }
+            tracing::info!(job = %result.job.id, outcome = result.outcome.as_str(), "delivered a result kept while the broker was away");
+        }
+        let mut jobs = broker.consume(&broker.names().work_queue(), 1).await?;
+        let _control = TaskGuard(tokio::spawn(watch_control(
+            broker.consume_control().await?,
+            publisher.clone(),
+            broker.names().clone(),
+            self.config.broker.max_message_bytes,
+            self.current.clone(),
+            self.config.id.clone(),
+        )));
+        let _heartbeat = TaskGuard(tokio::spawn(send_heartbeats(
+            publisher.clone(),
+            broker.names().events_exchange(),
+            info.clone(),
+            self.current.clone(),
+            self.config.heartbeat,
+        )));
+        loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                _ = broker.closed() => return Ok(SessionEnd::Lost),
+                next = jobs.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(err)) => return Err(BrokerError::Amqp { context: "receiving a job".into(), source: err }),
+                    None => return Ok(SessionEnd::Lost),
+                },
+            };
+            if let Next::Stop = self
+                .handle(delivery, broker, &publisher, &info, shutdown)
+                .await?
+            {
+                return Ok(SessionEnd::Shutdown);
+            }
+        }
+    }
+
+    /// Handles one delivery from the work queue.
+    async fn handle(
+        &mut self,
+        delivery: Delivery,
+        broker: &Broker,
+        publisher: &Publisher,
+        info: &RunnerInfo,
+        shutdown: &CancellationToken,
+    ) -> Result<Next, BrokerError> {
+        let names = broker.names();
+        let job = match Incoming::<Job>::decode(&delivery, self.config.broker.max_message_bytes) {
+            Incoming::Valid(job) => job,
+            Incoming::Refused(reason) => {
+                broker::dead_letter(
+                    publisher,
+                    names,
+                    &names.work_queue(),
+                    &delivery,
+                    &reason.to_string(),
+                )
+                .await?;
+                return Ok(Next::Continue);
+            }
+        };
+        if self.completed.contains(&job.id) {
+            tracing::info!(job = %job.id, "result already delivered; acking the redelivered job without running it");
+            ack(&delivery).await;
+            return Ok(Next::Continue);
+        }
+        let cancel = CancellationToken::new();
+        set_current(
+            &self.current,
+            Some(Current {
+                job_id: job.id.clone(),
+                cancel: cancel.clone(),
+            }),
+        );
+        let started_at_ms = broker::now_ms();
+        let started = Event::Started {
+            v: SCHEMA_VERSION,
+            job: job.clone(),
+            runner: info.clone(),
+            at_ms: started_at_ms,
+        };
+        if let Err(err) = publisher
+            .publish(&names.events_exchange(), started.routing_key(), &started)
+            .await
+        {
+            tracing::warn!(job = %job.id, "cannot announce the job ({err}); running it anyway");
+        }
+        tracing::info!(job = %job.id, commit = %job.commit, branch = %job.branch, "job running");
+
+        let execution = execute(
+            job.clone(),
+            self.config.clone(),
+            self.workspace.clone(),
+            info.clone(),
+            started_at_ms,
+            cancel.clone(),
+        );
+        tokio::pin!(execution);
+        let execution = tokio::select! {
+            done = &mut execution => Some(done),
+            _ = shutdown.cancelled() => {
+                tracing::info!(job = %job.id, grace_secs = self.config.grace.as_secs_f64(), "stopping: letting the current job finish");
+                tokio::select! {
+                    done = &mut execution => Some(done),
+                    _ = tokio::time::sleep(self.config.grace) => {
+                        cancel.cancel();
+                        let _ = execution.await;
+                        tracing::warn!(job = %job.id, "grace period over: job stopped and handed back to the queue");
+                        None
+                    }
+                }
+            }
+        };
+        set_current(&self.current, None);
+        let result = match execution {
+            None => return Ok(Next::Stop),
+            Some(Execution::Cancelled) => {
+                tracing::info!(job = %job.id, "stopped: its result was already recorded elsewhere");
+                ack(&delivery).await;
+                return Ok(if shutdown.is_cancelled() {
+                    Next::Stop
+                } else {
+                    Next::Continue
+                });
+            }
+            Some(Execution::Finished(result)) => *result,
+        };
+        let mut result = result;
+        fit_to_cap(&mut result, self.config.broker.max_message_bytes);
+        self.pending = Some(result.clone());
+        let publish_clock = std::time::Instant::now();
+        self.publish_result(broker, publisher, &result).await?;
+        let publish_ms = publish_clock.elapsed().as_millis() as u64;
+        self.pending = None;
+        let ack_clock = std::time::Instant::now();
+        ack(&delivery).await;
+        let ack_ms = ack_clock.elapsed().as_millis() as u64;
+        tracing::info!(
+            job = %job.id,
+            outcome = result.outcome.as_str(),
+            duration_ms = result.duration_ms,
+            publish_ms,
+            ack_ms,
+            "job finished"
+        );
+        Ok(if shutdown.is_cancelled() {
+            Next::Stop
+        } else {
+            Next::Continue
+        })
+    }
+
+    async fn publish_result(
+        &mut self,
+        broker: &Broker,
+        publisher: &Publisher,
+        result: &JobResult,
+    ) -> Result<(), BrokerError> {
+        publisher
+            .publish(
+                &broker.names().results_exchange(),
+                &result.routing_key(),
+                result,
+            )
+            .await?;
+        if self.completed.len() >= COMPLETED_MEMORY {
+            self.completed.pop_front();
+        }
+        self.completed.push_back(result.job.id.clone());
+        Ok(())
+    }
+}
+
+/// Shrinks a result's output until the encoded message fits the cap (JSON
+/// escaping can make output grow several times), marking it truncated.
+fn fit_to_cap(result: &mut JobResult, cap: usize) {
+    let budget = cap.saturating_sub(16 * 1024);
+    let mut shrunk = false;
+    while broker::message::encode(result).len() > budget && !result.output.is_empty() {
+        let mut keep = result.output.len() / 2;
+        while !result.output.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        result.output.truncate(keep);
+        shrunk = true;
+    }
+    if shrunk {
+        result.truncated = true;
+        result
+            .output
+            .push_str("\n[warren: output truncated to fit the message size cap]\n");
+    }
+}
+
+fn set_current(current: &SharedCurrent, value: Option<Current>) {
+    if let Ok(mut guard) = current.lock() {
+        *guard = value;
+    }
+}
+
+fn current_job(current: &SharedCurrent) -> Option<String> {
+    current
+        .lock()
+        .ok()
+        .and_then(|guard| guard.as_ref().map(|c| c.job_id.clone()))
+}
+
+/// Acks a job. A failed ack (connection gone) is harmless: the job comes
+/// back and is acked unrun because its result is remembered.
+async fn ack(delivery: &Delivery) {
+    if let Err(err) = delivery.ack(Default::default()).await {
+        tracing::debug!("ack failed ({err}); the job will be redelivered and acked then");
+    }
+}
+
+/// Checks out the commit and runs the test command.
+async fn execute(
+    job: Job,
+    config: RunnerConfig,
+    workspace: Workspace,
+    runner: RunnerInfo,
+    started_at_ms: u64,
+    cancel: CancellationToken,
+) -> Execution {
+    let clock = std::time::Instant::now();
+    let finish = |outcome: Outcome,
+                  exit_code: Option<i32>,
+                  output: String,
+                  truncated: bool,
+                  reason: Option<String>| {
+        Execution::Finished(Box::new(JobResult {
+            v: SCHEMA_VERSION,
+            job: job.clone(),
+            outcome,
+            exit_code,
+            started_at_ms,
+            finished_at_ms: broker::now_ms(),
+            duration_ms: clock.elapsed().as_millis() as u64,
+            output,
+            truncated,
+            runner: runner.clone(),
+            reason,
+        }))
+    };
+    let checkout = tokio::select! {
+        checkout = workspace.checkout(&job) => checkout,
+        _ = cancel.cancelled() => return Execution::Cancelled,
+    };
+    let dir = match checkout {
+        Ok(dir) => dir,
+        Err(err) => {
+            tracing::warn!(job = %job.id, "cannot prepare the checkout: {err}");
+            return finish(
+                Outcome::Error,
+                None,
+                format!("warren: {err}\n"),
+                false,
+                Some(err.to_string()),
+            );
+        }
+    };
+    let command = match tokio::fs::read_to_string(dir.join(REPO_COMMAND_FILE)).await {
+        Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
+        _ => config
+            .test_command
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TEST_COMMAND.to_string()),
+    };
+    let env = scrubbed_env(&job.commit, &job.branch);
+    let header = format!(
+        "warren: testing {} ({}) on {}\nwarren: $ {}\n",
+        job.commit, job.branch, runner.id, command
+    );
+    match run_test(
+        &command,
+        &dir,
+        &env,
+        config.job_timeout,
+        config.output_cap,
+        &cancel,
+    )
+    .await
+    {
+        Err(err) => {
+            let reason = format!("cannot start the test command: {err}");
+            finish(
+                Outcome::Error,
+                None,
+                format!("{header}warren: {reason}\n"),
+                false,
+                Some(reason),
+            )
+        }
+        Ok(run) => {
+            tracing::debug!(job = %job.id, test_ms = run.duration.as_millis() as u64, "test timings");
+            let output = format!("{header}{}", run.output);
+            match run.ending {
+                Ending::Cancelled => Execution::Cancelled,
+                Ending::Exited(Some(0)) => {
+                    finish(Outcome::Passed, Some(0), output, run.truncated, None)
+                }
+                Ending::Exited(Some(code)) => {
+                    finish(Outcome::Failed, Some(code), output, run.truncated, None)
+                }
+                Ending::Exited(None) => finish(
+                    Outcome::Failed,
+                    None,
+                    output,
+                    run.truncated,
+                    Some("the test was killed by a signal".into()),
+                ),
+                Ending::TimedOut => {
+                    let reason = format!(
+                        "exceeded the job timeout of {} s; its process group was killed",
+                        config.job_timeout.as_secs_f64()
+                    );
+                    let output = format!("{output}\nwarren: {reason}\n");
+                    finish(Outcome::Timeout, None, output, run.truncated, Some(reason))
+                }
+            }
+        }
+    }
+}
+
+/// Sends a heartbeat every `every`, naming the current job if any.
+async fn send_heartbeats(
+    publisher: Publisher,
+    exchange: String,
+    runner: RunnerInfo,
+    current: SharedCurrent,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let beat = Event::Heartbeat {
+            v: SCHEMA_VERSION,
+            runner: runner.clone(),
+            job_id: current_job(&current),
+            at_ms: broker::now_ms(),
+        };
+        if let Err(err) = publisher
+            .publish(&exchange, beat.routing_key(), &beat)
+            .await
+        {
+            tracing::debug!("heartbeat not sent: {err}");
+        }
+    }
+}
+
+/// Stops the current job when the dispatcher says its result is recorded.
+async fn watch_control(
+    mut control: broker::Consumer,
+    publisher: Publisher,
+    names: broker::Names,
+    max_bytes: usize,
+    current: SharedCurrent,
+    me: String,
+) {
+    let queue = control.queue().to_string();
+    while let Some(Ok(delivery)) = control.next().await {
+        let message = Incoming::<Control>::decode(&delivery, max_bytes);
+        if let Incoming::Refused(reason) = &message {
+            if let Err(err) =
+                broker::dead_letter(&publisher, &names, &queue, &delivery, &reason.to_string())
+                    .await
+            {
+                tracing::warn!("cannot dead-letter a malformed control message: {err}");
+            }
+            continue;
+        }
+        ack(&delivery).await;
+        match message {
+            Incoming::Valid(Control::Cancel {
+                job_id,
+                except_runner,
+                reason,
+                ..
+            }) => {
+                if except_runner.as_deref() == Some(me.as_str()) {
+                    continue;
+                }
+                if let Ok(guard) = current.lock() {
+                    if let Some(running) = guard.as_ref().filter(|c| c.job_id == job_id) {
+                        tracing::info!(job = %job_id, %reason, "told to stop the job");
+                        running.cancel.cancel();
+                    }
+                }
+            }
+            Incoming::Refused(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_shrunk_to_fit_the_message_cap() {
+        let runner = RunnerInfo {
+            id: "r".into(),
+            host: "h".into(),
+            connection: "c".into(),
+        };
+        let mut result = JobResult {
+            v: SCHEMA_VERSION,
+            job: Job::for_commit("/r", "main", &"a".repeat(40)),
+            outcome: Outcome::Passed,
+            exit_code: Some(0),
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            duration_ms: 0,
+            // Control characters: each becomes six bytes of JSON.
+            output: "\u{1}é".repeat(200_000),
+            truncated: false,
+            runner,
+            reason: None,
+        };
+        let cap = 256 * 1024;
+        fit_to_cap(&mut result, cap);
+        assert!(broker::message::encode(&result).len() <= cap);
+        assert!(result.truncated);
+        assert!(result.output.ends_with("cap]\n"));
+    }
+}

@@ -1,0 +1,222 @@
+//! The runner's clones: one per repository under the workdir, brought to the
+//! exact commit of each job (fetched if needed, checked out detached and
+//! forced, untracked files cleaned).
+//!
+//! A clone that cannot be brought to a clean state is thrown away and cloned
+//! again, so one broken job never taints the ones after it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use broker::message::Job;
+use git::Git;
+use sha2::{Digest, Sha256};
+
+/// Tries for an operation that talks to the remote (clone, fetch).
+const REMOTE_TRIES: u32 = 3;
+
+/// Why a job's checkout could not be prepared. Every variant becomes an
+/// `error` outcome with this text as the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("repository {repo} cannot be reached: {reason}")]
+    Unreachable { repo: String, reason: String },
+    #[error("commit {commit} does not exist in {repo} (not found after fetching)")]
+    MissingCommit { repo: String, commit: String },
+    #[error("the workspace is broken: {0}")]
+    Broken(String),
+}
+
+/// The folder holding the runner's clones.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(root: PathBuf) -> Self {
+        Workspace { root }
+    }
+
+    fn clone_dir(&self, repo: &str) -> PathBuf {
+        let digest = Sha256::digest(repo.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.root.join("repos").join(name)
+    }
+
+    /// Brings the clone of `job.repo` to `job.commit` and returns its path.
+    pub async fn checkout(&self, job: &Job) -> Result<PathBuf, PrepareError> {
+        match self.try_checkout(job).await {
+            Err(PrepareError::Broken(reason)) => {
+                tracing::warn!(job = %job.id, %reason, "workspace broken; cloning again");
+                let dir = self.clone_dir(&job.repo);
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                self.try_checkout(job).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_checkout(&self, job: &Job) -> Result<PathBuf, PrepareError> {
+        let clock = std::time::Instant::now();
+        let dir = self.clone_dir(&job.repo);
+        if !dir.join(".git").exists() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            tokio::fs::create_dir_all(self.root.join("repos"))
+                .await
+                .map_err(|e| {
+                    PrepareError::Broken(format!("creating {}: {e}", self.root.display()))
+                })?;
+            let target = dir.to_string_lossy().into_owned();
+            remote(
+                &job.repo,
+                None,
+                &[
+                    "clone",
+                    "--no-checkout",
+                    "--quiet",
+                    "--",
+                    &job.repo,
+                    &target,
+                ],
+            )
+            .await?;
+        }
+        let git = Git::new(&dir);
+        // A clone git no longer recognises is broken, not unreachable.
+        git.run(&["rev-parse", "--git-dir"])
+            .await
+            .map_err(|e| PrepareError::Broken(e.to_string()))?;
+        let object = format!("{}^{{commit}}", job.commit);
+        let has_commit = |git: Git, object: String| async move {
+            git.try_run(&["cat-file", "-e", "--end-of-options", &object])
+                .await
+                .map(|found| found.is_some())
+        };
+        let broken = |e: git::GitError| PrepareError::Broken(e.to_string());
+        if !has_commit(git.clone(), object.clone())
+            .await
+            .map_err(broken)?
+        {
+            remote(
+                &job.repo,
+                Some(&dir),
+                &["fetch", "--quiet", "--prune", "origin"],
+            )
+            .await?;
+            if !has_commit(git.clone(), object.clone())
+                .await
+                .map_err(broken)?
+            {
+                // Some servers serve unadvertised commits by id.
+                let _ = git.run(&["fetch", "--quiet", "origin", &job.commit]).await;
+                if !has_commit(git.clone(), object).await.map_err(broken)? {
+                    return Err(PrepareError::MissingCommit {
+                        repo: job.repo.clone(),
+                        commit: job.commit.clone(),
+                    });
+                }
+            }
+        }
+        let fetch_ms = clock.elapsed().as_millis() as u64;
+        git.run(&[
+            "checkout",
+            "--quiet",
+            "--force",
+            "--detach",
+            &job.commit,
+            "--",
+        ])
+        .await
+        .map_err(broken)?;
+        let checkout_ms = clock.elapsed().as_millis() as u64 - fetch_ms;
+        git.run(&["clean", "-ffdxq"]).await.map_err(broken)?;
+        let clean_ms = clock.elapsed().as_millis() as u64 - fetch_ms - checkout_ms;
+        // The per-job overhead, for the benchmarks (RUST_LOG=warren_runner=debug).
+        tracing::debug!(job = %job.id, fetch_ms, checkout_ms, clean_ms, "checkout timings");
+        Ok(dir)
+    }
+}
+
+/// Runs a remote operation up to [`REMOTE_TRIES`] times with a short backoff.
+async fn remote(
+    repo: &str,
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+) -> Result<(), PrepareError> {
+    let mut delay = Duration::from_millis(300);
+    let mut last = String::new();
+    for attempt in 1..=REMOTE_TRIES {
+        match git::run_in(dir, args).await {
+            Ok(_) => return Ok(()),
+            Err(err) => {
+                last = err.to_string();
+                tracing::debug!(attempt, repo, %last, "remote git operation failed");
+            }
+        }
+        if attempt < REMOTE_TRIES {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    Err(PrepareError::Unreachable {
+        repo: repo.to_string(),
+        reason: format!("{last} (after {REMOTE_TRIES} tries)"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn repo_with_commit() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git = Git::new(dir.path());
+        git.run(&["init", "-q", "-b", "main"]).await.expect("init");
+        std::fs::write(dir.path().join("a"), "1").expect("write");
+        git.run(&["add", "a"]).await.expect("add");
+        git.run(&[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "one",
+        ])
+        .await
+        .expect("commit");
+        let head = git.run(&["rev-parse", "HEAD"]).await.expect("head");
+        (dir, head)
+    }
+
+    #[tokio::test]
+    async fn checks_out_the_commit_and_cleans_untracked_files() {
+        let (repo, head) = repo_with_commit().await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::new(work.path().to_path_buf());
+        let job = Job::for_commit(repo.path().to_str().expect("utf8"), "main", &head);
+        let dir = ws.checkout(&job).await.expect("checkout");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
+        std::fs::write(dir.join("junk"), "x").expect("junk");
+        let again = ws.checkout(&job).await.expect("again");
+        assert!(!again.join("junk").exists());
+    }
+
+    #[tokio::test]
+    async fn a_missing_commit_and_an_unreachable_repo_are_errors() {
+        let (repo, _) = repo_with_commit().await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::new(work.path().to_path_buf());
+        let job = Job::for_commit(repo.path().to_str().expect("utf8"), "main", &"e".repeat(40));
+        assert!(matches!(
+            ws.checkout(&job).await,
+            Err(PrepareError::MissingCommit { .. })
+        ));
+        let job = Job::for_commit("/nonexistent/warren-repo", "main", &"e".repeat(40));
+        assert!(matches!(
+            ws.checkout(&job).await,
+            Err(PrepareError::Unreachable { .. })
+        ));
+    }
+}

@@ -1,0 +1,550 @@
+//! The command line: every subcommand, flag and `WARREN_*` variable.
+//!
+//! This is a contract that users, compose.yaml and the tests rely on. Bad
+//! values are reported in one line naming the flag and what it expected.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::topology::{Topology, TopologySettings};
+use broker::{BrokerConfig, Names};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_MANAGEMENT_URL: &str = "http://guest:guest@127.0.0.1:15672";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "Distributed continuous integration on RabbitMQ",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// RabbitMQ URL (amqp:// or amqps://) [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(
+        long,
+        env = "WARREN_AMQP_URL",
+        default_value = DEFAULT_AMQP_URL,
+        hide_default_value = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue; deployments with different
+    /// namespaces share a broker without seeing each other
+    #[arg(long, env = "WARREN_NAMESPACE", default_value = "warren", value_parser = parse_namespace, global = true)]
+    pub namespace: String,
+
+    /// Deliveries after which a job that keeps killing its runner is
+    /// dead-lettered and recorded as error (must match across components)
+    #[arg(long, env = "WARREN_DELIVERY_LIMIT", default_value_t = broker::topology::DEFAULT_DELIVERY_LIMIT, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub delivery_limit: u32,
+
+    /// Messages larger than this many bytes are refused and dead-lettered
+    #[arg(long, env = "WARREN_MAX_MESSAGE_BYTES", default_value_t = broker::message::DEFAULT_MAX_MESSAGE_BYTES, value_parser = parse_message_cap, global = true)]
+    pub max_message_bytes: usize,
+}
+
+impl Common {
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            url: self.amqp_url.clone(),
+            names: Names::new(self.namespace.clone()),
+            settings: TopologySettings {
+                delivery_limit: self.delivery_limit,
+            },
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch a git repository and publish one job per new commit
+    Observer(ObserverArgs),
+    /// Take jobs from the queue, test each commit, publish the result
+    Runner(RunnerArgs),
+    /// Record jobs and results, watch leases, serve the API and dashboard
+    Dispatcher(DispatcherArgs),
+    /// Run a dispatcher, an observer and N runners on this machine
+    Up(UpArgs),
+    /// Print or delete the namespace's RabbitMQ topology
+    Topology(TopologyArgs),
+    /// Recent jobs as a table
+    Status(StatusArgs),
+    /// One job (by id or commit); exits non-zero unless it passed
+    Show(ShowArgs),
+    /// A job's log (by id or commit); exits non-zero unless it passed
+    Log(LogArgs),
+    /// Run a job's commit again, as a new job
+    Rerun(RerunArgs),
+    /// Enqueue a job by hand for a commit or a branch's head
+    Trigger(TriggerArgs),
+    /// Runners seen by the dispatcher
+    Runners(RunnersArgs),
+}
+
+/// Where the dispatcher's API is, for the client commands.
+#[derive(Debug, Clone, Args)]
+pub struct Server {
+    /// The dispatcher's address
+    #[arg(long, env = "WARREN_SERVER", default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// How many jobs
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Only jobs with this status (queued, running, passed, failed, error, timeout)
+    #[arg(long, value_parser = ["queued", "running", "passed", "failed", "error", "timeout"])]
+    pub status: Option<String>,
+    /// Only jobs of this branch
+    #[arg(long)]
+    pub branch: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// Job id, or a full or abbreviated commit id
+    pub job: String,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// Job id, or a full or abbreviated commit id
+    pub job: String,
+    /// Wait for a queued or running job to finish, then print its log
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RerunArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// Job id, or a full or abbreviated commit id
+    pub job: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// A full commit id, or a branch whose head to test
+    pub target: String,
+    /// The branch to file the job under
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// The repository [default: the newest job's]
+    #[arg(long)]
+    pub repo: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunnersArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct ObserverArgs {
+    /// Seconds between polls (fractions such as 0.2 are accepted)
+    #[arg(long, env = "WARREN_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    pub interval: Duration,
+
+    /// Branch to watch; repeat for several [default: the repository's HEAD branch]
+    #[arg(long = "branch", env = "WARREN_BRANCH", value_delimiter = ',')]
+    pub branches: Vec<String>,
+
+    /// File where the last published commit per branch is kept
+    #[arg(
+        long,
+        env = "WARREN_STATE",
+        default_value = "warren-observer-state.json"
+    )]
+    pub state: PathBuf,
+
+    /// Repository to watch: a local path or a git URL
+    #[arg(env = "WARREN_REPO")]
+    pub repo: String,
+}
+
+impl ObserverArgs {
+    pub fn into_config(self, broker: BrokerConfig) -> observer::ObserverConfig {
+        observer::ObserverConfig {
+            broker,
+            repo: self.repo,
+            branches: self.branches,
+            interval: self.interval,
+            state_file: self.state,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct RunnerArgs {
+    /// Folder for the runner's clones (one per repository)
+    #[arg(long, env = "WARREN_WORKDIR", default_value = "warren-runner")]
+    pub workdir: PathBuf,
+
+    /// Test command, run with `sh -c` in the checkout; a repository's own
+    /// `.warren-test` file wins over it [default: python3 -m unittest discover -s tests -v]
+    #[arg(long, env = "WARREN_TEST_COMMAND")]
+    pub test_command: Option<String>,
+
+    /// Seconds a test may run before its process group is killed (outcome
+    /// timeout); keep it below the broker's consumer_timeout
+    #[arg(long, env = "WARREN_JOB_TIMEOUT", default_value = "1500", value_parser = parse_seconds)]
+    pub job_timeout: Duration,
+
+    /// Runner id shown in results [default: host name and pid]
+    #[arg(long, env = "WARREN_RUNNER_ID", value_parser = parse_id)]
+    pub id: Option<String>,
+
+    /// Seconds between heartbeats while a job runs
+    #[arg(long, env = "WARREN_HEARTBEAT", default_value = "2", value_parser = parse_seconds)]
+    pub heartbeat: Duration,
+
+    /// Bytes of test output kept per job; the rest is dropped and the log
+    /// marked as truncated
+    #[arg(long, env = "WARREN_OUTPUT_CAP", default_value_t = runner::DEFAULT_OUTPUT_CAP)]
+    pub output_cap: usize,
+
+    /// Seconds a running job may take to finish after SIGTERM before it is
+    /// stopped and handed back to the queue
+    #[arg(long, env = "WARREN_GRACE", default_value = "30", value_parser = parse_seconds)]
+    pub grace: Duration,
+}
+
+impl RunnerArgs {
+    pub fn into_config(self, broker: BrokerConfig) -> runner::RunnerConfig {
+        runner::RunnerConfig {
+            broker,
+            workdir: self.workdir,
+            test_command: self.test_command,
+            job_timeout: self.job_timeout,
+            id: self.id.unwrap_or_else(runner::default_runner_id),
+            heartbeat: self.heartbeat,
+            output_cap: self.output_cap,
+            grace: self.grace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct DispatcherArgs {
+    /// Folder for the SQLite store and the job logs
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
+    pub data_dir: PathBuf,
+
+    /// Address of the dashboard and JSON API
+    #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// RabbitMQ management API, used to close a frozen runner's connection [default: http://guest:***@127.0.0.1:15672]
+    #[arg(
+        long,
+        env = "WARREN_MANAGEMENT_URL",
+        default_value = DEFAULT_MANAGEMENT_URL,
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub management_url: String,
+
+    /// Seconds between runner heartbeats (as configured on the runners)
+    #[arg(long, env = "WARREN_HEARTBEAT", default_value = "2", value_parser = parse_seconds)]
+    pub heartbeat: Duration,
+
+    /// Missed heartbeats after which a running job's lease expires
+    #[arg(long, env = "WARREN_LEASE_MISSED", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lease_missed: u32,
+
+    /// URL to POST a signed JSON payload to on a failure and on the first
+    /// pass after one; repeat for several. The HMAC-SHA256 key comes from
+    /// WARREN_WEBHOOK_SECRET. State-changing API calls need the token in
+    /// WARREN_API_TOKEN when it is set
+    #[arg(long = "webhook", env = "WARREN_WEBHOOKS", value_delimiter = ',', value_parser = parse_http_url)]
+    pub webhooks: Vec<String>,
+}
+
+impl DispatcherArgs {
+    pub fn into_config(self, broker: BrokerConfig) -> dispatcher::DispatcherConfig {
+        dispatcher::DispatcherConfig {
+            broker,
+            data_dir: self.data_dir,
+            http: self.http,
+            management_url: self.management_url,
+            lease: self.heartbeat * self.lease_missed,
+            heartbeat: self.heartbeat,
+            webhooks: self.webhooks,
+            webhook_secret: secret_from_env("WARREN_WEBHOOK_SECRET"),
+            api_token: secret_from_env("WARREN_API_TOKEN"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct UpArgs {
+    /// Repository to watch: a local path or a git URL
+    #[arg(env = "WARREN_REPO")]
+    pub repo: String,
+
+    /// Number of runner processes: N, or MIN..MAX to let the runner
+    /// manager start runners while jobs wait and stop idle ones
+    #[arg(long, env = "WARREN_RUNNERS", default_value = "2", value_parser = parse_runner_count)]
+    pub runners: RunnerCount,
+
+    /// Address of the dashboard and JSON API
+    #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// Folder for the store, logs, observer state and runner clones
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
+    pub data_dir: PathBuf,
+
+    /// Seconds between polls of the repository
+    #[arg(long, env = "WARREN_INTERVAL", default_value = "5", value_parser = parse_seconds)]
+    pub interval: Duration,
+
+    /// Test command for the runners [default: python3 -m unittest discover -s tests -v]
+    #[arg(long, env = "WARREN_TEST_COMMAND")]
+    pub test_command: Option<String>,
+
+    /// Seconds a test may run before it is killed
+    #[arg(long, env = "WARREN_JOB_TIMEOUT", default_value = "1500", value_parser = parse_seconds)]
+    pub job_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
+    /// Print the topology as RabbitMQ definitions JSON (no broker needed)
+    #[arg(long, conflicts_with = "delete")]
+    pub definitions: bool,
+
+    /// Virtual host named in the definitions
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+
+    /// Delete the namespace's queues and exchanges from the broker
+    #[arg(long)]
+    pub delete: bool,
+}
+
+/// `warren topology`: print definitions, or delete the namespace.
+pub async fn topology(
+    broker: &BrokerConfig,
+    args: TopologyArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if args.delete {
+        broker::delete_namespace(broker, &shutdown)
+            .await
+            .context("deleting the namespace")?;
+        println!("deleted namespace {}", broker.names.namespace());
+        return Ok(());
+    }
+    let definitions = Topology::new(&broker.names, broker.settings).definitions(&args.vhost);
+    println!("{}", serde_json::to_string_pretty(&definitions)?);
+    Ok(())
+}
+
+/// Prints clap's error in one line (help and version as they are) and
+/// returns the exit code.
+pub fn exit_on_parse_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = err.to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("warren: {}", line.trim_start_matches("error: "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// How many runners `warren up` keeps: fixed (min = max) or managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerCount {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl std::fmt::Display for RunnerCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..{}", self.min, self.max)
+        }
+    }
+}
+
+fn parse_runner_count(value: &str) -> Result<RunnerCount, String> {
+    let expected = || {
+        format!("expected a number of runners N or a range MIN..MAX (0 ≤ MIN ≤ MAX ≤ 64, MAX ≥ 1), got {value:?}")
+    };
+    let number = |s: &str| s.trim().parse::<u32>().map_err(|_| expected());
+    let (min, max) = match value.split_once("..") {
+        Some((min, max)) => (number(min)?, number(max)?),
+        None => {
+            let n = number(value)?;
+            (n, n)
+        }
+    };
+    if min > max || max == 0 || max > 64 {
+        return Err(expected());
+    }
+    Ok(RunnerCount { min, max })
+}
+
+/// Seconds as a positive number, fractions allowed.
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    let expected =
+        || format!("expected a positive number of seconds such as 5 or 0.2, got {value:?}");
+    let secs: f64 = value.trim().parse().map_err(|_| expected())?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(expected());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_message_cap(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 64 * 1024 => Ok(n),
+        _ => Err(format!(
+            "expected a number of bytes of at least 65536, got {value:?}"
+        )),
+    }
+}
+
+/// A secret from the environment (never a flag, so never in `ps` or
+/// `--help`); empty means unset.
+pub fn secret_from_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_http_url(value: &str) -> Result<String, String> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "expected an http:// or https:// URL, got {:?}",
+            broker::redact_url(value)
+        ))
+    }
+}
+
+fn parse_namespace(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 100
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "expected 1 to 100 letters, digits, '-' or '_', got {value:?}"
+        ))
+    }
+}
+
+fn parse_id(value: &str) -> Result<String, String> {
+    broker::message::validate_id("id", value)
+        .map(|()| value.to_string())
+        .map_err(|_| format!("expected 1 to 128 letters, digits, '-', '_' or '.', got {value:?}"))
+}
+
+/// The clap command, for tests that check compose.yaml's flags.
+#[cfg(test)]
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_accept_fractions_and_refuse_nonsense() {
+        assert_eq!(parse_seconds("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_seconds("5"), Ok(Duration::from_secs(5)));
+        for bad in ["", "abc", "-1", "0", "NaN", "inf"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn runner_counts_are_a_number_or_a_range() {
+        assert_eq!(parse_runner_count("3"), Ok(RunnerCount { min: 3, max: 3 }));
+        assert_eq!(
+            parse_runner_count("1..4"),
+            Ok(RunnerCount { min: 1, max: 4 })
+        );
+        assert_eq!(
+            parse_runner_count("0..2"),
+            Ok(RunnerCount { min: 0, max: 2 })
+        );
+        for bad in ["", "0", "4..1", "1..65", "a..b", "1..", "-1"] {
+            assert!(parse_runner_count(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespaces_are_plain_words() {
+        assert!(parse_namespace("warren-test_1").is_ok());
+        for bad in ["", "a.b", "a b", "x/y"] {
+            assert!(parse_namespace(bad).is_err(), "{bad}");
+        }
+    }
+}

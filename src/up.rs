@@ -1,0 +1,427 @@
+//! `warren up`: everything on one machine, for a laptop. Starts one
+//! dispatcher, one observer and runners as real child processes of this
+//! same binary, restarts any that die, and stops them all on Ctrl-C.
+//!
+//! With `--runners MIN..MAX` it is also the runner manager (the original
+//! design's "test runner manager" extension): it watches the work queue's
+//! depth through the broker and the runners' state through the dispatcher's
+//! API, starts runners up to MAX while jobs wait, and stops idle ones down
+//! to MIN with SIGTERM (a runner that just took a job finishes it first).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Common, UpArgs};
+
+/// How long children get to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Runner grace under `up`: shorter than STOP_GRACE so runners go first.
+const RUNNER_GRACE_SECS: &str = "10";
+/// How often children are checked and the manager decides.
+const TICK: Duration = Duration::from_millis(500);
+/// Ticks the queue must stay empty before idle runners are stopped.
+const SCALE_DOWN_AFTER_TICKS: u32 = 4;
+
+/// One supervised child: how to start it, and the running process.
+struct Supervised {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// Stopped on purpose by the manager: reap it, do not restart it.
+    retiring: bool,
+}
+
+impl Supervised {
+    fn new(name: String, args: Vec<String>) -> Self {
+        Supervised {
+            name,
+            args,
+            child: None,
+            retiring: false,
+        }
+    }
+}
+
+/// What the manager should do this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub start: u32,
+    /// Runner names to stop.
+    pub stop: Vec<String>,
+}
+
+/// The runner manager's decision, from what it can observe: jobs ready in
+/// the queue, the runners alive (by name), which of them are idle, and for
+/// how many ticks the queue has been empty.
+pub fn plan(
+    ready: u32,
+    alive: &[String],
+    idle: &HashSet<String>,
+    empty_ticks: u32,
+    min: u32,
+    max: u32,
+) -> Plan {
+    let count = alive.len() as u32;
+    if count < min {
+        return Plan {
+            start: min - count,
+            stop: Vec::new(),
+        };
+    }
+    if ready > 0 && count < max {
+        return Plan {
+            start: ready.min(max - count),
+            stop: Vec::new(),
+        };
+    }
+    if ready == 0 && count > min && empty_ticks >= SCALE_DOWN_AFTER_TICKS {
+        // Newest first, so the long-lived runners keep their warm clones.
+        let stop = alive
+            .iter()
+            .rev()
+            .filter(|name| idle.contains(*name))
+            .take((count - min) as usize)
+            .cloned()
+            .collect();
+        return Plan { start: 0, stop };
+    }
+    Plan {
+        start: 0,
+        stop: Vec::new(),
+    }
+}
+
+pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the warren binary")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let data = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+
+    let mut services = vec![
+        Supervised::new(
+            "dispatcher".into(),
+            vec![
+                "dispatcher".into(),
+                "--data-dir".into(),
+                path(&data.join("dispatcher")),
+                "--http".into(),
+                args.http.to_string(),
+            ],
+        ),
+        Supervised::new(
+            "observer".into(),
+            vec![
+                "observer".into(),
+                "--interval".into(),
+                args.interval.as_secs_f64().to_string(),
+                "--state".into(),
+                path(&data.join("observer-state.json")),
+                args.repo.clone(),
+            ],
+        ),
+    ];
+    let runner_args = |name: &str| {
+        let mut runner = vec![
+            "runner".into(),
+            "--id".into(),
+            name.to_string(),
+            "--workdir".into(),
+            path(&data.join(name)),
+            "--job-timeout".into(),
+            args.job_timeout.as_secs_f64().to_string(),
+            "--grace".into(),
+            RUNNER_GRACE_SECS.into(),
+        ];
+        if let Some(command) = &args.test_command {
+            runner.extend(["--test-command".into(), command.clone()]);
+        }
+        runner
+    };
+    let mut runners: Vec<Supervised> = Vec::new();
+    let mut next_runner = 1u32;
+    let mut new_runner = |runners: &mut Vec<Supervised>| -> anyhow::Result<()> {
+        let name = format!("runner-{next_runner}");
+        next_runner += 1;
+        let mut runner = Supervised::new(name.clone(), runner_args(&name));
+        runner.child =
+            Some(spawn(&exe, common, &runner.args).with_context(|| format!("starting {name}"))?);
+        runners.push(runner);
+        Ok(())
+    };
+
+    for service in &mut services {
+        service.child = Some(
+            spawn(&exe, common, &service.args)
+                .with_context(|| format!("starting the {}", service.name))?,
+        );
+    }
+    for _ in 0..args.runners.min.max(1).min(args.runners.max) {
+        new_runner(&mut runners)?;
+    }
+    let managed = args.runners.min != args.runners.max;
+    println!(
+        "Warren is up: dashboard at http://{}  (runners: {}{}, data in {}; Ctrl-C to stop)",
+        args.http,
+        args.runners,
+        if managed { ", managed" } else { "" },
+        data.display()
+    );
+
+    let mut manager = if managed {
+        Some(Manager::new(common, &args.http.to_string()))
+    } else {
+        None
+    };
+    let mut check = tokio::time::interval(TICK);
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = check.tick() => {}
+        }
+        for service in services.iter_mut().chain(runners.iter_mut()) {
+            if let Some(status) = exited(service) {
+                if service.retiring {
+                    continue;
+                }
+                tracing::warn!(child = %service.name, %status, "child exited; restarting it");
+                service.child = spawn(&exe, common, &service.args)
+                    .map_err(
+                        |err| tracing::error!(child = %service.name, "cannot restart: {err:#}"),
+                    )
+                    .ok();
+            }
+        }
+        runners.retain(|r| !(r.retiring && r.child.is_none()));
+        if let Some(manager) = manager.as_mut() {
+            let alive: Vec<String> = runners
+                .iter()
+                .filter(|r| !r.retiring)
+                .map(|r| r.name.clone())
+                .collect();
+            let Some(plan) = manager
+                .decide(&alive, args.runners.min, args.runners.max, &shutdown)
+                .await
+            else {
+                continue;
+            };
+            for _ in 0..plan.start {
+                new_runner(&mut runners)?;
+                tracing::info!(
+                    runners = alive.len() + 1,
+                    "jobs are waiting: started a runner"
+                );
+            }
+            for name in plan.stop {
+                if let Some(runner) = runners.iter_mut().find(|r| r.name == name) {
+                    signal(runner, libc::SIGTERM);
+                    runner.retiring = true;
+                    tracing::info!(runner = %name, "queue empty: stopping an idle runner");
+                }
+            }
+        }
+    }
+
+    // Stop: SIGTERM everyone, wait, then SIGKILL stragglers.
+    let mut everyone: Vec<Supervised> = runners.into_iter().chain(services).collect();
+    for child in &everyone {
+        signal(child, libc::SIGTERM);
+    }
+    for supervised in &mut everyone {
+        if let Some(child) = supervised.child.as_mut() {
+            if tokio::time::timeout(STOP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(child = %supervised.name, "did not stop in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    println!("Warren stopped");
+    Ok(())
+}
+
+/// The child's exit status if it has exited (and forgets the child).
+fn exited(supervised: &mut Supervised) -> Option<String> {
+    let status = match supervised.child.as_mut().map(Child::try_wait) {
+        Some(Ok(None)) => return None,
+        Some(Ok(Some(status))) => status.to_string(),
+        Some(Err(err)) => err.to_string(),
+        None => "not running".into(),
+    };
+    supervised.child = None;
+    Some(status)
+}
+
+fn signal(supervised: &Supervised, signal: i32) {
+    if let Some(pid) = supervised.child.as_ref().and_then(Child::id) {
+        // SAFETY: kill(2) on our own child's pid; no memory involved.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+}
+
+/// What the runner manager watches: the work queue (through the broker)
+/// and the runners' current jobs (through the dispatcher's API).
+struct Manager {
+    broker: broker::BrokerConfig,
+    connection: Option<broker::Broker>,
+    api: String,
+    http: Option<reqwest::Client>,
+    empty_ticks: u32,
+}
+
+impl Manager {
+    fn new(common: &Common, http: &str) -> Self {
+        Manager {
+            broker: common.broker_config(),
+            connection: None,
+            api: format!("http://{http}/api/runners"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .ok(),
+            empty_ticks: 0,
+        }
+    }
+
+    /// Jobs ready in the work queue, or `None` if the broker is unreachable.
+    async fn ready_jobs(&mut self, shutdown: &CancellationToken) -> Option<u32> {
+        if self.connection.is_none() {
+            let name = format!("warren-manager-{}", std::process::id());
+            let connect = broker::connect_with_retry(&self.broker, &name, shutdown);
+            self.connection = tokio::time::timeout(Duration::from_secs(2), connect)
+                .await
+                .ok()?
+                .ok();
+        }
+        let broker = self.connection.as_ref()?;
+        match broker.queue_stats(&broker.names().work_queue()).await {
+            Ok((ready, _consumers)) => Some(ready),
+            Err(err) => {
+                tracing::warn!("runner manager cannot read the queue: {err}");
+                self.connection = None;
+                None
+            }
+        }
+    }
+
+    /// Runners the dispatcher sees without a current job.
+    async fn idle_runners(&self) -> HashSet<String> {
+        let Some(http) = &self.http else {
+            return HashSet::new();
+        };
+        let Ok(response) = http.get(&self.api).send().await else {
+            return HashSet::new();
+        };
+        let runners: Vec<serde_json::Value> = response.json().await.unwrap_or_default();
+        runners
+            .into_iter()
+            .filter(|r| r["current_job"].is_null())
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    async fn decide(
+        &mut self,
+        alive: &[String],
+        min: u32,
+        max: u32,
+        shutdown: &CancellationToken,
+    ) -> Option<Plan> {
+        let ready = self.ready_jobs(shutdown).await?;
+        self.empty_ticks = if ready == 0 { self.empty_ticks + 1 } else { 0 };
+        let idle = if ready == 0 && alive.len() as u32 > min {
+            self.idle_runners().await
+        } else {
+            HashSet::new()
+        };
+        Some(plan(ready, alive, &idle, self.empty_ticks, min, max))
+    }
+}
+
+/// Starts `warren ARGS` with the common settings passed in the environment
+/// (so the broker password never shows in `ps`). The child gets SIGTERM if
+/// this process dies, so nothing is left behind.
+fn spawn(exe: &Path, common: &Common, args: &[String]) -> anyhow::Result<Child> {
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .env("WARREN_AMQP_URL", &common.amqp_url)
+        .env("WARREN_NAMESPACE", &common.namespace)
+        .env("WARREN_DELIVERY_LIMIT", common.delivery_limit.to_string())
+        .env(
+            "WARREN_MAX_MESSAGE_BYTES",
+            common.max_message_bytes.to_string(),
+        )
+        .stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(command.spawn()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("runner-{i}")).collect()
+    }
+
+    #[test]
+    fn grows_while_jobs_wait_up_to_max() {
+        let none = HashSet::new();
+        assert_eq!(plan(30, &names(1), &none, 0, 1, 4).start, 3);
+        assert_eq!(plan(2, &names(1), &none, 0, 1, 4).start, 2);
+        assert_eq!(
+            plan(30, &names(4), &none, 0, 1, 4),
+            Plan {
+                start: 0,
+                stop: vec![]
+            }
+        );
+        assert_eq!(
+            plan(0, &names(0), &none, 0, 1, 4).start,
+            1,
+            "never below min"
+        );
+    }
+
+    #[test]
+    fn shrinks_to_min_only_when_the_queue_stayed_empty_and_only_idle_runners() {
+        let idle: HashSet<String> = ["runner-2", "runner-3", "runner-4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(
+            plan(0, &names(4), &idle, 1, 1, 4).stop.is_empty(),
+            "not before the cool-down"
+        );
+        assert!(
+            plan(1, &names(4), &idle, 9, 1, 4).stop.is_empty(),
+            "not while jobs wait"
+        );
+        let plan_now = plan(0, &names(4), &idle, SCALE_DOWN_AFTER_TICKS, 1, 4);
+        assert_eq!(plan_now.stop, vec!["runner-4", "runner-3", "runner-2"]);
+        let busy: HashSet<String> = ["runner-4"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            plan(0, &names(4), &busy, 9, 1, 4).stop,
+            vec!["runner-4"],
+            "busy runners are kept"
+        );
+    }
+}

@@ -1,0 +1,555 @@
+//! Shared fixtures for the integration tests: a namespace on the real broker
+//! that is deleted afterwards, real git repositories in temp dirs, the real
+//! `warren` binary in child processes that are killed on drop (also when a
+//! test fails), and waiting for conditions with a deadline.
+
+#![allow(dead_code)]
+
+pub mod rabbit;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+pub const BROKER_ADDR: &str = "127.0.0.1:5672";
+
+/// Fails (never skips) when the broker is not there, saying how to start it.
+pub fn require_broker() {
+    if std::net::TcpStream::connect_timeout(
+        &BROKER_ADDR.parse().expect("addr"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!(
+            "RabbitMQ is not answering on {BROKER_ADDR}. Start it with `rabbitmq-server -detached` \
+             (Debian: apt-get install rabbitmq-server), or run `scripts/test`, which does it for you."
+        );
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after
+/// `within` with `what` and the last state seen.
+pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace of its own for one test; its queues and exchanges are
+/// deleted on drop.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn new(test: &str) -> Self {
+        require_broker();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "wt-{test}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        Namespace { name }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let delete = Command::new(WARREN)
+            .args(["topology", "--delete", "--namespace", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(child) = delete {
+            let mut proc = Proc {
+                name: "topology --delete".into(),
+                child: Some(child),
+                log: PathBuf::new(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if proc
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                    .is_some()
+                {
+                    proc.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("could not delete namespace {} within 30 s", self.name);
+        }
+    }
+}
+
+/// A temp folder for one test; kept (and named) if the test fails, to
+/// read the logs.
+pub struct Scratch {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("warren-test-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().to_path_buf();
+        Scratch {
+            dir: Some(dir),
+            path,
+        }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("test files (logs) kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// Runs git in `dir`, panicking with git's message on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Warren Test",
+            "-c",
+            "user.email=test@warren.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A git repository in a temp dir.
+pub struct Repo {
+    pub path: PathBuf,
+}
+
+impl Repo {
+    pub fn new(at: PathBuf) -> Self {
+        std::fs::create_dir_all(&at).expect("mkdir");
+        git(&at, &["init", "-q", "-b", "main"]);
+        Repo { path: at }
+    }
+
+    pub fn write(&self, file: &str, content: &str) {
+        let path = self.path.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, content).expect("write");
+    }
+
+    /// Commits all changes and returns the new commit id.
+    pub fn commit(&self, message: &str) -> String {
+        git(&self.path, &["add", "-A"]);
+        git(
+            &self.path,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        git(&self.path, &["rev-parse", "HEAD"])
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("utf8 path")
+    }
+}
+
+/// A `warren` child process, killed (SIGKILL) on drop. Its stderr goes to
+/// a log file in the scratch dir.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(
+        name: &str,
+        ns: &Namespace,
+        scratch: &Scratch,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let log = scratch.join(&format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(WARREN)
+            .args(args)
+            .env("WARREN_NAMESPACE", &ns.name)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().expect("clone"))
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn warren");
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        if self.pid() > 0 {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(self.pid(), signal);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_for(&format!("{} to exit", self.name), within, || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        status
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A dispatcher with its own data dir and port.
+pub struct Dispatcher {
+    pub proc: Proc,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Dispatcher {
+    pub fn start(ns: &Namespace, scratch: &Scratch, extra: &[&str]) -> Dispatcher {
+        Dispatcher::start_with_env(ns, scratch, extra, &[])
+    }
+
+    pub fn start_with_env(
+        ns: &Namespace,
+        scratch: &Scratch,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Dispatcher {
+        let port = free_port();
+        let data_dir = scratch.join("dispatcher-data");
+        let http = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "dispatcher",
+            "--data-dir",
+            data_dir.to_str().expect("utf8"),
+            "--http",
+            &http,
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("dispatcher", ns, scratch, &args, env);
+        let url = format!("http://{http}");
+        let api = Api::new(&url);
+        wait_for("the dispatcher's API", Duration::from_secs(20), || {
+            api.get_json("/healthz")
+                .ok()
+                .or_else(|| api.get_text("/healthz").ok().map(|_| Value::Null))
+        });
+        Dispatcher {
+            proc,
+            url,
+            data_dir,
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url)
+    }
+}
+
+/// A blocking client of the dispatcher's HTTP API.
+pub struct Api {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Api {
+            base: base.to_string(),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn get_text(&self, path: &str) -> Result<String, String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("{path}: {}", response.status()));
+        }
+        response.text().map_err(|e| e.to_string())
+    }
+
+    pub fn get_json(&self, path: &str) -> Result<Value, String> {
+        let text = self.get_text(path)?;
+        serde_json::from_str(&text).map_err(|e| format!("{path}: {e}: {text}"))
+    }
+
+    /// All jobs (up to 1000), newest first.
+    pub fn jobs(&self) -> Vec<Value> {
+        match self.get_json("/api/jobs?limit=1000") {
+            Ok(Value::Array(jobs)) => jobs,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Jobs by commit id.
+    pub fn jobs_by_commit(&self) -> HashMap<String, Vec<Value>> {
+        let mut map: HashMap<String, Vec<Value>> = HashMap::new();
+        for job in self.jobs() {
+            map.entry(job["commit"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push(job);
+        }
+        map
+    }
+
+    /// Waits until every commit in `commits` has a job with a terminal
+    /// status, and returns the jobs by commit.
+    pub fn wait_terminal(
+        &self,
+        commits: &[String],
+        within: Duration,
+    ) -> HashMap<String, Vec<Value>> {
+        wait_for(
+            &format!("{} commits to reach an outcome", commits.len()),
+            within,
+            || {
+                let by_commit = self.jobs_by_commit();
+                let done = commits.iter().all(|c| {
+                    by_commit
+                        .get(c)
+                        .is_some_and(|jobs| jobs.iter().all(is_terminal) && !jobs.is_empty())
+                });
+                done.then_some(by_commit)
+            },
+        )
+    }
+
+    pub fn log(&self, job_id: &str) -> String {
+        self.get_text(&format!("/api/jobs/{job_id}/log"))
+            .unwrap_or_default()
+    }
+}
+
+pub fn is_terminal(job: &Value) -> bool {
+    matches!(
+        job["status"].as_str(),
+        Some("passed" | "failed" | "error" | "timeout")
+    )
+}
+
+/// Starts a runner with its own workdir.
+pub fn runner(ns: &Namespace, scratch: &Scratch, name: &str, extra: &[&str]) -> Proc {
+    let workdir = scratch.join(&format!("{name}-work"));
+    let mut args = vec![
+        "runner",
+        "--id",
+        name,
+        "--workdir",
+        workdir.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(name, ns, scratch, &args, &[])
+}
+
+/// Starts an observer on `repo` with a state file in the scratch dir.
+pub fn observer(ns: &Namespace, scratch: &Scratch, repo: &str, extra: &[&str]) -> Proc {
+    let state = scratch.join("observer-state.json");
+    let mut args = vec![
+        "observer",
+        "--interval",
+        "0.2",
+        "--state",
+        state.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    args.push(repo);
+    Proc::spawn("observer", ns, scratch, &args, &[])
+}
+
+/// Processes whose command line contains `marker` (from /proc).
+pub fn processes_matching(marker: &str) -> Vec<String> {
+    processes_where(|cmdline| cmdline.contains(marker))
+}
+
+/// Processes whose command line starts with `prefix`.
+pub fn processes_starting_with(prefix: &str) -> Vec<String> {
+    processes_where(|cmdline| cmdline.starts_with(prefix))
+}
+
+fn processes_where(test: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if test(&cmdline) {
+                    found.push(format!("{pid}: {cmdline}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A bare repository to watch and a staging clone to push commits from.
+pub fn origin_and_staging(scratch: &Scratch) -> (Repo, Repo) {
+    let bare = scratch.join("origin.git");
+    std::fs::create_dir_all(&bare).expect("mkdir");
+    git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+    let staging = Repo::new(scratch.join("staging"));
+    staging.write("value.txt", "value=0\n");
+    staging.commit("initial");
+    git(
+        &staging.path,
+        &["push", "-q", bare.to_str().expect("utf8"), "HEAD:main"],
+    );
+    (Repo { path: bare }, staging)
+}
+
+pub fn push_commits(origin: &Repo, staging: &Repo, range: std::ops::Range<usize>) -> Vec<String> {
+    let commits = range
+        .map(|i| {
+            staging.write("value.txt", &format!("value={i}\n"));
+            staging.commit(&format!("commit {i}"))
+        })
+        .collect();
+    git(
+        &staging.path,
+        &["push", "-q", origin.path_str(), "HEAD:main"],
+    );
+    commits
+}
+
+pub fn head(repo: &Repo) -> String {
+    git(&repo.path, &["rev-parse", "HEAD"])
+}
+
+/// Waits until the job for `commit` is running and returns (job id, runner id).
+pub fn wait_running(api: &Api, commit: &str) -> (String, String) {
+    wait_for(
+        &format!("{commit} to be running"),
+        Duration::from_secs(60),
+        || {
+            let jobs = api.jobs_by_commit();
+            let job = jobs.get(commit)?.first()?.clone();
+            (job["status"] == "running").then(|| {
+                (
+                    job["id"].as_str().unwrap_or_default().to_string(),
+                    job["runner"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+        },
+    )
+}
+
+pub fn one_job(jobs: &HashMap<String, Vec<Value>>, commit: &str) -> Value {
+    let for_commit = &jobs[commit];
+    assert_eq!(
+        for_commit.len(),
+        1,
+        "exactly one job for {commit}: {for_commit:?}"
+    );
+    for_commit[0].clone()
+}
+
+pub fn take_runner(runners: &mut Vec<Proc>, id: &str) -> Proc {
+    let index = runners
+        .iter()
+        .position(|r| r.name == id)
+        .unwrap_or_else(|| panic!("no runner {id}"));
+    runners.remove(index)
+}

@@ -1,0 +1,767 @@
+//! Issue 5: the dashboard in a real headless Chromium, against a real
+//! dispatcher, runner, observer and broker.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them); without them the test fails and says so. Chromium is driven
+//! through chromedriver's WebDriver HTTP API by the tiny client below.
+//! Screenshots are saved in the test's scratch dir, and also copied to
+//! `$WARREN_SCREENSHOTS` when that is set (to look at them after a
+//! passing run).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const WINDOW: (u32, u32) = (1280, 1000);
+
+/// The key under which WebDriver returns an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver on PATH (or in /usr/bin), or a failure saying what to install.
+fn require_chromium() -> PathBuf {
+    let driver = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("chromedriver"))
+        .find(|candidate| candidate.is_file());
+    match driver {
+        Some(driver) if Path::new(CHROMIUM).is_file() => driver,
+        _ => panic!(
+            "the dashboard browser test needs headless Chromium: install Debian's chromium and \
+             chromium-driver packages (`sudo apt-get install -y chromium chromium-driver`; \
+             .ci/run does it). Missing: {}",
+            [
+                (!Path::new(CHROMIUM).is_file()).then_some(CHROMIUM),
+                driver.is_none().then_some("chromedriver"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
+        ),
+    }
+}
+
+/// A headless Chromium behind chromedriver, both killed on drop (also
+/// when the test fails).
+struct Browser {
+    driver: Option<Child>,
+    endpoint: String,
+    session: Option<String>,
+    http: reqwest::blocking::Client,
+    /// Chromium's profile; its path marks every Chromium process of ours.
+    profile: PathBuf,
+    /// Where screenshots and failure dumps go.
+    artifacts: PathBuf,
+}
+
+impl Browser {
+    fn start(chromedriver: &Path, scratch: &Scratch) -> Browser {
+        let port = free_port();
+        let profile = scratch.join("chromium-profile");
+        std::fs::create_dir_all(&profile).expect("profile dir");
+        let log = scratch.join("chromedriver.log");
+        let driver = {
+            use std::os::unix::process::CommandExt;
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                // Its own process group, so that Drop can kill it and
+                // everything it started at once.
+                .process_group(0)
+                .spawn()
+                .expect("start chromedriver")
+        };
+        let mut browser = Browser {
+            driver: Some(driver),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            session: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            profile,
+            artifacts: scratch.path().to_path_buf(),
+        };
+        wait_for("chromedriver to answer", Duration::from_secs(20), || {
+            browser
+                .request("GET", "/status", None)
+                .ok()
+                .filter(|status| status["ready"] == true)
+        });
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
+            &format!("--user-data-dir={}", browser.profile.display()),
+        ];
+        let created = browser
+            .request(
+                "POST",
+                "/session",
+                Some(json!({
+                    "capabilities": {
+                        "alwaysMatch": {
+                            "browserName": "chrome",
+                            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                            "goog:loggingPrefs": { "browser": "ALL" },
+                            // An alert stays open, so the test can see it.
+                            "unhandledPromptBehavior": "ignore"
+                        }
+                    }
+                })),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "chromedriver could not start Chromium: {e}\n(see {})",
+                    log.display()
+                )
+            });
+        browser.session = Some(
+            created["sessionId"]
+                .as_str()
+                .expect("a session id")
+                .to_string(),
+        );
+        browser
+    }
+
+    /// One WebDriver call; the `value` of the answer, or the error.
+    fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.endpoint);
+        let request = match method {
+            "GET" => self.http.get(&url),
+            "DELETE" => self.http.delete(&url),
+            _ => self.http.post(&url).json(&body.unwrap_or(json!({}))),
+        };
+        let response = request
+            .send()
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let ok = response.status().is_success();
+        let answer: Value = response
+            .json()
+            .map_err(|e| format!("{method} {path}: bad JSON: {e}"))?;
+        let value = answer["value"].clone();
+        if ok {
+            Ok(value)
+        } else {
+            Err(format!(
+                "{method} {path}: {}: {}",
+                value["error"].as_str().unwrap_or("error"),
+                value["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            ))
+        }
+    }
+
+    fn session(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let session = self.session.as_deref().expect("a session");
+        self.request(method, &format!("/session/{session}{path}"), body)
+    }
+
+    fn goto(&self, url: &str) {
+        self.session("POST", "/url", Some(json!({ "url": url })))
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    }
+
+    fn current_url(&self) -> String {
+        self.session("GET", "/url", None)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Runs `script` (a function body; `arguments[i]` are `args`) in the page.
+    fn try_exec(&self, script: &str, args: Value) -> Result<Value, String> {
+        self.session(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
+    fn exec(&self, script: &str, args: Value) -> Value {
+        self.try_exec(script, args)
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    fn find(&self, css: &str) -> Result<String, String> {
+        let found = self.session(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        )?;
+        found[ELEMENT]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no element reference for {css}: {found}"))
+    }
+
+    fn click(&self, css: &str) {
+        let element = self.find(css).unwrap_or_else(|e| panic!("{e}"));
+        self.session("POST", &format!("/element/{element}/click"), None)
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// The text of an open alert, prompt or confirm, if there is one.
+    fn alert_text(&self) -> Option<String> {
+        self.session("GET", "/alert/text", None)
+            .ok()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// The page's console messages since the last call.
+    fn console(&self) -> Vec<Value> {
+        match self.session("POST", "/se/log", Some(json!({ "type": "browser" }))) {
+            Ok(Value::Array(entries)) => entries,
+            _ => Vec::new(),
+        }
+    }
+
+    /// A PNG of the window, saved as `name` in the artifacts dir (and in
+    /// $WARREN_SCREENSHOTS, if set).
+    fn screenshot(&self, name: &str) -> (PathBuf, Vec<u8>) {
+        let encoded = self
+            .session("GET", "/screenshot", None)
+            .unwrap_or_else(|e| panic!("screenshot: {e}"));
+        let png = base64_decode(encoded.as_str().expect("base64 text"));
+        let path = self.artifacts.join(name);
+        std::fs::write(&path, &png).expect("write screenshot");
+        if let Some(dir) = std::env::var_os("WARREN_SCREENSHOTS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join(name), &png);
+        }
+        (path, png)
+    }
+
+    /// Polls `check` every 100 ms until it returns `Ok`; on timeout saves a
+    /// screenshot and the page's HTML, and fails with the last `Err`.
+    fn wait_until<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = match check() {
+                Ok(value) => return value,
+                Err(last) => last,
+            };
+            if Instant::now() > deadline {
+                let _ = self.session("GET", "/screenshot", None).map(|shot| {
+                    let png = base64_decode(shot.as_str().unwrap_or_default());
+                    std::fs::write(self.artifacts.join("timeout.png"), png)
+                });
+                if let Ok(html) =
+                    self.try_exec("return document.documentElement.outerHTML", json!([]))
+                {
+                    let _ = std::fs::write(
+                        self.artifacts.join("timeout.html"),
+                        html.as_str().unwrap_or_default(),
+                    );
+                }
+                panic!(
+                    "timed out after {within:?} waiting for {what}; last seen: {last}\n\
+                     page: {}\nconsole: {:?}\n(timeout.png and timeout.html are in the kept scratch dir)",
+                    self.current_url(),
+                    self.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            // Closing the session ends Chromium in an orderly way; what
+            // follows kills whatever is left either way.
+            let _ = self
+                .http
+                .delete(format!("{}/session/{session}", self.endpoint))
+                .timeout(Duration::from_secs(10))
+                .send();
+        }
+        if let Some(mut driver) = self.driver.take() {
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe {
+                libc::kill(-(driver.id() as i32), libc::SIGKILL);
+            }
+            let _ = driver.kill();
+            let _ = driver.wait();
+        }
+        // Chromium processes that left the group: they carry our profile
+        // dir on their command line.
+        let marker = format!("--user-data-dir={}", self.profile.display());
+        for process in processes_matching(&marker) {
+            if let Some(pid) = process
+                .split(':')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a Chromium this test started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let sextets: Vec<u8> = text.bytes().filter_map(value).collect();
+    let mut out = Vec::with_capacity(sextets.len() * 3 / 4);
+    for chunk in sextets.chunks(4) {
+        let mut bits = 0u32;
+        for (i, s) in chunk.iter().enumerate() {
+            bits |= u32::from(*s) << (18 - 6 * i);
+        }
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+/// A real PNG of the window's size with enough in it not to be blank: a
+/// blank page compresses to a few KB of few distinct bytes.
+fn assert_png_not_blank(path: &Path, png: &[u8]) {
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 24 && &png[12..16] == b"IHDR",
+        "{} is not a PNG",
+        path.display()
+    );
+    let width = u32::from_be_bytes(png[16..20].try_into().expect("4 bytes"));
+    let height = u32::from_be_bytes(png[20..24].try_into().expect("4 bytes"));
+    assert!(
+        width >= 800 && height >= 600,
+        "{}: {width}x{height}",
+        path.display()
+    );
+    let mut seen = [false; 256];
+    png.iter().for_each(|&b| seen[b as usize] = true);
+    let distinct = seen.iter().filter(|&&s| s).count();
+    assert!(
+        png.len() > 15_000 && distinct > 200,
+        "{} looks blank: {} bytes, {distinct} distinct",
+        path.display(),
+        png.len()
+    );
+}
+
+/// The console's errors since the last call (CSP violations, failed
+/// requests, exceptions).
+fn console_errors(browser: &Browser) -> Vec<String> {
+    browser
+        .console()
+        .into_iter()
+        .filter(|entry| entry["level"] == "SEVERE")
+        .map(|entry| entry["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+const TOKEN: &str = "dashboard-test-token";
+
+const HOSTILE_SUBJECT: &str = "<b>bold?</b> & \"quoted\" <script>window.__pwned = 3</script>";
+
+const HOSTILE_TEST: &str = r#"echo 'testing the dashboard'
+printf '\033[31mRED ALERT\033[0m then \033[1;32mbold green\033[0m and \033[38;5;208morange\033[0m\n'
+echo '<script>window.__pwned = 1; alert(1)</script>'
+echo '<img src=x onerror="window.__pwned = 2">'
+printf '\033]0;a window title\007progress 10%%\rprogress 100%%\n'
+sleep 4
+echo 'the end'
+exit 1
+"#;
+
+#[test]
+fn the_dashboard_shows_jobs_live_renders_logs_safely_and_lists_runners() {
+    let chromedriver = require_chromium();
+    let ns = Namespace::new("dashboard");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(".warren-test", "echo all good\n");
+    let first = repo.commit("a first, passing commit");
+    let dispatcher = Dispatcher::start_with_env(&ns, &scratch, &[], &[("WARREN_API_TOKEN", TOKEN)]);
+    let _runner = runner(&ns, &scratch, "r1", &[]);
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    api.wait_terminal(std::slice::from_ref(&first), Duration::from_secs(60));
+
+    // Pages carry a CSP that allows no inline script; unknown jobs are 404.
+    let front = reqwest::blocking::get(format!("{}/", dispatcher.url)).expect("GET /");
+    let csp = front
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let missing =
+        reqwest::blocking::get(format!("{}/jobs/no-such-job", dispatcher.url)).expect("GET");
+    assert_eq!(missing.status().as_u16(), 404);
+
+    let browser = Browser::start(&chromedriver, &scratch);
+    let row_js = "const tr = document.querySelector('tr[data-commit=\"' + arguments[0] + '\"]');
+        return tr && { status: tr.dataset.status,
+                       duration: tr.querySelector('.duration').textContent,
+                       subject: tr.querySelector('.subject').textContent,
+                       runner: tr.querySelector('.runner').textContent };";
+
+    // The jobs list shows the first job, and follows the live events.
+    browser.goto(&format!("{}/", dispatcher.url));
+    browser.wait_until("the first job, passed", Duration::from_secs(20), || {
+        let row = browser.exec(row_js, json!([first]));
+        (row["status"] == "passed")
+            .then_some(())
+            .ok_or(format!("{row}"))
+    });
+    browser.wait_until("the live indicator", Duration::from_secs(20), || {
+        let live = browser.exec(
+            "return document.getElementById('live').textContent",
+            json!([]),
+        );
+        (live == "live").then_some(()).ok_or(format!("{live}"))
+    });
+    browser.exec("window.__sameDocument = 'yes'", json!([]));
+    // The console is readable (so "no console errors" below means something).
+    browser.exec("console.error('warren-probe')", json!([]));
+    let errors = console_errors(&browser);
+    assert!(
+        errors.len() == 1 && errors[0].contains("warren-probe"),
+        "the browser console, with only the probe in it: {errors:?}"
+    );
+
+    // A commit made while the page is open appears and reaches its outcome.
+    repo.write(".warren-test", HOSTILE_TEST);
+    let hostile = repo.commit(HOSTILE_SUBJECT);
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let row = browser.wait_until(
+        "the new commit's job to appear and reach its outcome",
+        Duration::from_secs(90),
+        || {
+            let row = browser.exec(row_js, json!([hostile]));
+            let status = row["status"].as_str().ok_or("no row yet")?.to_string();
+            let duration = row["duration"].as_str().unwrap_or_default().to_string();
+            if seen.last() != Some(&(status.clone(), duration.clone())) {
+                if status == "running" && !seen.iter().any(|(s, _)| s == "running") {
+                    browser.screenshot("dashboard-running.png");
+                }
+                seen.push((status.clone(), duration));
+            }
+            is_terminal(&row)
+                .then(|| row.clone())
+                .ok_or(format!("{row}"))
+        },
+    );
+    assert_eq!(row["status"], "failed", "{row}");
+    assert_eq!(row["subject"], HOSTILE_SUBJECT, "the subject shows as text");
+    assert_eq!(row["runner"], "r1", "{row}");
+    let running: Vec<&String> = seen
+        .iter()
+        .filter(|(status, _)| status == "running")
+        .map(|(_, duration)| duration)
+        .collect();
+    assert!(
+        running.len() >= 2,
+        "the running job's elapsed time ticks on the page: {seen:?}"
+    );
+    assert_eq!(
+        browser.exec("return window.__sameDocument", json!([])),
+        "yes",
+        "the page was not reloaded"
+    );
+    assert_eq!(
+        browser.exec("return typeof window.__pwned", json!([])),
+        "undefined"
+    );
+    let (path, png) = browser.screenshot("dashboard-jobs.png");
+    assert_png_not_blank(&path, &png);
+
+    // Its job page: every field, and the log as text, coloured, numbered.
+    browser.click(&format!("tr[data-commit=\"{hostile}\"] a.sha"));
+    let job_id = api
+        .jobs_by_commit()
+        .get(&hostile)
+        .and_then(|jobs| jobs[0]["id"].as_str().map(str::to_string))
+        .expect("the job in the API");
+    let log_js = "const log = document.getElementById('log');
+        return { lines: log.querySelectorAll('.line').length,
+                 text: Array.from(log.querySelectorAll('.code'), c => c.textContent).join('\\n'),
+                 output: Array.from(log.querySelectorAll('.code'), c => c.textContent)
+                     .filter(line => /RED ALERT|progress/.test(line) && !line.includes('printf')),
+                 first_number: (log.querySelector('.ln') || {}).textContent,
+                 red: Array.from(log.querySelectorAll('span.ansi-fg-1'), s => s.textContent),
+                 green: Array.from(log.querySelectorAll('span.ansi-fg-2.ansi-bold'), s => s.textContent),
+                 elements_in_log: log.querySelectorAll('script, img, b').length,
+                 scripts: document.scripts.length,
+                 status: document.querySelector('[data-field=status] .status').dataset.status,
+                 exit_code: document.querySelector('[data-field=exit_code]').textContent,
+                 subject: document.querySelector('[data-field=subject]').textContent,
+                 title: document.getElementById('job-title').textContent,
+                 runner: document.querySelector('[data-field=runner]').textContent,
+                 raw: document.getElementById('raw-log').href,
+                 pwned: typeof window.__pwned };";
+    let page = browser.wait_until("the job page and its log", Duration::from_secs(20), || {
+        if !browser.current_url().contains(&format!("/jobs/{job_id}")) {
+            return Err(browser.current_url());
+        }
+        let page = browser
+            .try_exec(log_js, json!([]))
+            .map_err(|e| e.to_string())?;
+        (page["lines"].as_u64() > Some(0))
+            .then(|| page.clone())
+            .ok_or(format!("{page}"))
+    });
+    let text = page["text"].as_str().expect("log text");
+    assert!(
+        text.contains("<script>window.__pwned = 1; alert(1)</script>")
+            && text.contains("<img src=x onerror=\"window.__pwned = 2\">"),
+        "the markup in the log shows literally: {text}"
+    );
+    assert_eq!(page["elements_in_log"], 0, "no markup became elements");
+    assert_eq!(page["scripts"], 2, "only the dashboard's own scripts");
+    assert_eq!(page["pwned"], "undefined", "no injected script ran");
+    assert_eq!(browser.alert_text(), None, "no alert opened");
+    // (The log also shows the test script itself, escapes written out.)
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert_eq!(
+        page["output"],
+        json!(["RED ALERT then bold green and orange", "progress 100%"]),
+        "ANSI escapes and the OSC title are rendered or dropped, never shown; \
+         a carriage return overwrites the line: {text}"
+    );
+    assert_eq!(page["red"], json!(["RED ALERT"]), "{page}");
+    assert_eq!(page["green"], json!(["bold green"]), "{page}");
+    assert_eq!(page["first_number"], "1");
+    let raw = api.log(&job_id);
+    assert_eq!(
+        page["lines"].as_u64(),
+        Some(raw.lines().count() as u64),
+        "one numbered line per line of the log"
+    );
+    assert!(raw.contains("\u{1b}[31mRED ALERT"), "the raw log is raw");
+    assert!(
+        page["raw"]
+            .as_str()
+            .is_some_and(|href| href.ends_with(&format!("/api/jobs/{job_id}/log"))),
+        "{page}"
+    );
+    assert_eq!(page["status"], "failed");
+    assert_eq!(page["exit_code"], "1");
+    assert_eq!(page["runner"], "r1");
+    assert_eq!(page["subject"], HOSTILE_SUBJECT);
+    assert_eq!(page["title"], HOSTILE_SUBJECT);
+    let errors = console_errors(&browser);
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let (path, png) = browser.screenshot("dashboard-job.png");
+    assert_png_not_blank(&path, &png);
+    browser.exec(
+        "document.getElementById('L9').scrollIntoView({block: 'start'})",
+        json!([]),
+    );
+    let (path, png) = browser.screenshot("dashboard-log.png");
+    assert_png_not_blank(&path, &png);
+
+    // Rerun from the page: the dispatcher wants its token, which the page
+    // asks for (a wrong one is refused and forgotten) and then keeps. The
+    // rerun is a new job for the same commit, whose page follows it live
+    // to its outcome and then shows its log.
+    let answer_prompt = |token: &str| {
+        browser.click("#rerun");
+        let asked = browser.wait_until("the token prompt", Duration::from_secs(20), || {
+            browser.alert_text().ok_or("no prompt".to_string())
+        });
+        assert!(asked.contains("API token"), "{asked}");
+        browser
+            .session("POST", "/alert/text", Some(json!({ "text": token })))
+            .expect("type into the prompt");
+        browser
+            .session("POST", "/alert/accept", None)
+            .expect("accept the prompt");
+    };
+    answer_prompt("not-the-token");
+    browser.wait_until("a refused rerun", Duration::from_secs(20), || {
+        let result = browser.exec(
+            "return [document.getElementById('rerun-result').textContent, localStorage.getItem('warren.apiToken')]",
+            json!([]),
+        );
+        (result[0].as_str().is_some_and(|r| r.contains("needs the API token")) && result[1].is_null())
+            .then_some(())
+            .ok_or(format!("{result}"))
+    });
+    answer_prompt(TOKEN);
+    let rerun_id = browser.wait_until("the rerun to be queued", Duration::from_secs(20), || {
+        let link = browser.exec(
+            "const a = document.getElementById('rerun-link'); return a ? a.textContent : document.getElementById('rerun-result').textContent",
+            json!([]),
+        );
+        let text = link.as_str().unwrap_or_default().to_string();
+        (text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some(text.clone())
+            .ok_or(text)
+    });
+    assert_ne!(rerun_id, job_id);
+    assert_eq!(
+        browser.exec("return localStorage.getItem('warren.apiToken')", json!([])),
+        TOKEN,
+        "the page keeps the token"
+    );
+    let rerun = api
+        .get_json(&format!("/api/jobs/{rerun_id}"))
+        .expect("the rerun in the API");
+    assert_eq!(rerun["commit"], hostile.as_str());
+    browser.click("#rerun-link");
+    browser.wait_until(
+        "the rerun's page to follow it to its outcome",
+        Duration::from_secs(60),
+        || {
+            let page = browser
+                .try_exec(log_js, json!([]))
+                .map_err(|e| e.to_string())?;
+            (browser.current_url().contains(&rerun_id)
+                && page["status"] == "failed"
+                && page["lines"].as_u64() > Some(0))
+            .then_some(())
+            .ok_or(format!("{page}"))
+        },
+    );
+
+    // The only console errors so far: the refused reruns.
+    let errors = console_errors(&browser);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("/rerun") && e.contains("401")),
+        "console errors: {errors:?}"
+    );
+
+    // Filters and keyset pagination live in the URL.
+    let list_js =
+        "return { ids: Array.from(document.querySelectorAll('#job-rows tr'), tr => tr.dataset.id),
+                            older: !document.getElementById('older').hidden,
+                            newest: !document.getElementById('newest').hidden,
+                            empty: !document.getElementById('empty').hidden };";
+    let list = |url: &str, expect: &[&str]| -> Value {
+        browser.goto(&format!("{}{url}", dispatcher.url));
+        browser.wait_until(
+            &format!("{url} to list {expect:?}"),
+            Duration::from_secs(20),
+            || {
+                let page = browser.exec(list_js, json!([]));
+                (page["ids"] == json!(expect) && (!expect.is_empty() || page["empty"] == true))
+                    .then(|| page.clone())
+                    .ok_or(format!("{page}"))
+            },
+        )
+    };
+    let page = list("/?status=failed&limit=1", &[&rerun_id]);
+    assert_eq!(
+        (&page["older"], &page["newest"]),
+        (&json!(true), &json!(false))
+    );
+    browser.click("#older");
+    browser.wait_until("the next page", Duration::from_secs(20), || {
+        let page = browser.exec(list_js, json!([]));
+        (page["ids"] == json!([job_id]) && page["newest"] == true && page["older"] == false)
+            .then_some(())
+            .ok_or(format!("{page}"))
+    });
+    assert!(
+        browser.current_url().contains("before="),
+        "{}",
+        browser.current_url()
+    );
+    let first_id = api.jobs_by_commit()[&first][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    list("/?branch=main", &[&rerun_id, &job_id, &first_id]);
+    list("/?status=passed", &[&first_id]);
+    list("/?branch=elsewhere", &[]);
+
+    // The runners page: the runner online, the queue and the dead letters.
+    browser.goto(&format!("{}/runners", dispatcher.url));
+    let runners = browser.wait_until("runner r1 online", Duration::from_secs(20), || {
+        let page = browser.exec(
+            "const tr = document.querySelector('tr[data-runner=\"r1\"]');
+             return { online: tr && tr.dataset.online,
+                      state: tr && tr.querySelector('.presence').textContent,
+                      jobs_done: tr && tr.lastElementChild.textContent,
+                      depth: document.getElementById('queue-depth').textContent,
+                      dead: document.getElementById('dead-letters').textContent,
+                      management: document.getElementById('management-ui').href };",
+            json!([]),
+        );
+        (page["online"] == "true" && page["depth"] != "–")
+            .then(|| page.clone())
+            .ok_or(format!("{page}"))
+    });
+    assert_eq!(runners["state"], "online");
+    assert!(
+        runners["jobs_done"]
+            .as_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 3),
+        "{runners}"
+    );
+    for number in ["depth", "dead"] {
+        assert!(
+            runners[number]
+                .as_str()
+                .is_some_and(|n| n.parse::<u64>().is_ok()),
+            "{runners}"
+        );
+    }
+    let management = runners["management"].as_str().unwrap_or_default();
+    assert!(
+        management.starts_with("http://") && management.contains(":15672"),
+        "{runners}"
+    );
+    assert!(
+        !management.contains("guest:guest"),
+        "no credentials in links: {management}"
+    );
+    let errors = console_errors(&browser);
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let (path, png) = browser.screenshot("dashboard-runners.png");
+    assert_png_not_blank(&path, &png);
+    eprintln!("screenshots in {}", scratch.path().display());
+}

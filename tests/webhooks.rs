@@ -1,0 +1,330 @@
+//! Issue 5: webhook notifications against a real dispatcher, runner and
+//! observer, received by a local HTTP server: the payload, its signature,
+//! the retry after a 500, and silence for a second consecutive failure.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+const SECRET: &str = "s3cret";
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+struct Request {
+    request_line: String,
+    /// Header names in lower case.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == &name.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the body is JSON")
+    }
+}
+
+/// A webhook receiver on 127.0.0.1 that records every request and answers
+/// 500 to the first one, 200 to the others. One request per connection.
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "http://{}/hooks/warren",
+            listener.local_addr().expect("addr")
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(request) = read_request(&mut stream) else {
+                    continue;
+                };
+                let first = {
+                    let mut seen = log.lock().expect("lock");
+                    seen.push(request);
+                    seen.len() == 1
+                };
+                let status = if first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                let _ = stream.flush();
+            }
+        });
+        Receiver { url, seen }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// Reads one HTTP/1.1 request with a `Content-Length` body.
+fn read_request(stream: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).ok()?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Some(Request {
+        request_line,
+        headers,
+        body,
+    })
+}
+
+fn expected_signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+#[test]
+fn a_failure_and_its_fix_are_posted_signed_and_retried_and_a_second_failure_is_quiet() {
+    let ns = Namespace::new("webhooks");
+    let scratch = Scratch::new();
+    let receiver = Receiver::start();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(".warren-test", "cat result.txt; grep -q pass result.txt");
+
+    let dispatcher = Dispatcher::start_with_env(
+        &ns,
+        &scratch,
+        &["--webhook", &receiver.url],
+        &[("WARREN_WEBHOOK_SECRET", SECRET)],
+    );
+    let api = dispatcher.api();
+    let _runner = runner(&ns, &scratch, "r1", &[]);
+
+    // pass, fail, fail, pass: one commit at a time, each tested before the
+    // next is made, so the outcomes are recorded in this order.
+    let mut commits = Vec::new();
+    let mut observer_proc = None;
+    for (i, result) in ["pass", "fail", "fail", "pass"].iter().enumerate() {
+        repo.write("result.txt", &format!("{result}\n"));
+        let commit = repo.commit(&format!("commit {i}: {result}"));
+        if observer_proc.is_none() {
+            // Started after the first commit: its first poll publishes it.
+            observer_proc = Some(observer(&ns, &scratch, repo.path_str(), &[]));
+        }
+        let jobs = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
+        let status = jobs[&commit][0]["status"].as_str().unwrap_or_default();
+        let expected = if *result == "pass" {
+            "passed"
+        } else {
+            "failed"
+        };
+        assert_eq!(status, expected, "commit {i}: {:?}", jobs[&commit]);
+        let job = jobs[&commit][0].clone();
+        commits.push((commit, job));
+    }
+
+    // The "fixed" notification comes last; each webhook gets its
+    // notifications in order, so once it is here nothing else is coming
+    // for the jobs before it.
+    let requests = wait_for(
+        "the webhook to receive the \"fixed\" notification",
+        Duration::from_secs(30),
+        || {
+            let requests = receiver.requests();
+            requests
+                .iter()
+                .any(|r| {
+                    r.header("x-warren-event") == Some("fixed")
+                        && r.header("x-warren-delivery").is_some()
+                })
+                .then_some(requests)
+        },
+    );
+    // A moment for anything unexpected to show up.
+    std::thread::sleep(Duration::from_millis(1500));
+    let requests_now = receiver.requests();
+    assert_eq!(
+        requests.len(),
+        requests_now.len(),
+        "nothing after the \"fixed\" notification: {requests_now:#?}"
+    );
+
+    // Three requests: "failed" (answered 500), "failed" again (the retry,
+    // byte for byte the same), "fixed". Nothing for the second failure or
+    // the first pass.
+    let summary: Vec<(String, String)> = requests
+        .iter()
+        .map(|r| {
+            let json = r.json();
+            (
+                json["event"].as_str().unwrap_or_default().to_string(),
+                json["job"]["commit"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let (first_fail, fix) = (&commits[1].0, &commits[3].0);
+    assert_eq!(
+        summary,
+        vec![
+            ("failed".to_string(), first_fail.clone()),
+            ("failed".to_string(), first_fail.clone()),
+            ("fixed".to_string(), fix.clone()),
+        ],
+        "{requests:#?}"
+    );
+    assert_eq!(
+        requests[0].body, requests[1].body,
+        "the retry after the 500 sends the same payload"
+    );
+    assert_eq!(
+        requests[0].header("x-warren-delivery"),
+        requests[1].header("x-warren-delivery")
+    );
+
+    for request in &requests {
+        assert!(
+            request
+                .request_line
+                .starts_with("POST /hooks/warren HTTP/1.1"),
+            "{}",
+            request.request_line
+        );
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(
+            request.header("x-warren-signature"),
+            Some(expected_signature(&request.body).as_str()),
+            "the signature is the HMAC-SHA256 of the exact body"
+        );
+        let json = request.json();
+        let event = json["event"].as_str().expect("event");
+        assert_eq!(request.header("x-warren-event"), Some(event));
+        let job = &json["job"];
+        let id = job["id"].as_str().expect("id");
+        let delivery = format!("{id}.{event}");
+        assert_eq!(json["delivery"].as_str(), Some(delivery.as_str()));
+        assert_eq!(request.header("x-warren-delivery"), Some(delivery.as_str()));
+        assert_eq!(json["v"], 1);
+        assert_eq!(job["repo"].as_str(), Some(repo.path_str()));
+        assert_eq!(job["branch"], "main");
+        assert_eq!(
+            json["job_url"].as_str(),
+            Some(format!("/jobs/{id}").as_str())
+        );
+        assert_eq!(
+            json["api_url"].as_str(),
+            Some(format!("/api/jobs/{id}").as_str())
+        );
+        assert_eq!(
+            json["log_url"].as_str(),
+            Some(format!("/api/jobs/{id}/log").as_str())
+        );
+        // The links work on the dispatcher.
+        api.get_text(&format!("/jobs/{id}"))
+            .expect("the job's dashboard page");
+        let shown = api.get_json(&format!("/api/jobs/{id}")).expect("job");
+        assert_eq!(shown["status"], job["status"]);
+        assert!(api
+            .log(id)
+            .contains(if event == "failed" { "fail" } else { "pass" }));
+    }
+
+    let failed = requests[0].json();
+    assert_eq!(failed["job"]["status"], "failed");
+    assert_eq!(failed["job"]["id"], commits[1].1["id"]);
+    assert_eq!(failed["job"]["subject"], "commit 1: fail");
+    assert_eq!(
+        failed["previous"]["commit"].as_str(),
+        Some(commits[0].0.as_str())
+    );
+    assert_eq!(failed["previous"]["status"], "passed");
+    let fixed = requests[2].json();
+    assert_eq!(fixed["job"]["status"], "passed");
+    assert_eq!(fixed["job"]["id"], commits[3].1["id"]);
+    assert_eq!(
+        fixed["previous"]["commit"].as_str(),
+        Some(commits[2].0.as_str())
+    );
+    assert_eq!(fixed["previous"]["status"], "failed");
+
+    // Every attempt is logged, the secret never.
+    let log = dispatcher.proc.log_text();
+    assert!(
+        !log.contains(SECRET),
+        "the secret is in the dispatcher's log"
+    );
+    let attempts: Vec<&str> = log.lines().filter(|l| l.contains("webhook")).collect();
+    assert!(
+        attempts
+            .iter()
+            .any(|l| l.contains("retrying") && l.contains("500")),
+        "the 500 is logged: {attempts:#?}"
+    );
+    assert_eq!(
+        attempts
+            .iter()
+            .filter(|l| l.contains("webhook notified"))
+            .count(),
+        2,
+        "{attempts:#?}"
+    );
+}
