@@ -59,7 +59,7 @@ fn scenario_1_commit_to_start_and_outcome() {
 #[test]
 fn scenario_2_per_job_overhead() {
     let report = smoke(2, &[2]);
-    assert_eq!(report.sections[1].rows.len(), 3);
+    assert_eq!(report.sections[1].rows.len(), 4);
     assert!(report.sections[1].details.contains("checkout"));
 }
 

@@ -273,6 +273,72 @@ fn an_observer_killed_while_commits_arrive_skips_none_and_repeats_none() {
     drop(obs);
 }
 
+/// The window the test above can only hit by luck, made certain: the
+/// observer "died" after the broker took two publishes but before its state
+/// file recorded them. On restart it must learn from the broker's ledger
+/// and publish only the commit after them.
+#[test]
+fn an_observer_that_died_between_confirm_and_state_write_publishes_nothing_twice() {
+    let ns = Namespace::new("observer-window");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    let commits: Vec<String> = (1..=4)
+        .map(|i| {
+            repo.write("value.txt", &format!("value={i}\n"));
+            repo.commit(&format!("commit {i}"))
+        })
+        .collect();
+    let location = std::fs::canonicalize(repo.path_str()).expect("canonical path");
+    let location = location.to_str().expect("utf8");
+    let names = broker::Names::new(ns.name.clone());
+    let taken: Vec<(String, String, Vec<u8>)> = commits[1..3]
+        .iter()
+        .map(|c| {
+            let job = broker::message::Job::for_commit(location, "main", c);
+            (
+                names.jobs_exchange(),
+                String::new(),
+                broker::message::encode(&job),
+            )
+        })
+        .collect();
+    publish_raw(&ns, &taken);
+    let state = scratch.join("observer-state.json");
+    let saved = serde_json::json!({
+        "version": 1, "repo": location, "branches": {"main": commits[0]}, "publishing": true
+    });
+    std::fs::write(&state, saved.to_string()).expect("write state");
+
+    let observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    wait_for("the observer to catch up", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&state).ok()?;
+        let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (state["branches"]["main"] == commits[3].as_str() && state["publishing"] == false)
+            .then_some(())
+    });
+
+    let (ledger, work_depth) = ns.with_broker(async |broker| {
+        let ledger = broker.recent_jobs(64 * 1024).await.expect("ledger");
+        let (depth, _) = broker
+            .queue_stats(&broker.names().work_queue())
+            .await
+            .expect("work queue");
+        (ledger, depth)
+    });
+    let published: Vec<&str> = ledger.iter().map(|job| job.commit.as_str()).collect();
+    assert_eq!(
+        published,
+        [&commits[1], &commits[2], &commits[3]],
+        "each once"
+    );
+    assert_eq!(work_depth, 3);
+    assert!(
+        observer.log_text().contains("the broker took commits"),
+        "{}",
+        observer.log_text()
+    );
+}
+
 #[test]
 fn a_poison_job_is_dead_lettered_after_the_delivery_limit_and_recorded_as_error() {
     let ns = Namespace::new("poison");

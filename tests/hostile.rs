@@ -9,55 +9,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use broker::message::{encode, Job, SCHEMA_VERSION};
-use broker::topology::TopologySettings;
-use broker::{BrokerConfig, Names};
+use broker::Names;
 use common::*;
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
-
-fn broker_config(ns: &Namespace) -> BrokerConfig {
-    BrokerConfig {
-        url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        names: Names::new(ns.name.clone()),
-        settings: TopologySettings::default(),
-        max_message_bytes: 64 * 1024,
-    }
-}
-
-/// Publishes raw bodies to exchanges of the namespace (through the broker
-/// crate, the one way to talk to RabbitMQ).
-fn publish_raw(ns: &Namespace, messages: &[(String, String, Vec<u8>)]) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let broker = broker::connect_with_retry(
-            &broker_config(ns),
-            "hostile-test",
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("connect");
-        let publisher = broker.publisher().await.expect("publisher");
-        for (exchange, key, body) in messages {
-            publisher
-                .publish_raw(exchange, key, body, Vec::new())
-                .await
-                .expect("publish");
-        }
-        broker.close().await;
-    });
-}
 
 /// Takes every dead letter of the namespace: (queue it came from, reason).
 fn dead_letters(ns: &Namespace, at_least: usize) -> Vec<(String, String)> {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let broker = broker::connect_with_retry(
-            &broker_config(ns),
-            "hostile-test",
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("connect");
+    ns.with_broker(async |broker| {
         let mut consumer = broker
             .consume(&broker.names().dead_letter_queue(), 100)
             .await
@@ -75,7 +33,6 @@ fn dead_letters(ns: &Namespace, at_least: usize) -> Vec<(String, String)> {
             ));
             delivery.ack(Default::default()).await.expect("ack");
         }
-        broker.close().await;
         found
     })
 }

@@ -5,17 +5,24 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, LongString};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use crate::topology::{self, Topology, TopologySettings};
+use crate::message::{decode, Job};
+use crate::topology::{self, Topology, TopologySettings, LEDGER_MAX};
 use crate::{BrokerError, Names, Publisher, Result};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest wait between connection attempts. A refused connection
+/// costs the broker next to nothing, and every second waited here is a
+/// second of recovery lost after the broker is back.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long closing a connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -186,6 +193,35 @@ impl Broker {
         Ok((declared.message_count(), declared.consumer_count()))
     }
 
+    /// The jobs in the ledger, oldest first: the last ones the broker took
+    /// on the jobs exchange, whoever published them. Reading leaves them in
+    /// place (they are taken unacked and handed back when the channel
+    /// closes). Bodies that are not valid jobs are skipped.
+    pub async fn recent_jobs(&self, max_bytes: usize) -> Result<Vec<Job>> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::amqp("opening a channel"))?;
+        let queue = self.names.ledger_queue();
+        let mut jobs = Vec::new();
+        // Publishes that arrive while we read also land at the tail; stop at
+        // twice the bound rather than chase them forever.
+        for _ in 0..2 * LEDGER_MAX {
+            let message = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(BrokerError::amqp(format!("reading {queue}")))?;
+            let Some(message) = message else { break };
+            if let Ok(job) = decode::<Job>(&message.delivery.data, max_bytes) {
+                jobs.push(job);
+            }
+        }
+        // Closing the channel returns every unacked message to the queue.
+        let _ = channel.close(200, "read".into()).await;
+        Ok(jobs)
+    }
+
     /// Deletes the namespace's queues and exchanges.
     pub async fn delete_topology(&self) -> Result<()> {
         let channel = self
@@ -284,7 +320,7 @@ async fn retry(
             _ = shutdown.cancelled() => return Err(BrokerError::Shutdown),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(RECONNECT_BACKOFF_MAX);
     }
 }
 

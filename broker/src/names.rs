@@ -70,6 +70,13 @@ impl Names {
         self.name("dispatcher.dead")
     }
 
+    /// The last jobs published (bounded): the broker's own record of what it
+    /// took, which an observer reads after a crash so that a publish
+    /// confirmed just before it died is not made twice.
+    pub fn ledger_queue(&self) -> String {
+        self.name("ledger")
+    }
+
     /// Every durable queue of the namespace, for clean-up and definitions.
     pub fn all_queues(&self) -> Vec<String> {
         vec![
@@ -79,6 +86,7 @@ impl Names {
             self.dispatcher_events_queue(),
             self.dispatcher_results_queue(),
             self.dispatcher_dead_queue(),
+            self.ledger_queue(),
         ]
     }
 

@@ -21,6 +21,11 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 3;
 /// How many dead letters are kept for inspection before the oldest go.
 pub const DEAD_LETTER_QUEUE_MAX: i64 = 10_000;
 
+/// How many recent jobs the ledger keeps. An observer that crashed reads
+/// it once on restart; a few hundred commits is far more than one poll
+/// publishes, and reading it stays well under a second.
+pub const LEDGER_MAX: i64 = 1_000;
+
 /// Settings that change the declared arguments. Every component of one
 /// deployment must use the same values, or the broker refuses the declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +127,22 @@ impl Topology {
                 quorum(names.dispatcher_events_queue(), vec![]),
                 quorum(names.dispatcher_results_queue(), vec![]),
                 quorum(names.dispatcher_dead_queue(), vec![]),
+                // Classic, not quorum: it is read by get-and-requeue, which
+                // a quorum queue counts against its delivery limit. If it is
+                // lost, observers fall back to their state files.
+                QueueSpec {
+                    name: names.ledger_queue(),
+                    arguments: vec![
+                        ("x-queue-type", json!("classic")),
+                        ("x-max-length", json!(LEDGER_MAX)),
+                        ("x-overflow", json!("drop-head")),
+                    ],
+                },
             ],
             bindings: vec![
                 bind(names.jobs_exchange(), names.work_queue(), ""),
                 bind(names.jobs_exchange(), names.dispatcher_jobs_queue(), ""),
+                bind(names.jobs_exchange(), names.ledger_queue(), ""),
                 bind(
                     names.events_exchange(),
                     names.dispatcher_events_queue(),

@@ -2,10 +2,12 @@
 //! watched branch into one job, oldest first.
 //!
 //! It remembers the last published commit per branch in a state file, and
-//! writes it only after the broker confirmed the publish, so a restart
-//! neither skips nor repeats a commit (and job ids are stable, so even a
-//! publish repeated after a crash between confirm and write is recorded
-//! once).
+//! writes it only after the broker confirmed the publish, so a restart never
+//! skips a commit. A crash between the broker taking a publish and the
+//! state file recording it would repeat that commit; to close that window
+//! the state file also says when publishes are in flight, and a restart that
+//! finds them asks the broker's ledger (a bounded copy of every job
+//! published, see `Names::ledger_queue`) which commits it took.
 
 mod source;
 mod state;
@@ -14,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::message::{validate_branch, Job};
+use broker::message::{job_id, validate_branch, Job};
 use broker::{Broker, BrokerConfig, Publisher};
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +61,8 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
 
     let connection_name = format!("warren-observer-{}", std::process::id());
     let mut session: Option<(Broker, Publisher)> = None;
+    // Only a start after a crash has publishes whose fate is unknown.
+    let mut reconcile = state.publishing();
     while !shutdown.is_cancelled() {
         if session.is_none() {
             let broker =
@@ -81,6 +85,38 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
         let Some((broker, publisher)) = session.as_ref() else {
             continue;
         };
+        if reconcile {
+            match reconcile_with_ledger(
+                &source,
+                &branches,
+                &mut state,
+                &state_file,
+                broker,
+                config.broker.max_message_bytes,
+            )
+            .await
+            {
+                Ok(()) => reconcile = false,
+                Err(PollError::Broker(err)) => {
+                    tracing::warn!(
+                        "lost the broker while reading the ledger ({err}); reconnecting"
+                    );
+                    if let Some((broker, _)) = session.take() {
+                        broker.close().await;
+                    }
+                    continue;
+                }
+                Err(PollError::Repo(err)) => {
+                    tracing::warn!("cannot read the repository: {err:#}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(config.interval) => {}
+                    }
+                    continue;
+                }
+                Err(PollError::State(err)) => return Err(err.into()),
+            }
+        }
         match poll_once(
             &source,
             &branches,
@@ -120,6 +156,53 @@ enum PollError {
     State(StateError),
 }
 
+/// After a crash with publishes in flight: move each branch's last
+/// published commit forward to the newest one the broker's ledger holds for
+/// it, so what the broker already took is not published again.
+async fn reconcile_with_ledger(
+    source: &RepoSource,
+    branches: &[String],
+    state: &mut State,
+    state_file: &std::path::Path,
+    broker: &Broker,
+    max_message_bytes: usize,
+) -> Result<(), PollError> {
+    let ledger = broker
+        .recent_jobs(max_message_bytes)
+        .await
+        .map_err(PollError::Broker)?;
+    for branch in branches {
+        // Only plain per-commit jobs: reruns and manual triggers carry a
+        // salted id and say nothing about what the observer published.
+        let published: Vec<String> = ledger
+            .iter()
+            .filter(|job| {
+                job.repo == source.location()
+                    && job.branch == *branch
+                    && job.id == job_id(&job.repo, &job.branch, &job.commit, "")
+            })
+            .map(|job| job.commit.clone())
+            .collect();
+        let saved = state.last(branch).map(str::to_string);
+        let furthest = source
+            .furthest_descendant(saved.as_deref(), &published)
+            .await
+            .map_err(PollError::Repo)?;
+        if let Some(commit) = furthest.filter(|c| Some(c) != saved.as_ref()) {
+            tracing::info!(
+                branch,
+                saved = saved.as_deref().unwrap_or("none"),
+                commit,
+                "the broker took commits the state file had not recorded; resuming after them"
+            );
+            state.set_last(branch, &commit);
+        }
+    }
+    state.set_publishing(false);
+    state.save(state_file).map_err(PollError::State)?;
+    Ok(())
+}
+
 /// One poll: refresh the repository, then publish every new commit of every
 /// branch, oldest first, recording each after its confirm.
 async fn poll_once(
@@ -144,6 +227,11 @@ async fn poll_once(
             .new_commits(last.as_deref(), &head)
             .await
             .map_err(PollError::Repo)?;
+        if !commits.is_empty() && !state.publishing() {
+            // Written ahead: a crash from here on leaves the flag set.
+            state.set_publishing(true);
+            state.save(state_file).map_err(PollError::State)?;
+        }
         for commit in commits {
             let mut job = Job::for_commit(source.location(), branch, &commit.id);
             job.subject = Some(commit.subject);
@@ -156,6 +244,10 @@ async fn poll_once(
             state.save(state_file).map_err(PollError::State)?;
             tracing::info!(job = %job.id, branch, commit = %commit.id, "job queued");
         }
+    }
+    if state.publishing() {
+        state.set_publishing(false);
+        state.save(state_file).map_err(PollError::State)?;
     }
     Ok(())
 }

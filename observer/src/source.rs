@@ -168,6 +168,44 @@ impl RepoSource {
             })
             .collect())
     }
+
+    /// Of `known` and `candidates` (in the order they were published), the
+    /// commit furthest along the history: a candidate replaces the choice
+    /// when it descends from it. Candidates this repository does not have,
+    /// or that sit behind the choice, are passed over.
+    pub async fn furthest_descendant(
+        &self,
+        known: Option<&str>,
+        candidates: &[String],
+    ) -> anyhow::Result<Option<String>> {
+        let mut choice = known.map(str::to_string);
+        for candidate in candidates {
+            if choice.as_deref() == Some(candidate.as_str()) {
+                continue;
+            }
+            let object = format!("{candidate}^{{commit}}");
+            let exists = self
+                .git
+                .try_run(&["cat-file", "-e", "--end-of-options", &object])
+                .await?
+                .is_some();
+            if !exists {
+                continue;
+            }
+            let descends = match &choice {
+                None => true,
+                Some(current) => self
+                    .git
+                    .try_run(&["merge-base", "--is-ancestor", current, candidate])
+                    .await?
+                    .is_some(),
+            };
+            if descends {
+                choice = Some(candidate.clone());
+            }
+        }
+        Ok(choice)
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +269,39 @@ mod tests {
             .await
             .expect("fallback");
         assert_eq!(fallback.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_furthest_descendant_skips_older_and_unknown_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git = Git::new(dir.path());
+        git.run(&["init", "-q", "-b", "main"]).await.expect("init");
+        let c1 = commit(&git, 1).await;
+        let c2 = commit(&git, 2).await;
+        let c3 = commit(&git, 3).await;
+        let source = RepoSource::open(
+            dir.path().to_str().expect("utf8"),
+            &dir.path().join("s.json"),
+        )
+        .await
+        .expect("open");
+        let unknown = "e".repeat(40);
+        // The broker took c2 and c3 after the saved c1, then an old c1 again.
+        let ledger = [c2.clone(), c3.clone(), c1.clone()];
+        let furthest = source.furthest_descendant(Some(&c1), &ledger).await;
+        assert_eq!(furthest.expect("ok"), Some(c3));
+        // Nothing newer in the ledger: the saved commit stands.
+        let furthest = source
+            .furthest_descendant(Some(&c1), std::slice::from_ref(&unknown))
+            .await;
+        assert_eq!(furthest.expect("ok"), Some(c1));
+        // First start: the first known candidate, then its descendants.
+        let furthest = source
+            .furthest_descendant(None, &[unknown, c2.clone()])
+            .await;
+        assert_eq!(furthest.expect("ok"), Some(c2));
+        let furthest = source.furthest_descendant(None, &[]).await;
+        assert_eq!(furthest.expect("ok"), None);
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub struct State {
     path: PathBuf,
     /// Branch name to the last commit published for it.
     branches: BTreeMap<String, String>,
+    /// Set (and saved) before a poll's first publish and cleared after its
+    /// last confirm: if a restart finds it set, the observer died with
+    /// publishes in flight and asks the broker's ledger what it took.
+    #[serde(default)]
+    publishing: bool,
 }
 
 impl State {
@@ -106,6 +111,15 @@ impl State {
         self.branches.insert(branch.to_string(), commit.to_string());
     }
 
+    /// Whether the last run stopped with publishes in flight.
+    pub fn publishing(&self) -> bool {
+        self.publishing
+    }
+
+    pub fn set_publishing(&mut self, publishing: bool) {
+        self.publishing = publishing;
+    }
+
     /// Writes the state atomically: a crash leaves the old or the new file,
     /// never half of one.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
@@ -144,9 +158,11 @@ mod tests {
         assert_eq!(state.last("main"), None);
         state.check_repo("/r").expect("adopt");
         state.set_last("main", C1);
+        state.set_publishing(true);
         state.save(&path).expect("save");
         let again = State::load(&path).expect("load");
         assert_eq!(again.last("main"), Some(C1));
+        assert!(again.publishing());
     }
 
     #[test]

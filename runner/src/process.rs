@@ -89,9 +89,41 @@ fn kill_orphans() {
     if !REAP_ORPHANS.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
+    for pid in child_pids() {
+        tracing::info!(pid, "killing a process the test left behind");
+        // SAFETY: kill and waitpid on our own child; no memory involved.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The pids of this process's children. The kernel lists each thread's
+/// children in `/proc/self/task/*/children`, which costs a few reads; only
+/// where that file is missing (a kernel without CONFIG_PROC_CHILDREN) does
+/// this scan every process on the machine for our pid as parent.
+fn child_pids() -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut listed = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if listed {
+        return pids;
+    }
     let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
+        return pids;
     };
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -105,14 +137,10 @@ fn kill_orphans() {
             .find_map(|line| line.strip_prefix("PPid:"))
             .map(str::trim);
         if parent == Some(me.as_str()) {
-            tracing::info!(pid, "killing a process the test left behind");
-            // SAFETY: kill and waitpid on our own child; no memory involved.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
+            pids.push(pid);
         }
     }
+    pids
 }
 
 fn kill_group(pgid: i32) {
@@ -186,7 +214,9 @@ pub async fn run_test(
     if !matches!(ending, Ending::Exited(_)) {
         let _ = child.wait().await;
     }
-    kill_orphans();
+    // Blocking /proc reads and waitpid: off the async workers, but awaited,
+    // so it is done before the next job starts processes of its own.
+    let _ = tokio::task::spawn_blocking(kill_orphans).await;
     let drain_deadline = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
     while !eof {
         tokio::select! {

@@ -68,19 +68,16 @@ impl Workspace {
                     PrepareError::Broken(format!("creating {}: {e}", self.root.display()))
                 })?;
             let target = dir.to_string_lossy().into_owned();
-            remote(
-                &job.repo,
-                None,
-                &[
-                    "clone",
-                    "--no-checkout",
-                    "--quiet",
-                    "--",
-                    &job.repo,
-                    &target,
-                ],
-            )
-            .await?;
+            let mut clone = vec!["clone", "--no-checkout", "--quiet"];
+            // A repository on this machine is shared, not copied: its new
+            // commits are then visible to the clone at once, with no fetch.
+            // If it later loses objects the clone used (a force push and a
+            // gc), the checkout fails as broken and the clone is redone.
+            if is_local_path(&job.repo) {
+                clone.push("--shared");
+            }
+            clone.extend(["--", job.repo.as_str(), target.as_str()]);
+            remote(&job.repo, None, &clone).await?;
         }
         let git = Git::new(&dir);
         // A clone git no longer recognises is broken, not unreachable.
@@ -136,6 +133,12 @@ impl Workspace {
         tracing::debug!(job = %job.id, fetch_ms, checkout_ms, clean_ms, "checkout timings");
         Ok(dir)
     }
+}
+
+/// Whether `repo` names a folder on this machine rather than a URL (jobs
+/// carry absolute paths or URLs, see `broker::message::validate_repo`).
+fn is_local_path(repo: &str) -> bool {
+    repo.starts_with('/')
 }
 
 /// Runs a remote operation up to [`REMOTE_TRIES`] times with a short backoff.
@@ -201,6 +204,74 @@ mod tests {
         std::fs::write(dir.join("junk"), "x").expect("junk");
         let again = ws.checkout(&job).await.expect("again");
         assert!(!again.join("junk").exists());
+    }
+
+    async fn commit_in(repo: &std::path::Path, content: &str, extra: &[&str]) -> String {
+        let git = Git::new(repo);
+        std::fs::write(repo.join("a"), content).expect("write");
+        git.run(&["add", "a"]).await.expect("add");
+        let mut args = vec![
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "next",
+        ];
+        args.extend_from_slice(extra);
+        git.run(&args).await.expect("commit");
+        git.run(&["rev-parse", "HEAD"]).await.expect("head")
+    }
+
+    #[tokio::test]
+    async fn a_local_repository_is_shared_so_new_commits_need_no_fetch() {
+        let (repo, head) = repo_with_commit().await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::new(work.path().to_path_buf());
+        let location = repo.path().to_str().expect("utf8");
+        let dir = ws
+            .checkout(&Job::for_commit(location, "main", &head))
+            .await
+            .expect("checkout");
+        assert!(dir.join(".git/objects/info/alternates").exists());
+        // With no way to fetch, the next commit can only come through the
+        // shared object store.
+        Git::new(&dir)
+            .run(&["remote", "set-url", "origin", "/nonexistent/warren-repo"])
+            .await
+            .expect("set-url");
+        let next = commit_in(repo.path(), "2", &[]).await;
+        let dir = ws
+            .checkout(&Job::for_commit(location, "main", &next))
+            .await
+            .expect("checkout without fetch");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "2");
+    }
+
+    #[tokio::test]
+    async fn a_shared_clone_whose_objects_were_pruned_is_cloned_again() {
+        let (repo, head) = repo_with_commit().await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::new(work.path().to_path_buf());
+        let location = repo.path().to_str().expect("utf8");
+        ws.checkout(&Job::for_commit(location, "main", &head))
+            .await
+            .expect("checkout");
+        // Rewrite history and prune: the clone's HEAD commit is gone.
+        let amended = commit_in(repo.path(), "3", &["--amend"]).await;
+        let git = Git::new(repo.path());
+        git.run(&["reflog", "expire", "--expire=now", "--all"])
+            .await
+            .expect("reflog");
+        git.run(&["gc", "--quiet", "--prune=now"])
+            .await
+            .expect("gc");
+        let dir = ws
+            .checkout(&Job::for_commit(location, "main", &amended))
+            .await
+            .expect("checkout after the prune");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "3");
     }
 
     #[tokio::test]

@@ -553,3 +553,47 @@ pub fn take_runner(runners: &mut Vec<Proc>, id: &str) -> Proc {
         .unwrap_or_else(|| panic!("no runner {id}"));
     runners.remove(index)
 }
+
+impl Namespace {
+    /// How the tests themselves reach the namespace through the broker
+    /// crate (the one way to talk to RabbitMQ).
+    pub fn broker_config(&self) -> broker::BrokerConfig {
+        broker::BrokerConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            names: broker::Names::new(self.name.clone()),
+            settings: broker::topology::TopologySettings::default(),
+            max_message_bytes: 64 * 1024,
+        }
+    }
+
+    /// Runs `work` with a connection to the namespace, then closes it.
+    pub fn with_broker<T>(&self, work: impl AsyncFnOnce(&broker::Broker) -> T) -> T {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let broker = broker::connect_with_retry(
+                &self.broker_config(),
+                "warren-test",
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+            .expect("connect to the broker");
+            let out = work(&broker).await;
+            broker.close().await;
+            out
+        })
+    }
+}
+
+/// Publishes raw bodies to exchanges of the namespace, each confirmed:
+/// (exchange, routing key, body).
+pub fn publish_raw(ns: &Namespace, messages: &[(String, String, Vec<u8>)]) {
+    ns.with_broker(async |broker| {
+        let publisher = broker.publisher().await.expect("publisher");
+        for (exchange, key, body) in messages {
+            publisher
+                .publish_raw(exchange, key, body, Vec::new())
+                .await
+                .expect("publish");
+        }
+    });
+}

@@ -124,31 +124,40 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     report.fact("machine.sh_start_ms", sh_start);
     let warren = Warren::start("bench-overhead", Setup::new(1, "true"));
     let repo = small_repo(&warren.scratch.join("repo"));
-    let repo_location = location(&repo.path);
+    // The same repository two ways: by path the runner shares its objects
+    // (`git clone --shared`), by URL it must fetch every new commit.
+    let path_location = location(&repo.path);
+    let url_location = format!("file://{path_location}");
 
-    // Warm-up: the runner clones the repository.
+    // Warm-up: the runner clones the repository both ways.
     let head = crate::common::git(&repo.path, &["rev-parse", "HEAD"]);
-    let warmup = Bus::job(&repo_location, &head);
-    warren.bus.publish(std::slice::from_ref(&warmup));
-    warren.wait_recorded(std::slice::from_ref(&warmup.id), Duration::from_secs(60));
+    let warmups = [
+        Bus::job(&path_location, &head),
+        Bus::job(&url_location, &head),
+    ];
+    warren.bus.publish(&warmups);
+    let warmup_ids: Vec<String> = warmups.iter().map(|j| j.id.clone()).collect();
+    warren.wait_recorded(&warmup_ids, Duration::from_secs(60));
 
-    // A: one job at a time, each for a new commit the runner must fetch.
-    let mut fetched_ids = Vec::new();
-    for i in 0..sizes.overhead_fetch {
-        let (commit, _) = commit_now(&repo, &format!("overhead {i}"));
-        let job = Bus::job(&repo_location, &commit);
-        warren.bus.publish(std::slice::from_ref(&job));
-        warren.wait_recorded(std::slice::from_ref(&job.id), Duration::from_secs(60));
-        fetched_ids.push(job.id);
-    }
+    // A: one job at a time, each for a new commit, by path and by URL.
+    let one_at_a_time = |location: &str, label: &str| -> Vec<String> {
+        (0..sizes.overhead_fetch)
+            .map(|i| {
+                let (commit, _) = commit_now(&repo, &format!("overhead {label} {i}"));
+                let job = Bus::job(location, &commit);
+                warren.bus.publish(std::slice::from_ref(&job));
+                warren.wait_recorded(std::slice::from_ref(&job.id), Duration::from_secs(60));
+                job.id
+            })
+            .collect()
+    };
+    let shared_ids = one_at_a_time(&path_location, "shared");
+    let fetched_ids = one_at_a_time(&url_location, "url");
 
-    // B: jobs queued at once for commits made together; the first job
-    // fetches them all, the others find their commit present.
+    // B: jobs by URL queued at once for commits made together; the first
+    // job fetches them all, the others find their commit present.
     let commits = add_commits(&repo.path, sizes.overhead_warm + 1, "warm");
-    let jobs: Vec<_> = commits
-        .iter()
-        .map(|c| Bus::job(&repo_location, c))
-        .collect();
+    let jobs: Vec<_> = commits.iter().map(|c| Bus::job(&url_location, c)).collect();
     warren.bus.publish(&jobs);
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     warren.wait_recorded(&ids, Duration::from_secs(120));
@@ -160,14 +169,14 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
             .and_then(|j| j["started_at_ms"].as_f64())
             .unwrap_or(f64::NAN)
     };
-    let fetched: Vec<Parts> = fetched_ids
-        .iter()
-        .filter_map(|id| parts_of(id, &lines, started(id)))
-        .collect();
-    let mut warm: Vec<Parts> = ids
-        .iter()
-        .filter_map(|id| parts_of(id, &lines, started(id)))
-        .collect();
+    let parts = |ids: &[String]| -> Vec<Parts> {
+        ids.iter()
+            .filter_map(|id| parts_of(id, &lines, started(id)))
+            .collect()
+    };
+    let shared = parts(&shared_ids);
+    let fetched = parts(&fetched_ids);
+    let mut warm = parts(&ids);
     warm.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
     // Back to back: from one job's ack to the next one's (the whole cycle,
     // including the next delivery after the ack: prefetch is 1).
@@ -181,7 +190,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         Some(warm.remove(0))
     };
 
-    for (mode, parts) in [("fetch", &fetched), ("warm", &warm)] {
+    for (mode, parts) in [("shared", &shared), ("fetch", &fetched), ("warm", &warm)] {
         let medians: [(&str, Part); 9] = [
             ("announce", |p| p.announce),
             ("fetch", |p| p.fetch),
@@ -202,7 +211,16 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     report.add(
         2,
         Row::new(
-            "per-job overhead, each job a new commit (fetch)",
+            "per-job overhead, each job a new commit, repository by path (shared clone)",
+            Unit::Ms,
+            shared.iter().map(|p| p.total).collect(),
+        )
+        .target(target()),
+    );
+    report.add(
+        2,
+        Row::new(
+            "per-job overhead, each job a new commit, repository by URL (fetch)",
             Unit::Ms,
             fetched.iter().map(|p| p.total).collect(),
         )
@@ -211,7 +229,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     report.add(
         2,
         Row::new(
-            "per-job overhead, commit already fetched",
+            "per-job overhead, commit already fetched (by URL)",
             Unit::Ms,
             warm.iter().map(|p| p.total).collect(),
         )
@@ -228,14 +246,19 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     report.detail(
         2,
         &format!(
-            "One runner, test command `true`, a small repository (~20 files). \
-             **A** — {} jobs one at a time, each for a new commit (`git commit`, then the job \
-             published), so every job fetches:\n\n{}\n\
-             **B** — {} jobs queued at once for commits the runner already fetched \
+            "One runner, test command `true`, a small repository (~20 files), named in the \
+             jobs by its path (the runner's clone shares its objects, `git clone --shared`) \
+             and by a `file://` URL (the runner fetches). \
+             **A, by path** — {} jobs one at a time, each for a new commit (`git commit`, then \
+             the job published); the commit is already visible to the shared clone:\n\n{}\n\
+             **A, by URL** — {} jobs the same way, so every job fetches:\n\n{}\n\
+             **B** — {} jobs by URL queued at once for commits the runner already fetched \
              (the first job of the batch, which fetched them all, is left out{}):\n\n{}\n\
              For scale, on this machine starting a process and waiting for it costs \
              {git_start:.1} ms for `git --version` and {sh_start:.1} ms for `sh -c true` \
              (medians of 30, from the harness).",
+            shared.len(),
+            table(&shared),
             fetched.len(),
             table(&fetched),
             warm.len(),
