@@ -142,7 +142,7 @@ pub struct LogArgs {
     pub server: Server,
     /// Job id, or a full or abbreviated commit id
     pub job: String,
-    /// Wait for a queued or running job to finish, then print its log
+    /// Print the log as the test prints it, until the job has its outcome
     #[arg(long)]
     pub follow: bool,
 }

@@ -186,26 +186,40 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
     let path = job_path(&args.job)?;
+    let log_path = format!("{path}/log");
     let mut job = client.get_json(&path).await?;
-    if args.follow {
-        // Output arrives with the result; wait for it.
-        let mut announced = false;
-        while matches!(job["status"].as_str(), Some("queued" | "running")) {
-            if !announced {
-                eprintln!(
-                    "waiting for job {} ({})…",
-                    text(&job["id"]),
-                    text(&job["status"])
-                );
-                announced = true;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            job = client.get_json(&path).await?;
-        }
+    if !args.follow {
+        print!("{}", client.get_text(&log_path).await?);
+        return Ok(passed(&job));
     }
-    let log = client.get_text(&format!("{path}/log")).await?;
-    print!("{log}");
-    Ok(passed(&job))
+    // While the job runs, its log is what the runner has passed on so far
+    // (with each heartbeat); print what each poll adds, and at the end what
+    // the recorded log adds to that.
+    let mut printed = String::new();
+    loop {
+        let running = matches!(job["status"].as_str(), Some("queued" | "running"));
+        let log = client.get_text(&log_path).await?;
+        match log.strip_prefix(printed.as_str()) {
+            Some(new) => print!("{new}"),
+            None if running => {
+                eprintln!("warren: the job started again; its output from the start:");
+                print!("{log}");
+            }
+            None => {
+                eprintln!(
+                    "warren: the recorded log differs from the live output; here it is whole:"
+                );
+                print!("{log}");
+            }
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        printed = log;
+        if !running {
+            return Ok(passed(&job));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        job = client.get_json(&path).await?;
+    }
 }
 
 pub async fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {

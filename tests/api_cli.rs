@@ -108,15 +108,48 @@ fn the_cli_shows_logs_reruns_triggers_and_exits_non_zero_on_failure() {
     assert_ne!(code, 0);
     assert!(err.contains("no branch"), "{err}");
 
-    // log --follow waits for a running job.
-    repo.write(".warren-test", "sleep 1; echo followed");
+    // log --follow prints the output while the test runs (the test waits
+    // for a file the test writes only once the first line was followed),
+    // then exits with the outcome.
+    let go = scratch.join("go");
+    repo.write(
+        ".warren-test",
+        &format!(
+            "echo first line; while [ ! -e {} ]; do sleep 0.1; done; echo second line",
+            go.display()
+        ),
+    );
     let slow = repo.commit("slow");
     wait_for("the slow job to be queued", Duration::from_secs(30), || {
         api.jobs_by_commit().get(&slow).cloned()
     });
-    let (code, log, _) = warren(&server, &["log", "--follow", &slow], &[]);
-    assert_eq!(code, 0);
-    assert!(log.contains("followed"), "{log}");
+    let mut follow = Proc::spawn(
+        "follow",
+        &ns,
+        &scratch,
+        &["log", "--follow", &slow],
+        &[("WARREN_SERVER", server.as_str())],
+    );
+    // Lines of the output itself (the log's header repeats the command).
+    let lines = |text: &str, line: &str| text.lines().filter(|l| *l == line).count();
+    wait_for("the first line, live", Duration::from_secs(30), || {
+        (lines(&follow.log_text(), "first line") == 1).then_some(())
+    });
+    assert_eq!(
+        api.jobs_by_commit()[&slow][0]["status"],
+        "running",
+        "the first line was shown before the test finished"
+    );
+    std::fs::write(&go, "").expect("let the test finish");
+    let status = follow.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let followed = follow.log_text();
+    assert_eq!(lines(&followed, "first line"), 1, "{followed}");
+    assert_eq!(lines(&followed, "second line"), 1, "{followed}");
+    assert!(
+        !followed.contains("warren: the"),
+        "printed whole again: {followed}"
+    );
 
     // A bad flag is one line naming it.
     let (code, _, err) = warren(&server, &["status", "--limit", "zero"], &[]);

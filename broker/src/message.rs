@@ -126,13 +126,25 @@ pub enum Event {
         runner: RunnerInfo,
         at_ms: u64,
     },
-    /// A runner is alive; `job_id` is the job it is running, if any.
+    /// A runner is alive; `job_id` is the job it is running, if any, and
+    /// `output` what that job's test printed since the last heartbeat.
     Heartbeat {
         v: u32,
         runner: RunnerInfo,
         job_id: Option<String>,
         at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<OutputChunk>,
     },
+}
+
+/// A piece of a running test's output: `text` starts at byte `offset` of
+/// everything the test printed so far. The whole output still comes with
+/// the result; these pieces let people watch it while the test runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub offset: u64,
+    pub text: String,
 }
 
 impl Event {
@@ -543,8 +555,21 @@ mod tests {
             runner: runner.clone(),
             job_id: Some(job().id),
             at_ms: 1,
+            output: Some(OutputChunk {
+                offset: 7,
+                text: "line\n".into(),
+            }),
         };
         assert_eq!(decode::<Event>(&encode(&event), 10_000), Ok(event));
+        // Heartbeats of runners that send no output still decode.
+        let quiet = format!(
+            "{{\"v\":1,\"type\":\"heartbeat\",\"runner\":{},\"job_id\":null,\"at_ms\":1}}",
+            serde_json::to_string(&runner).expect("json")
+        );
+        assert!(matches!(
+            decode::<Event>(quiet.as_bytes(), 10_000),
+            Ok(Event::Heartbeat { output: None, .. })
+        ));
         let result = JobResult {
             v: SCHEMA_VERSION,
             job: job(),

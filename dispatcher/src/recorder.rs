@@ -200,11 +200,23 @@ impl Recorder {
                 runner,
                 job_id,
                 at_ms,
+                output,
                 ..
             } => {
                 if let Some(job) = &job_id {
                     self.lock_leases()
                         .renew(job, &runner.id, &runner.connection, Instant::now());
+                    if let Some(chunk) = output {
+                        let id = job.clone();
+                        let appended = self
+                            .store
+                            .call(move |s| s.append_live_output(&id, chunk.offset, &chunk.text))
+                            .await;
+                        // Best effort: the whole output comes with the result.
+                        if let Err(err) = appended {
+                            tracing::warn!(job = %job, "cannot keep the live output: {err}");
+                        }
+                    }
                 }
                 self.store
                     .call(move |s| s.record_heartbeat(&runner, job_id.as_deref(), at_ms))

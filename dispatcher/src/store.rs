@@ -364,6 +364,47 @@ impl Store {
         })
     }
 
+    /// Output a running job's test printed, passed on by its runner with a
+    /// heartbeat: appended to the job's log while the job has no outcome,
+    /// so the log can be watched live. A piece that does not continue the
+    /// log where it ends (a heartbeat lost or repeated) is skipped, except
+    /// one from the start, which begins the log again (a new attempt); the
+    /// whole output comes with the result and replaces all of this.
+    pub fn append_live_output(&self, job_id: &str, offset: u64, text: &str) -> Result<()> {
+        let Some(path) = self.log_path(job_id) else {
+            return Ok(());
+        };
+        let io = |source| StoreError::Io {
+            context: format!("appending to {}", path.display()),
+            source,
+        };
+        // Under the store's lock, so a result cannot land in between.
+        self.with(|db| {
+            let status: Option<String> = db
+                .query_row(
+                    "SELECT status FROM jobs WHERE id = ?1",
+                    params![job_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if status.is_none_or(|s| TERMINAL.contains(&s.as_str())) {
+                return Ok(());
+            }
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let mut options = std::fs::OpenOptions::new();
+            if offset == 0 {
+                options.write(true).create(true).truncate(true);
+            } else if offset == size {
+                options.append(true);
+            } else {
+                return Ok(());
+            }
+            let mut file = options.open(&path).map_err(io)?;
+            std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
+            Ok(())
+        })
+    }
+
     /// A runner's heartbeat.
     pub fn record_heartbeat(
         &self,
@@ -639,6 +680,50 @@ mod tests {
             store.job(&job.id).expect("job").expect("exists").status,
             "passed"
         );
+    }
+
+    #[test]
+    fn live_output_grows_the_log_until_the_result_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let job = Job::for_commit("/r", "main", &"e".repeat(40));
+        let log = || std::fs::read_to_string(store.log_path(&job.id).expect("path")).ok();
+        // Unknown jobs get nothing.
+        store
+            .append_live_output(&job.id, 0, "early")
+            .expect("append");
+        assert_eq!(log(), None);
+        store.record_queued(&job).expect("queued");
+        store
+            .record_started(&job, &runner("r1"), 10)
+            .expect("started");
+        store
+            .append_live_output(&job.id, 0, "one\n")
+            .expect("append");
+        store
+            .append_live_output(&job.id, 4, "two\n")
+            .expect("append");
+        assert_eq!(log().as_deref(), Some("one\ntwo\n"));
+        // Repeated or out-of-place pieces are skipped.
+        store
+            .append_live_output(&job.id, 4, "two\n")
+            .expect("append");
+        store
+            .append_live_output(&job.id, 99, "gap")
+            .expect("append");
+        assert_eq!(log().as_deref(), Some("one\ntwo\n"));
+        // A new attempt starts the log again.
+        store
+            .append_live_output(&job.id, 0, "again\n")
+            .expect("append");
+        assert_eq!(log().as_deref(), Some("again\n"));
+        store
+            .record_result(&result(&job, Outcome::Passed, "r1"))
+            .expect("result");
+        store
+            .append_live_output(&job.id, 0, "late")
+            .expect("append");
+        assert_eq!(log().as_deref(), Some("output of r1"));
     }
 
     #[test]

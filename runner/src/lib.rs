@@ -15,12 +15,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker::message::{Control, Event, Job, JobResult, Outcome, RunnerInfo, SCHEMA_VERSION};
+use broker::message::{
+    Control, Event, Job, JobResult, Outcome, OutputChunk, RunnerInfo, SCHEMA_VERSION,
+};
 use broker::{Broker, BrokerConfig, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-pub use process::{become_subreaper, run_test, scrubbed_env, Ending, TestRun};
+pub use process::{become_subreaper, run_test, scrubbed_env, Ending, LiveOutput, TestRun};
 pub use workspace::{PrepareError, Workspace};
 
 /// Default cap on captured test output.
@@ -75,6 +77,7 @@ fn host_name() -> String {
 struct Current {
     job_id: String,
     cancel: CancellationToken,
+    output: LiveOutput,
 }
 
 type SharedCurrent = Arc<Mutex<Option<Current>>>;
@@ -206,6 +209,7 @@ impl Runner {
             info.clone(),
             self.current.clone(),
             self.config.heartbeat,
+            self.config.broker.max_message_bytes,
         )));
         loop {
             let delivery = tokio::select! {
@@ -256,11 +260,13 @@ impl Runner {
             return Ok(Next::Continue);
         }
         let cancel = CancellationToken::new();
+        let output = LiveOutput::default();
         set_current(
             &self.current,
             Some(Current {
                 job_id: job.id.clone(),
                 cancel: cancel.clone(),
+                output: output.clone(),
             }),
         );
         let started_at_ms = broker::now_ms();
@@ -284,6 +290,7 @@ impl Runner {
             self.workspace.clone(),
             info.clone(),
             started_at_ms,
+            output,
             cancel.clone(),
         );
         tokio::pin!(execution);
@@ -389,13 +396,6 @@ fn set_current(current: &SharedCurrent, value: Option<Current>) {
     }
 }
 
-fn current_job(current: &SharedCurrent) -> Option<String> {
-    current
-        .lock()
-        .ok()
-        .and_then(|guard| guard.as_ref().map(|c| c.job_id.clone()))
-}
-
 /// Acks a job. A failed ack (connection gone) is harmless: the job comes
 /// back and is acked unrun because its result is remembered.
 async fn ack(delivery: &Delivery) {
@@ -411,6 +411,7 @@ async fn execute(
     workspace: Workspace,
     runner: RunnerInfo,
     started_at_ms: u64,
+    live: LiveOutput,
     cancel: CancellationToken,
 ) -> Execution {
     let clock = std::time::Instant::now();
@@ -462,12 +463,17 @@ async fn execute(
         "warren: testing {} ({}) on {}\nwarren: $ {}\n",
         job.commit, job.branch, runner.id, command
     );
+    // Watchers see the same header the recorded log starts with.
+    if let Ok(mut live) = live.lock() {
+        live.extend_from_slice(header.as_bytes());
+    }
     match run_test(
         &command,
         &dir,
         &env,
         config.job_timeout,
         config.output_cap,
+        &live,
         &cancel,
     )
     .await
@@ -513,31 +519,82 @@ async fn execute(
     }
 }
 
-/// Sends a heartbeat every `every`, naming the current job if any.
+/// The most output one heartbeat carries; the rest goes with the next.
+const LIVE_OUTPUT_CHUNK: usize = 64 * 1024;
+
+/// Sends a heartbeat every `every`, naming the current job if any, with
+/// what its test printed since the last heartbeat that was confirmed.
 async fn send_heartbeats(
     publisher: Publisher,
     exchange: String,
     runner: RunnerInfo,
     current: SharedCurrent,
     every: Duration,
+    max_message_bytes: usize,
 ) {
+    let chunk_max = LIVE_OUTPUT_CHUNK.min(max_message_bytes / 2).max(1);
+    // The job whose output is being sent, and how many bytes of it went.
+    let mut sent: Option<(String, usize)> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let running = current
+            .lock()
+            .ok()
+            .and_then(|guard| guard.as_ref().map(|c| (c.job_id.clone(), c.output.clone())));
+        let mut next_sent = None;
+        let output = running.as_ref().and_then(|(job_id, live)| {
+            let from = match &sent {
+                Some((sent_job, bytes)) if sent_job == job_id => *bytes,
+                _ => 0,
+            };
+            let (consumed, text) = live
+                .lock()
+                .ok()
+                .and_then(|bytes| next_chunk(&bytes, from, chunk_max))?;
+            next_sent = Some((job_id.clone(), from + consumed));
+            Some(OutputChunk {
+                offset: from as u64,
+                text,
+            })
+        });
         let beat = Event::Heartbeat {
             v: SCHEMA_VERSION,
             runner: runner.clone(),
-            job_id: current_job(&current),
+            job_id: running.map(|(job_id, _)| job_id),
             at_ms: broker::now_ms(),
+            output,
         };
-        if let Err(err) = publisher
+        match publisher
             .publish(&exchange, beat.routing_key(), &beat)
             .await
         {
-            tracing::debug!("heartbeat not sent: {err}");
+            Ok(()) => {
+                if next_sent.is_some() {
+                    sent = next_sent;
+                }
+            }
+            Err(err) => tracing::debug!("heartbeat not sent: {err}"),
         }
     }
+}
+
+/// The output after byte `from`, at most `max` bytes of it, as text: the
+/// bytes taken and the text. A character cut in two at the end is held
+/// back for the next piece. None when there is nothing new.
+fn next_chunk(output: &[u8], from: usize, max: usize) -> Option<(usize, String)> {
+    let end = output.len().min(from.saturating_add(max));
+    let mut piece = output.get(from..end).filter(|p| !p.is_empty())?;
+    if let Err(e) = std::str::from_utf8(piece) {
+        if e.error_len().is_none() {
+            if e.valid_up_to() == 0 {
+                return None;
+            }
+            piece = &piece[..e.valid_up_to()];
+        }
+    }
+    Some((piece.len(), String::from_utf8_lossy(piece).into_owned()))
 }
 
 /// Stops the current job when the dispatcher says its result is recorded.
@@ -587,6 +644,20 @@ async fn watch_control(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_output_goes_in_pieces_that_never_split_a_character() {
+        let output = "ab\u{e9}cd".as_bytes(); // é is two bytes: 2 and 3
+        assert_eq!(next_chunk(output, 0, 100), Some((6, "ab\u{e9}cd".into())));
+        // A piece that would end inside é stops before it.
+        assert_eq!(next_chunk(output, 0, 3), Some((2, "ab".into())));
+        assert_eq!(next_chunk(output, 2, 3), Some((3, "\u{e9}c".into())));
+        assert_eq!(next_chunk(output, 2, 1), None);
+        assert_eq!(next_chunk(output, 6, 100), None);
+        assert_eq!(next_chunk(output, 60, 100), None);
+        // Bytes that are not UTF-8 at all still move on.
+        assert_eq!(next_chunk(b"a\xffb", 0, 10), Some((3, "a\u{fffd}b".into())));
+    }
 
     #[test]
     fn results_are_shrunk_to_fit_the_message_cap() {

@@ -36,20 +36,36 @@ pub struct TestRun {
 
 /// Output kept up to a cap; the rest is read and dropped so the test never
 /// blocks on a full pipe.
+/// What a test has printed so far, shared with the heartbeat task so it
+/// can send the output on while the test runs.
+pub type LiveOutput = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
 struct Capture {
-    bytes: Vec<u8>,
+    bytes: LiveOutput,
+    /// Where the test's output starts in `bytes` (the runner may have put a
+    /// header before it); the cap counts from here.
+    base: usize,
     cap: usize,
     truncated: bool,
 }
 
 impl Capture {
     fn push(&mut self, chunk: &[u8]) {
-        let room = self.cap.saturating_sub(self.bytes.len());
+        let Ok(mut bytes) = self.bytes.lock() else {
+            return;
+        };
+        let room = self.cap.saturating_sub(bytes.len() - self.base);
         if chunk.len() > room {
             self.truncated = true;
         }
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn text(&self) -> String {
         self.bytes
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            .lock()
+            .map(|bytes| String::from_utf8_lossy(&bytes[self.base..]).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -160,6 +176,7 @@ pub async fn run_test(
     env: &[(String, String)],
     timeout: Duration,
     output_cap: usize,
+    live: &LiveOutput,
     cancel: &CancellationToken,
 ) -> std::io::Result<TestRun> {
     let started = Instant::now();
@@ -190,7 +207,8 @@ pub async fn run_test(
     };
     let pgid = child.id().map(|id| id as i32).unwrap_or(0);
     let mut capture = Capture {
-        bytes: Vec::new(),
+        bytes: live.clone(),
+        base: live.lock().map(|bytes| bytes.len()).unwrap_or(0),
         cap: output_cap,
         truncated: false,
     };
@@ -227,7 +245,7 @@ pub async fn run_test(
             _ = tokio::time::sleep_until(drain_deadline) => break,
         }
     }
-    let mut output = String::from_utf8_lossy(&capture.bytes).into_owned();
+    let mut output = capture.text();
     if capture.truncated {
         output.push_str(&format!(
             "\n[warren: output truncated at {} bytes]\n",
@@ -254,10 +272,40 @@ mod tests {
             &scrubbed_env(&"a".repeat(40), "main"),
             timeout,
             cap,
+            &LiveOutput::default(),
             &CancellationToken::new(),
         )
         .await
         .expect("runs")
+    }
+
+    #[tokio::test]
+    async fn output_is_visible_while_the_test_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = LiveOutput::default();
+        let test = {
+            let (dir, live) = (dir.path().to_path_buf(), live.clone());
+            tokio::spawn(async move {
+                run_test(
+                    "echo first; while [ ! -e go ]; do sleep 0.05; done; echo second",
+                    &dir,
+                    &scrubbed_env(&"a".repeat(40), "main"),
+                    Duration::from_secs(30),
+                    1024,
+                    &live,
+                    &CancellationToken::new(),
+                )
+                .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !live.lock().expect("lock").starts_with(b"first\n") {
+            assert!(tokio::time::Instant::now() < deadline, "no live output");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::write(dir.path().join("go"), "").expect("go");
+        let run = test.await.expect("joined").expect("runs");
+        assert_eq!(run.output, "first\nsecond\n");
     }
 
     #[tokio::test]
