@@ -6,22 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::time::Duration;
 
-use common::rabbit::PrivateNode;
+use common::rabbit::{private_namespace, PrivateNode};
 use common::*;
 use serde_json::Value;
-
-/// A namespace on a private node. Never dropped: its `Drop` deletes the
-/// namespace on the shared broker, where it does not exist; the private node
-/// and everything on it are thrown away instead.
-fn private_namespace(test: &str) -> ManuallyDrop<Namespace> {
-    ManuallyDrop::new(Namespace {
-        name: format!("wt-{test}-{}", std::process::id()),
-    })
-}
 
 /// A bare repository to watch and a staging clone to push commits from;
 /// the first commit holds `files`.

@@ -28,7 +28,27 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{free_port, wait_for};
+use super::{free_port, wait_for, Namespace};
+
+/// A namespace on a private node. Never dropped: its `Drop` deletes the
+/// namespace on the shared broker, where it does not exist; the private node
+/// and everything on it are thrown away instead.
+pub fn private_namespace(test: &str) -> std::mem::ManuallyDrop<Namespace> {
+    std::mem::ManuallyDrop::new(Namespace {
+        name: format!("wt-{test}-{}", std::process::id()),
+    })
+}
+
+/// A free port that none of a node's other uses may take (see
+/// `CLI_DIST_PORTS`).
+pub fn free_node_port() -> u16 {
+    loop {
+        let port = free_port();
+        if !CLI_DIST_PORTS.contains(&port) {
+            return port;
+        }
+    }
+}
 
 const SCRIPTS: &str = "/usr/lib/rabbitmq/bin";
 /// Ports the CLI tools use for their own distribution (rabbitmq-env's
@@ -76,8 +96,8 @@ impl PrivateNode {
         );
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 3 {
-            let port = free_port();
-            if !CLI_DIST_PORTS.contains(&port) && !ports.contains(&port) {
+            let port = free_node_port();
+            if !ports.contains(&port) {
                 ports.push(port);
             }
         }
