@@ -47,17 +47,7 @@ fn malformed_messages_on_every_queue_are_dead_lettered_with_a_reason_and_work_go
     let scratch = Scratch::new();
     let names = Names::new(ns.name.clone());
     let dispatcher = Dispatcher::start_with_env(&ns, &scratch, &[], &env_cap());
-    let mut args = vec![
-        "runner",
-        "--id",
-        "r1",
-        "--test-command",
-        "true",
-        "--workdir",
-    ];
-    let workdir = scratch.join("r1-work");
-    args.push(workdir.to_str().expect("utf8"));
-    let runner = Proc::spawn("r1", &ns, &scratch, &args, &env_cap());
+    let runner = runner_with_env(&ns, &scratch, "r1", &["--test-command", "true"], &env_cap());
     wait_for("the runner to consume", Duration::from_secs(30), || {
         dispatcher
             .api()
@@ -228,18 +218,11 @@ fn the_test_process_gets_no_secret_and_no_warren_variable() {
     repo.write(".warren-test", "env");
     let commit = repo.commit("print the environment");
     let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
-    let workdir = scratch.join("r1-work");
-    let _runner = Proc::spawn(
-        "r1",
+    let _runner = runner_with_env(
         &ns,
         &scratch,
-        &[
-            "runner",
-            "--id",
-            "r1",
-            "--workdir",
-            workdir.to_str().expect("utf8"),
-        ],
+        "r1",
+        &[],
         &[
             (
                 "WARREN_AMQP_URL",

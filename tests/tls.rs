@@ -107,37 +107,14 @@ fn amqps_with_a_self_signed_certificate_carries_a_commit_end_to_end() {
         &[amqp[0], amqp[1], "--management-url", &management],
         &trust,
     );
-    let runner_args = [
-        "runner",
-        amqp[0],
-        amqp[1],
-        "--id",
-        "r1",
-        "--test-command",
-        "cat value.txt",
-        "--workdir",
-    ];
-    let workdir = scratch.join("r1-work");
-    let mut args = runner_args.to_vec();
-    args.push(workdir.to_str().expect("utf8"));
-    let _runner = Proc::spawn("r1", &ns, &scratch, &args, &trust);
-    let state = scratch.join("observer-state.json");
-    let _observer = Proc::spawn(
-        "observer",
+    let _runner = runner_with_env(
         &ns,
         &scratch,
-        &[
-            "observer",
-            amqp[0],
-            amqp[1],
-            "--interval",
-            "0.2",
-            "--state",
-            state.to_str().expect("utf8"),
-            repo.path_str(),
-        ],
+        "r1",
+        &[amqp[0], amqp[1], "--test-command", "cat value.txt"],
         &trust,
     );
+    let _observer = observer_with_env(&ns, &scratch, repo.path_str(), &amqp, &trust);
     let jobs = dispatcher
         .api()
         .wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
@@ -161,21 +138,7 @@ fn amqps_with_a_self_signed_certificate_carries_a_commit_end_to_end() {
     assert!(rows.iter().all(|row| *row == expected), "{listed}");
 
     // Without the CA the certificate is refused, and said so.
-    let untrusting = Proc::spawn(
-        "untrusting",
-        &ns,
-        &scratch,
-        &[
-            "runner",
-            amqp[0],
-            amqp[1],
-            "--id",
-            "r2",
-            "--workdir",
-            scratch.join("r2-work").to_str().expect("utf8"),
-        ],
-        &[],
-    );
+    let untrusting = runner(&ns, &scratch, "untrusting", &amqp);
     wait_for("a certificate error", Duration::from_secs(30), || {
         let log = untrusting.log_text();
         (log.contains("certificate") && log.contains("retrying")).then_some(())

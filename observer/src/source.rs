@@ -117,17 +117,8 @@ impl RepoSource {
     ) -> anyhow::Result<Vec<NewCommit>> {
         let format = "--format=%H%x1f%an%x1f%s";
         let known_last = match last {
-            Some(last) => self
-                .git
-                .try_run(&[
-                    "cat-file",
-                    "-e",
-                    "--end-of-options",
-                    &format!("{last}^{{commit}}"),
-                ])
-                .await?
-                .map(|_| last),
-            None => None,
+            Some(last) if self.has_commit(last).await? => Some(last),
+            _ => None,
         };
         let output = match known_last {
             Some(last) => {
@@ -169,6 +160,16 @@ impl RepoSource {
             .collect())
     }
 
+    /// Whether the repository has `commit` (a validated commit id).
+    async fn has_commit(&self, commit: &str) -> anyhow::Result<bool> {
+        let object = format!("{commit}^{{commit}}");
+        Ok(self
+            .git
+            .try_run(&["cat-file", "-e", "--end-of-options", &object])
+            .await?
+            .is_some())
+    }
+
     /// Of `known` and `candidates` (in the order they were published), the
     /// commit furthest along the history: a candidate replaces the choice
     /// when it descends from it. Candidates this repository does not have,
@@ -183,13 +184,7 @@ impl RepoSource {
             if choice.as_deref() == Some(candidate.as_str()) {
                 continue;
             }
-            let object = format!("{candidate}^{{commit}}");
-            let exists = self
-                .git
-                .try_run(&["cat-file", "-e", "--end-of-options", &object])
-                .await?
-                .is_some();
-            if !exists {
+            if !self.has_commit(candidate).await? {
                 continue;
             }
             let descends = match &choice {
@@ -230,18 +225,26 @@ mod tests {
         git.run(&["rev-parse", "HEAD"]).await.expect("rev-parse")
     }
 
-    #[tokio::test]
-    async fn lists_new_commits_oldest_first_and_only_head_at_first() {
+    /// A repository with three commits on `main`, opened as a source.
+    async fn three_commits() -> (tempfile::TempDir, RepoSource, [String; 3]) {
         let dir = tempfile::tempdir().expect("tempdir");
         let git = Git::new(dir.path());
         git.run(&["init", "-q", "-b", "main"]).await.expect("init");
-        let c1 = commit(&git, 1).await;
-        let c2 = commit(&git, 2).await;
-        let c3 = commit(&git, 3).await;
+        let commits = [
+            commit(&git, 1).await,
+            commit(&git, 2).await,
+            commit(&git, 3).await,
+        ];
         let state = dir.path().join("state.json");
         let source = RepoSource::open(dir.path().to_str().expect("utf8"), &state)
             .await
             .expect("open");
+        (dir, source, commits)
+    }
+
+    #[tokio::test]
+    async fn lists_new_commits_oldest_first_and_only_head_at_first() {
+        let (_dir, source, [c1, c2, c3]) = three_commits().await;
         assert_eq!(source.head_branch().await.expect("head"), "main");
         assert_eq!(
             source.branch_head("main").await.expect("ok"),
@@ -273,18 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_furthest_descendant_skips_older_and_unknown_commits() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let git = Git::new(dir.path());
-        git.run(&["init", "-q", "-b", "main"]).await.expect("init");
-        let c1 = commit(&git, 1).await;
-        let c2 = commit(&git, 2).await;
-        let c3 = commit(&git, 3).await;
-        let source = RepoSource::open(
-            dir.path().to_str().expect("utf8"),
-            &dir.path().join("s.json"),
-        )
-        .await
-        .expect("open");
+        let (_dir, source, [c1, c2, c3]) = three_commits().await;
         let unknown = "e".repeat(40);
         // The broker took c2 and c3 after the saved c1, then an old c1 again.
         let ledger = [c2.clone(), c3.clone(), c1.clone()];

@@ -80,52 +80,42 @@ impl Workspace {
             remote(&job.repo, None, &clone).await?;
         }
         let git = Git::new(&dir);
-        // A clone git no longer recognises is broken, not unreachable.
-        git.run(&["rev-parse", "--git-dir"])
-            .await
-            .map_err(|e| PrepareError::Broken(e.to_string()))?;
-        let object = format!("{}^{{commit}}", job.commit);
-        let has_commit = |git: Git, object: String| async move {
-            git.try_run(&["cat-file", "-e", "--end-of-options", &object])
-                .await
-                .map(|found| found.is_some())
-        };
         let broken = |e: git::GitError| PrepareError::Broken(e.to_string());
-        if !has_commit(git.clone(), object.clone())
-            .await
-            .map_err(broken)?
-        {
-            remote(
+        // Optimistic: most commits are already here (a shared clone sees
+        // them at once), and every git process costs a few milliseconds.
+        let mut fetch_ms = 0;
+        if let Err(first) = checkout(&git, &job.commit).await {
+            // Either the commit is new (fetch it) or the clone is broken.
+            if let Err(unreachable) = remote(
                 &job.repo,
                 Some(&dir),
                 &["fetch", "--quiet", "--prune", "origin"],
             )
-            .await?;
-            if !has_commit(git.clone(), object.clone())
-                .await
-                .map_err(broken)?
+            .await
             {
-                // Some servers serve unadvertised commits by id.
-                let _ = git.run(&["fetch", "--quiet", "origin", &job.commit]).await;
-                if !has_commit(git.clone(), object).await.map_err(broken)? {
-                    return Err(PrepareError::MissingCommit {
-                        repo: job.repo.clone(),
-                        commit: job.commit.clone(),
-                    });
+                return Err(match self.classify(&git, &job.commit).await {
+                    Ok(false) => unreachable,
+                    Ok(true) => PrepareError::Broken(first.to_string()),
+                    Err(err) => err,
+                });
+            }
+            fetch_ms = clock.elapsed().as_millis() as u64;
+            if let Err(second) = checkout(&git, &job.commit).await {
+                if !self.classify(&git, &job.commit).await? {
+                    // Some servers serve unadvertised commits by id.
+                    let _ = git.run(&["fetch", "--quiet", "origin", &job.commit]).await;
+                    if !self.classify(&git, &job.commit).await? {
+                        return Err(PrepareError::MissingCommit {
+                            repo: job.repo.clone(),
+                            commit: job.commit.clone(),
+                        });
+                    }
+                    checkout(&git, &job.commit).await.map_err(broken)?;
+                } else {
+                    return Err(broken(second));
                 }
             }
         }
-        let fetch_ms = clock.elapsed().as_millis() as u64;
-        git.run(&[
-            "checkout",
-            "--quiet",
-            "--force",
-            "--detach",
-            &job.commit,
-            "--",
-        ])
-        .await
-        .map_err(broken)?;
         let checkout_ms = clock.elapsed().as_millis() as u64 - fetch_ms;
         git.run(&["clean", "-ffdxq"]).await.map_err(broken)?;
         let clean_ms = clock.elapsed().as_millis() as u64 - fetch_ms - checkout_ms;
@@ -133,6 +123,25 @@ impl Workspace {
         tracing::debug!(job = %job.id, fetch_ms, checkout_ms, clean_ms, "checkout timings");
         Ok(dir)
     }
+
+    /// After a checkout failed: whether the clone has the commit (so the
+    /// failure was not about a missing commit), or an error if git no longer
+    /// recognises the clone at all.
+    async fn classify(&self, git: &Git, commit: &str) -> Result<bool, PrepareError> {
+        let broken = |e: git::GitError| PrepareError::Broken(e.to_string());
+        git.run(&["rev-parse", "--git-dir"]).await.map_err(broken)?;
+        let object = format!("{commit}^{{commit}}");
+        git.try_run(&["cat-file", "-e", "--end-of-options", &object])
+            .await
+            .map(|found| found.is_some())
+            .map_err(broken)
+    }
+}
+
+/// Checks out `commit` detached, discarding any change to tracked files.
+async fn checkout(git: &Git, commit: &str) -> Result<String, git::GitError> {
+    git.run(&["checkout", "--quiet", "--force", "--detach", commit, "--"])
+        .await
 }
 
 /// Whether `repo` names a folder on this machine rather than a URL (jobs
@@ -172,32 +181,41 @@ async fn remote(
 mod tests {
     use super::*;
 
+    /// Commits `content` as file `a` (with `extra` arguments to `git
+    /// commit`) and returns the new head.
+    async fn commit_in(repo: &std::path::Path, content: &str, extra: &[&str]) -> String {
+        let git = Git::new(repo);
+        std::fs::write(repo.join("a"), content).expect("write");
+        git.run(&["add", "a"]).await.expect("add");
+        let mut args = vec!["-c", "user.name=T", "-c", "user.email=t@e"];
+        args.extend_from_slice(&["commit", "-qm", "next"]);
+        args.extend_from_slice(extra);
+        git.run(&args).await.expect("commit");
+        git.run(&["rev-parse", "HEAD"]).await.expect("head")
+    }
+
     async fn repo_with_commit() -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let git = Git::new(dir.path());
-        git.run(&["init", "-q", "-b", "main"]).await.expect("init");
-        std::fs::write(dir.path().join("a"), "1").expect("write");
-        git.run(&["add", "a"]).await.expect("add");
-        git.run(&[
-            "-c",
-            "user.name=T",
-            "-c",
-            "user.email=t@e",
-            "commit",
-            "-qm",
-            "one",
-        ])
-        .await
-        .expect("commit");
-        let head = git.run(&["rev-parse", "HEAD"]).await.expect("head");
+        Git::new(dir.path())
+            .run(&["init", "-q", "-b", "main"])
+            .await
+            .expect("init");
+        let head = commit_in(dir.path(), "1", &[]).await;
         (dir, head)
+    }
+
+    /// A repository with one commit and a runner workspace: (repository,
+    /// its head, workspace folder, workspace).
+    async fn fixture() -> (tempfile::TempDir, String, tempfile::TempDir, Workspace) {
+        let (repo, head) = repo_with_commit().await;
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::new(work.path().to_path_buf());
+        (repo, head, work, ws)
     }
 
     #[tokio::test]
     async fn checks_out_the_commit_and_cleans_untracked_files() {
-        let (repo, head) = repo_with_commit().await;
-        let work = tempfile::tempdir().expect("tempdir");
-        let ws = Workspace::new(work.path().to_path_buf());
+        let (repo, head, _work, ws) = fixture().await;
         let job = Job::for_commit(repo.path().to_str().expect("utf8"), "main", &head);
         let dir = ws.checkout(&job).await.expect("checkout");
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
@@ -206,29 +224,9 @@ mod tests {
         assert!(!again.join("junk").exists());
     }
 
-    async fn commit_in(repo: &std::path::Path, content: &str, extra: &[&str]) -> String {
-        let git = Git::new(repo);
-        std::fs::write(repo.join("a"), content).expect("write");
-        git.run(&["add", "a"]).await.expect("add");
-        let mut args = vec![
-            "-c",
-            "user.name=T",
-            "-c",
-            "user.email=t@e",
-            "commit",
-            "-qm",
-            "next",
-        ];
-        args.extend_from_slice(extra);
-        git.run(&args).await.expect("commit");
-        git.run(&["rev-parse", "HEAD"]).await.expect("head")
-    }
-
     #[tokio::test]
     async fn a_local_repository_is_shared_so_new_commits_need_no_fetch() {
-        let (repo, head) = repo_with_commit().await;
-        let work = tempfile::tempdir().expect("tempdir");
-        let ws = Workspace::new(work.path().to_path_buf());
+        let (repo, head, _work, ws) = fixture().await;
         let location = repo.path().to_str().expect("utf8");
         let dir = ws
             .checkout(&Job::for_commit(location, "main", &head))
@@ -251,9 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_shared_clone_whose_objects_were_pruned_is_cloned_again() {
-        let (repo, head) = repo_with_commit().await;
-        let work = tempfile::tempdir().expect("tempdir");
-        let ws = Workspace::new(work.path().to_path_buf());
+        let (repo, head, _work, ws) = fixture().await;
         let location = repo.path().to_str().expect("utf8");
         ws.checkout(&Job::for_commit(location, "main", &head))
             .await
@@ -276,9 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_commit_and_an_unreachable_repo_are_errors() {
-        let (repo, _) = repo_with_commit().await;
-        let work = tempfile::tempdir().expect("tempdir");
-        let ws = Workspace::new(work.path().to_path_buf());
+        let (repo, _, _work, ws) = fixture().await;
         let job = Job::for_commit(repo.path().to_str().expect("utf8"), "main", &"e".repeat(40));
         assert!(matches!(
             ws.checkout(&job).await,

@@ -429,6 +429,17 @@ pub fn is_terminal(job: &Value) -> bool {
 
 /// Starts a runner with its own workdir.
 pub fn runner(ns: &Namespace, scratch: &Scratch, name: &str, extra: &[&str]) -> Proc {
+    runner_with_env(ns, scratch, name, extra, &[])
+}
+
+/// Like [`runner`], with extra environment variables.
+pub fn runner_with_env(
+    ns: &Namespace,
+    scratch: &Scratch,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let workdir = scratch.join(&format!("{name}-work"));
     let mut args = vec![
         "runner",
@@ -438,11 +449,22 @@ pub fn runner(ns: &Namespace, scratch: &Scratch, name: &str, extra: &[&str]) -> 
         workdir.to_str().expect("utf8"),
     ];
     args.extend_from_slice(extra);
-    Proc::spawn(name, ns, scratch, &args, &[])
+    Proc::spawn(name, ns, scratch, &args, env)
 }
 
 /// Starts an observer on `repo` with a state file in the scratch dir.
 pub fn observer(ns: &Namespace, scratch: &Scratch, repo: &str, extra: &[&str]) -> Proc {
+    observer_with_env(ns, scratch, repo, extra, &[])
+}
+
+/// Like [`observer`], with extra environment variables.
+pub fn observer_with_env(
+    ns: &Namespace,
+    scratch: &Scratch,
+    repo: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let state = scratch.join("observer-state.json");
     let mut args = vec![
         "observer",
@@ -453,7 +475,7 @@ pub fn observer(ns: &Namespace, scratch: &Scratch, repo: &str, extra: &[&str]) -
     ];
     args.extend_from_slice(extra);
     args.push(repo);
-    Proc::spawn("observer", ns, scratch, &args, &[])
+    Proc::spawn("observer", ns, scratch, &args, env)
 }
 
 /// Processes whose command line contains `marker` (from /proc).

@@ -4,8 +4,8 @@
 //!
 //! - announce: `started` event published and confirmed (job received →
 //!   "job running" logged),
-//! - fetch (the `cat-file` check, plus `git fetch` when the commit is new),
-//!   checkout and clean,
+//! - fetch (when the commit is new: the first checkout, which fails, and
+//!   `git fetch`), checkout and clean,
 //! - process: `sh -c true` spawned, waited for and its output drained,
 //! - result publish with confirm, and ack,
 //! - other: the rest (reading `.warren-test`, building the result, logging).
@@ -81,7 +81,7 @@ fn table(parts: &[Parts]) -> String {
                 column(|p| p.announce),
             ),
             (
-                "fetch (object check, `git fetch` if new)",
+                "fetch (a first checkout that fails, then `git fetch`; new commits only)",
                 column(|p| p.fetch),
             ),
             (
