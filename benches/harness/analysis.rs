@@ -92,7 +92,8 @@ pub fn render(report: &Report) -> String {
              in the profile); it now reads its own threads' child lists, on a blocking thread, \
              still before the next job starts.\n\n\
              Left as they are:\n\n\
-             1. **Fetching by URL.** The fetch is git's seven processes. `git fetch origin \
+             1. **Fetching by URL.** The fetch is `git fetch` and the five processes it starts. \
+             `git fetch origin \
              <branch>` instead of every ref would shorten negotiation on repositories with many \
              refs, not the process count; turning off `git maintenance run --auto` would save \
              one process but let the clone's loose objects pile up.\n\
