@@ -274,12 +274,12 @@ fn an_observer_killed_while_commits_arrive_skips_none_and_repeats_none() {
 }
 
 /// The window the test above can only hit by luck, made certain: the
-/// observer "died" after the broker took two publishes but before its state
-/// file recorded them. On restart it must learn from the broker's ledger
-/// and publish only the commit after them.
-#[test]
-fn an_observer_that_died_between_confirm_and_state_write_publishes_nothing_twice() {
-    let ns = Namespace::new("observer-window");
+/// observer "died" after the broker took commits 2 and 3 but before its
+/// state file recorded them (it still says commit 1, publishes in flight).
+/// Restarted, it publishes what the ledger does not vouch for; returns the
+/// commits and the jobs published, in order, and the observer's log.
+fn restart_after_the_window(test: &str, broker_failed: bool) -> (Vec<String>, Vec<String>, String) {
+    let ns = Namespace::new(test);
     let scratch = Scratch::new();
     let repo = Repo::new(scratch.join("repo"));
     let commits: Vec<String> = (1..=4)
@@ -305,7 +305,8 @@ fn an_observer_that_died_between_confirm_and_state_write_publishes_nothing_twice
     publish_raw(&ns, &taken);
     let state = scratch.join("observer-state.json");
     let saved = serde_json::json!({
-        "version": 1, "repo": location, "branches": {"main": commits[0]}, "publishing": true
+        "version": 1, "repo": location, "branches": {"main": commits[0]},
+        "publishing": true, "broker_failed": broker_failed
     });
     std::fs::write(&state, saved.to_string()).expect("write state");
 
@@ -316,7 +317,6 @@ fn an_observer_that_died_between_confirm_and_state_write_publishes_nothing_twice
         (state["branches"]["main"] == commits[3].as_str() && state["publishing"] == false)
             .then_some(())
     });
-
     let (ledger, work_depth) = ns.with_broker(async |broker| {
         let ledger = broker.recent_jobs(64 * 1024).await.expect("ledger");
         let (depth, _) = broker
@@ -325,18 +325,34 @@ fn an_observer_that_died_between_confirm_and_state_write_publishes_nothing_twice
             .expect("work queue");
         (ledger, depth)
     });
-    let published: Vec<&str> = ledger.iter().map(|job| job.commit.as_str()).collect();
+    let published: Vec<String> = ledger.into_iter().map(|job| job.commit).collect();
     assert_eq!(
-        published,
-        [&commits[1], &commits[2], &commits[3]],
-        "each once"
+        work_depth as usize,
+        published.len(),
+        "ledger and work queue agree"
     );
-    assert_eq!(work_depth, 3);
-    assert!(
-        observer.log_text().contains("the broker took commits"),
-        "{}",
-        observer.log_text()
-    );
+    (commits, published, observer.log_text())
+}
+
+#[test]
+fn an_observer_that_died_between_confirm_and_state_write_publishes_nothing_twice() {
+    let (commits, published, log) = restart_after_the_window("observer-window", false);
+    assert_eq!(published, commits[1..], "each once");
+    assert!(log.contains("the broker took commits"), "{log}");
+}
+
+/// When the broker itself failed under those publishes, the ledger may hold
+/// what the work queue lost: then the commits are published again (counted
+/// duplicates), never skipped.
+#[test]
+fn after_a_broker_failure_in_the_window_the_ledger_is_not_trusted() {
+    let (commits, published, log) = restart_after_the_window("observer-window-failed", true);
+    let again: Vec<String> = [1, 2, 1, 2, 3]
+        .iter()
+        .map(|&i| commits[i].clone())
+        .collect();
+    assert_eq!(published, again, "commits 2 and 3 again, then 4");
+    assert!(!log.contains("the broker took commits"), "{log}");
 }
 
 #[test]

@@ -61,8 +61,9 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
 
     let connection_name = format!("warren-observer-{}", std::process::id());
     let mut session: Option<(Broker, Publisher)> = None;
-    // Only a start after a crash has publishes whose fate is unknown.
-    let mut reconcile = state.publishing();
+    // Only a start after a crash has publishes whose fate is unknown, and
+    // the ledger only knows it if the broker did not fail under them.
+    let mut reconcile = state.publishing() && !state.broker_failed();
     while !shutdown.is_cancelled() {
         if session.is_none() {
             let broker =
@@ -130,6 +131,13 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
             Ok(()) => {}
             Err(PollError::Broker(err)) => {
                 tracing::warn!("lost the broker while publishing ({err}); reconnecting");
+                // A failing broker may keep a publish in the ledger but not
+                // in the work queue: from now until this poll's commits are
+                // all confirmed, a restart must publish them again instead.
+                if state.publishing() && !state.broker_failed() {
+                    state.set_broker_failed();
+                    state.save(&state_file)?;
+                }
                 if let Some((broker, _)) = session.take() {
                     broker.close().await;
                 }

@@ -50,6 +50,11 @@ pub struct State {
     /// publishes in flight and asks the broker's ledger what it took.
     #[serde(default)]
     publishing: bool,
+    /// Set when the broker failed while publishes were in flight: then the
+    /// ledger cannot say what the work queue kept, and a restart publishes
+    /// the uncertain commits again. Cleared with `publishing`.
+    #[serde(default)]
+    broker_failed: bool,
 }
 
 impl State {
@@ -118,6 +123,17 @@ impl State {
 
     pub fn set_publishing(&mut self, publishing: bool) {
         self.publishing = publishing;
+        if !publishing {
+            self.broker_failed = false;
+        }
+    }
+
+    pub fn broker_failed(&self) -> bool {
+        self.broker_failed
+    }
+
+    pub fn set_broker_failed(&mut self) {
+        self.broker_failed = true;
     }
 
     /// Writes the state atomically: a crash leaves the old or the new file,
@@ -159,10 +175,13 @@ mod tests {
         state.check_repo("/r").expect("adopt");
         state.set_last("main", C1);
         state.set_publishing(true);
+        state.set_broker_failed();
         state.save(&path).expect("save");
-        let again = State::load(&path).expect("load");
+        let mut again = State::load(&path).expect("load");
         assert_eq!(again.last("main"), Some(C1));
-        assert!(again.publishing());
+        assert!(again.publishing() && again.broker_failed());
+        again.set_publishing(false);
+        assert!(!again.broker_failed(), "cleared with the in-flight flag");
     }
 
     #[test]
