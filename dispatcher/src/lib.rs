@@ -89,6 +89,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         leases: Arc::new(Mutex::new(leases)),
         management,
         updates: updates.clone(),
+        announcing: Arc::default(),
         notifier,
         max_message_bytes: config.broker.max_message_bytes,
     };

@@ -38,6 +38,11 @@ pub struct Recorder {
     pub management: Option<Management>,
     /// Every change of a job, for the dashboard's live view.
     pub updates: tokio::sync::broadcast::Sender<crate::store::JobRecord>,
+    /// Held while a job's record is read and sent to `updates`, so the
+    /// consumers (jobs, events, results run concurrently) send in the order
+    /// they read: a page never sees a job go back from `running` to
+    /// `queued`, or from its outcome to `running`.
+    pub announcing: Arc<tokio::sync::Mutex<()>>,
     pub notifier: crate::notify::Notifier,
     /// Larger messages are dead-lettered.
     pub max_message_bytes: usize,
@@ -193,7 +198,7 @@ impl Recorder {
                     }
                     self.lock_leases()
                         .grant(&job_id, &runner_id, &connection, Instant::now());
-                    let _ = self.updates.send(record.clone());
+                    self.announce(&job_id).await?;
                 }
             }
             Event::Heartbeat {
@@ -299,6 +304,7 @@ impl Recorder {
 
     /// Tells the dashboard about a job's new state.
     async fn announce(&self, job_id: &str) -> Result<Option<crate::store::JobRecord>, RecordError> {
+        let _order = self.announcing.lock().await;
         let id = job_id.to_string();
         let record = self.store.call(move |s| s.job(&id)).await?;
         if let Some(record) = &record {
