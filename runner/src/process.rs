@@ -34,12 +34,12 @@ pub struct TestRun {
     pub duration: Duration,
 }
 
-/// Output kept up to a cap; the rest is read and dropped so the test never
-/// blocks on a full pipe.
 /// What a test has printed so far, shared with the heartbeat task so it
 /// can send the output on while the test runs.
 pub type LiveOutput = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 
+/// Output kept up to a cap; the rest is read and dropped so the test never
+/// blocks on a full pipe.
 struct Capture {
     bytes: LiveOutput,
     /// Where the test's output starts in `bytes` (the runner may have put a
