@@ -220,7 +220,10 @@ async fn trigger(
             );
         }
         let reference = format!("refs/heads/{target}");
-        let listed = match git::run_in(None, &["ls-remote", "--", &repo, &reference]).await {
+        let listed = match git::Git::anywhere()
+            .run(&["ls-remote", "--", &repo, &reference])
+            .await
+        {
             Ok(listed) => listed,
             Err(e) => return error(StatusCode::BAD_GATEWAY, format!("cannot read {repo}: {e}")),
         };

@@ -1,13 +1,23 @@
-//! Running the `git` program for the observer and the runner.
+//! Running the `git` program for the observer, the runner and the API.
 //!
 //! Always an argument vector (never a shell string), never an interactive
-//! prompt, and `--` before anything a user or a message controls. Errors
-//! carry the command and git's own message.
+//! prompt, `--` before anything a user or a message controls, and a
+//! deadline on every call: a git server that accepts a connection and never
+//! answers must not hang a component. A call that runs over is killed with
+//! its whole process group (remote helpers, ssh), so nothing is left behind.
+//!
+//! The runner's git is [`Git::sealed`]: it works in clones that a test has
+//! been able to write to, so nothing there may make it run a command.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::process::Command;
+
+/// How long one git call may take unless told otherwise (`--git-timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A git command that failed, with what git said.
 #[derive(Debug, thiserror::Error)]
@@ -20,28 +30,164 @@ pub enum GitError {
     },
     #[error("git {args} failed: {stderr}")]
     Failed { args: String, stderr: String },
+    #[error("git {args} timed out after {} s and was killed", after.as_secs_f64())]
+    TimedOut { args: String, after: Duration },
+}
+
+impl GitError {
+    /// Whether git ran over its deadline (rather than answering with an
+    /// error).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, GitError::TimedOut { .. })
+    }
 }
 
 pub type Result<T, E = GitError> = std::result::Result<T, E>;
 
-/// Git operating in one directory (a work tree or a bare repository).
+/// How to run git: where, for how long at most, and with what environment.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Git {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    timeout: Duration,
+    /// The whole environment git gets; `None`: this process's.
+    env: Option<Arc<[(String, String)]>>,
+    sealed: bool,
 }
 
 impl Git {
+    /// Git operating in `dir` (a work tree or a bare repository).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Git { dir: dir.into() }
+        Git {
+            dir: Some(dir.into()),
+            ..Git::anywhere()
+        }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Git not bound to a repository (`clone`, `ls-remote`).
+    pub fn anywhere() -> Self {
+        Git {
+            dir: None,
+            timeout: DEFAULT_TIMEOUT,
+            env: None,
+            sealed: false,
+        }
     }
 
-    /// Runs `git -C dir ARGS...` and returns its stdout, trimmed at the end.
+    /// The same settings in another directory.
+    pub fn in_dir(&self, dir: impl Into<PathBuf>) -> Self {
+        Git {
+            dir: Some(dir.into()),
+            ..self.clone()
+        }
+    }
+
+    /// Every call is killed, with its process group, after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Git gets exactly this environment (plus the variables that keep it
+    /// from prompting), not this process's.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = Some(env.into());
+        self
+    }
+
+    /// For repositories that untrusted code could write to: hooks and the
+    /// file-system monitor are off whatever the repository's config says,
+    /// the user's global config (which a test can write) is ignored, and
+    /// replace refs are not followed. The caller still owns the repository
+    /// config itself (see the runner's workspace, which rewrites it).
+    pub fn sealed(mut self) -> Self {
+        self.sealed = true;
+        self
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `git [-C dir] ARGS...` and returns its stdout, trimmed at the end.
     pub async fn run(&self, args: &[&str]) -> Result<String> {
-        run_in(Some(&self.dir), args).await
+        let mut command = Command::new("git");
+        if self.sealed {
+            command.args([
+                "-c",
+                "core.hooksPath=/dev/null",
+                "-c",
+                "core.fsmonitor=false",
+            ]);
+        }
+        if let Some(dir) = &self.dir {
+            command.arg("-C").arg(dir);
+        }
+        if let Some(env) = &self.env {
+            command
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        if self.sealed {
+            command
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_NO_REPLACE_OBJECTS", "1");
+        }
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Never wait for a password or a host-key prompt.
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "true")
+            .env("SSH_ASKPASS", "true")
+            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            .env("LC_ALL", "C")
+            // Its own process group, so that a call that runs over (or is
+            // abandoned) is killed with the helpers it started.
+            .process_group(0)
+            .kill_on_drop(true);
+        let shown = args.join(" ");
+        let child = command.spawn().map_err(|source| GitError::Spawn {
+            args: shown.clone(),
+            source,
+        })?;
+        let group = GroupGuard(child.id().map(|pid| pid as i32));
+        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(output) => output.map_err(|source| GitError::Spawn {
+                args: shown.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(GitError::TimedOut {
+                    args: shown,
+                    after: self.timeout,
+                })
+            }
+        };
+        group.disarm();
+        if output.status.success() {
+            let mut stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let trimmed = stdout.trim_end().len();
+            stdout.truncate(trimmed);
+            Ok(stdout)
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let stderr = stderr.trim();
+            Err(GitError::Failed {
+                args: shown,
+                stderr: if stderr.is_empty() {
+                    format!("exit status {}", output.status)
+                } else {
+                    stderr.lines().take(5).collect::<Vec<_>>().join(" / ")
+                },
+            })
+        }
     }
 
     /// Like [`Git::run`] but `Ok(None)` when git exits non-zero (for
@@ -55,45 +201,27 @@ impl Git {
     }
 }
 
-/// Runs git with `args`, in `dir` if given.
-pub async fn run_in(dir: Option<&Path>, args: &[&str]) -> Result<String> {
-    let mut command = Command::new("git");
-    if let Some(dir) = dir {
-        command.arg("-C").arg(dir);
+/// Kills a git call's process group when the call is abandoned: it ran
+/// over its deadline, or the future running it was dropped (a cancelled
+/// job, a shutdown).
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    /// The call finished by itself; its group needs nothing.
+    fn disarm(mut self) {
+        self.0 = None;
     }
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Never wait for a password or a host-key prompt.
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .env("SSH_ASKPASS", "true")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .env("LC_ALL", "C")
-        .kill_on_drop(true);
-    let shown = args.join(" ");
-    let output = command.output().await.map_err(|source| GitError::Spawn {
-        args: shown.clone(),
-        source,
-    })?;
-    if output.status.success() {
-        let mut stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let trimmed = stdout.trim_end().len();
-        stdout.truncate(trimmed);
-        Ok(stdout)
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr = stderr.trim();
-        Err(GitError::Failed {
-            args: shown,
-            stderr: if stderr.is_empty() {
-                format!("exit status {}", output.status)
-            } else {
-                stderr.lines().take(5).collect::<Vec<_>>().join(" / ")
-            },
-        })
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.filter(|pgid| *pgid > 0) {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // this call created for git; no memory is involved.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -122,5 +250,81 @@ mod tests {
                 .expect("ran"),
             None
         );
+    }
+
+    /// A TCP server that accepts connections and never answers: the stalled
+    /// git server of the field report.
+    fn silent_server() -> (std::net::TcpListener, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        (listener, format!("git://127.0.0.1:{port}/stalled.git"))
+    }
+
+    #[tokio::test]
+    async fn a_stalled_server_is_cut_off_at_the_deadline_with_its_helpers() {
+        let (_server, url) = silent_server();
+        let git = Git::anywhere().with_timeout(Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        let err = git
+            .run(&["ls-remote", "--", &url])
+            .await
+            .expect_err("stalls");
+        assert!(err.is_timeout(), "{err}");
+        assert!(err.to_string().contains("ls-remote"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_sealed_git_runs_no_hook_and_no_fsmonitor_the_repository_asks_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let plain = Git::new(dir.path().join("repo"));
+        std::fs::create_dir_all(dir.path().join("repo")).expect("mkdir");
+        plain
+            .run(&["init", "-q", "-b", "main"])
+            .await
+            .expect("init");
+        let hook = dir.path().join("repo/.git/hooks/post-checkout");
+        let script = format!("#!/bin/sh\necho hook >> {}\n", marker.display());
+        std::fs::write(&hook, script).expect("hook");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let fsmonitor = format!("echo fsmonitor >> {}; false", marker.display());
+        plain
+            .run(&["config", "core.fsmonitor", &fsmonitor])
+            .await
+            .expect("config");
+        let commit = [
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "c",
+        ];
+        plain.run(&commit).await.expect("commit");
+        // Making the commit may already have run the monitor.
+        let _ = std::fs::remove_file(&marker);
+        let sealed = plain.clone().sealed();
+        sealed
+            .run(&["checkout", "-q", "--detach", "HEAD"])
+            .await
+            .expect("checkout");
+        sealed
+            .run(&["status", "--porcelain"])
+            .await
+            .expect("status");
+        assert!(!marker.exists(), "a sealed git ran the repository's code");
+        // The same calls without the seal do run them: the probe works.
+        plain
+            .run(&["checkout", "-q", "--detach", "HEAD"])
+            .await
+            .expect("checkout");
+        plain.run(&["status", "--porcelain"]).await.expect("status");
+        let ran = std::fs::read_to_string(&marker).expect("the plain git ran them");
+        assert!(ran.contains("hook") && ran.contains("fsmonitor"), "{ran}");
     }
 }

@@ -40,7 +40,8 @@ impl RepoSource {
             let mirror = std::path::PathBuf::from(mirror);
             if !mirror.join("HEAD").exists() {
                 let target = mirror.to_string_lossy().into_owned();
-                git::run_in(None, &["clone", "--mirror", "--quiet", "--", repo, &target])
+                Git::anywhere()
+                    .run(&["clone", "--mirror", "--quiet", "--", repo, &target])
                     .await
                     .with_context(|| format!("cloning {repo}"))?;
             }
@@ -208,7 +209,7 @@ mod tests {
     use super::*;
 
     async fn commit(git: &Git, n: u32) -> String {
-        std::fs::write(git.dir().join("f"), n.to_string()).expect("write");
+        std::fs::write(git.dir().expect("a repository").join("f"), n.to_string()).expect("write");
         git.run(&["add", "f"]).await.expect("add");
         git.run(&[
             "-c",

@@ -159,7 +159,11 @@ async fn remote(
     let mut delay = Duration::from_millis(300);
     let mut last = String::new();
     for attempt in 1..=REMOTE_TRIES {
-        match git::run_in(dir, args).await {
+        let git = match dir {
+            Some(dir) => Git::new(dir),
+            None => Git::anywhere(),
+        };
+        match git.run(args).await {
             Ok(_) => return Ok(()),
             Err(err) => {
                 last = err.to_string();
