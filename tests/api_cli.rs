@@ -208,3 +208,133 @@ fn metrics_health_readiness_and_live_events() {
     }
     assert!(seen.contains("event: job"), "{seen}");
 }
+
+/// One raw answer: status, headers and the JSON body.
+fn answer(response: reqwest::blocking::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().expect("body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: the body is not JSON ({e}): {text:?}"));
+    (status, headers, body)
+}
+
+#[test]
+fn every_api_error_is_json_with_the_status_that_says_what_went_wrong() {
+    let ns = Namespace::new("http-errors");
+    let scratch = Scratch::new();
+    let token = "t0ken";
+    let dispatcher = Dispatcher::start_with_env(&ns, &scratch, &[], &[("WARREN_API_TOKEN", token)]);
+    let api = dispatcher.api();
+    // Two jobs whose commits share their first 7 digits.
+    let commits = [
+        format!("1234567a{}", "0".repeat(32)),
+        format!("1234567b{}", "0".repeat(32)),
+    ];
+    let names = broker::Names::new(ns.name.clone());
+    publish_raw(
+        &ns,
+        &commits
+            .iter()
+            .map(|c| {
+                let job = broker::message::Job::for_commit("/srv/repo", "main", c);
+                (
+                    names.jobs_exchange(),
+                    String::new(),
+                    broker::message::encode(&job),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    wait_for("both jobs queued", Duration::from_secs(30), || {
+        (api.jobs().len() == 2).then_some(())
+    });
+    let http = reqwest::blocking::Client::new();
+    let url = |path: &str| format!("{}{path}", dispatcher.url);
+    let get = |path: &str| answer(http.get(url(path)).send().expect("GET"));
+
+    for (query, names_it) in [
+        ("status=bogus", "status"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("before=abc", "before"),
+        ("before=-1", "before"),
+    ] {
+        let (status, _, body) = get(&format!("/api/jobs?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.starts_with(names_it), "{query}: {body}");
+    }
+    assert_eq!(get("/api/jobs?limit=1000").0, 200);
+    assert_eq!(get("/api/jobs?limit=1").2.as_array().map(Vec::len), Some(1));
+
+    // 404 and 409.
+    assert_eq!(get("/api/jobs/no-such-job").0, 404);
+    assert_eq!(get("/no/such/path").0, 404);
+    let (status, _, body) = get("/api/jobs/1234567");
+    assert_eq!(status, 409, "{body}");
+    let mut listed: Vec<&str> = body["commits"]
+        .as_array()
+        .expect("the commits")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, [commits[0].as_str(), commits[1].as_str()]);
+    assert_eq!(get("/api/jobs/1234567a").0, 200, "more digits settle it");
+
+    // 401 with the challenge; the scheme is case-insensitive.
+    let rerun = url(&format!("/api/jobs/{}/rerun", &commits[0][..10]));
+    let (status, headers, body) = answer(http.post(&rerun).send().expect("POST"));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"warren\"")
+    );
+    let (status, _, body) = answer(
+        http.post(&rerun)
+            .header("authorization", format!("bearer {token}"))
+            .send()
+            .expect("POST"),
+    );
+    assert_eq!(status, 202, "{body}");
+
+    // 405 with Allow; bodies that are not the JSON asked for.
+    let (status, headers, body) = answer(http.delete(url("/api/jobs")).send().expect("DELETE"));
+    assert_eq!(status, 405, "{body}");
+    let allow = headers
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(allow.contains("GET"), "Allow: {allow:?}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("Allow")),
+        "{body}"
+    );
+    let trigger = url("/api/trigger");
+    let with_token = |request: reqwest::blocking::RequestBuilder| request.bearer_auth(token);
+    let (status, _, body) = answer(
+        with_token(http.post(&trigger))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .expect("POST"),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _, body) = answer(
+        with_token(http.post(&trigger))
+            .body("x")
+            .send()
+            .expect("POST"),
+    );
+    assert_eq!(status, 415, "{body}");
+
+    // The queue's management link names no user to anyone.
+    let (status, _, body) = get("/api/queue");
+    assert_eq!(status, 200, "{body}");
+    let link = body["management_ui"].as_str().unwrap_or_default();
+    assert!(!link.contains("guest") && !link.contains('@'), "{link}");
+}

@@ -4,7 +4,8 @@
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, LongString};
+use lapin::BasicProperties;
 
 use crate::message::{decode, DecodeError, Message};
 use crate::{BrokerError, Names, Publisher, Result};
@@ -29,8 +30,13 @@ impl<T: Message> Incoming<T> {
     }
 }
 
-/// Publishes the delivery's body to the dead-letter exchange with the
-/// reason in a header (confirmed), logs it, then acks the original.
+/// Publishes the delivery to the dead-letter exchange (confirmed), with
+/// the publisher's headers and properties and the reason in a header, logs
+/// it, then acks the original.
+///
+/// Every message Warren routes has exactly one consumer that dead-letters
+/// it (the dispatcher's copy; see ARCHITECTURE.md), so a bad message lands
+/// in the dead-letter queue once.
 pub async fn dead_letter(
     publisher: &Publisher,
     names: &Names,
@@ -40,14 +46,11 @@ pub async fn dead_letter(
 ) -> Result<()> {
     tracing::warn!(queue, reason, "dead-lettering a message");
     publisher
-        .publish_raw(
+        .publish_with(
             &names.dead_letter_exchange(),
             "",
             &delivery.data,
-            vec![
-                (REASON_HEADER.to_string(), reason.to_string()),
-                (QUEUE_HEADER.to_string(), queue.to_string()),
-            ],
+            dead_letter_properties(&delivery.properties, queue, reason),
         )
         .await?;
     delivery
@@ -55,6 +58,53 @@ pub async fn dead_letter(
         .await
         .map_err(BrokerError::amqp("acking a dead-lettered message"))?;
     Ok(())
+}
+
+/// The original's properties and headers, plus the reason and the queue.
+/// Left out: `expiration` (a dead letter is kept for people to read) and
+/// `user-id` (the broker checks it against the connection's user).
+fn dead_letter_properties(
+    original: &BasicProperties,
+    queue: &str,
+    reason: &str,
+) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    headers.insert(
+        QUEUE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(queue)),
+    );
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(value) = original.content_type() {
+        properties = properties.with_content_type(value.clone());
+    }
+    if let Some(value) = original.content_encoding() {
+        properties = properties.with_content_encoding(value.clone());
+    }
+    if let Some(value) = original.correlation_id() {
+        properties = properties.with_correlation_id(value.clone());
+    }
+    if let Some(value) = original.message_id() {
+        properties = properties.with_message_id(value.clone());
+    }
+    if let Some(value) = original.kind() {
+        properties = properties.with_type(value.clone());
+    }
+    if let Some(value) = original.app_id() {
+        properties = properties.with_app_id(value.clone());
+    }
+    if let Some(value) = *original.timestamp() {
+        properties = properties.with_timestamp(value);
+    }
+    if let Some(value) = *original.priority() {
+        properties = properties.with_priority(value);
+    }
+    properties
 }
 
 /// A header's value as text (strings and integers), if present.
@@ -68,5 +118,38 @@ pub fn header_string(delivery: &Delivery, key: &str) -> Option<String> {
         AMQPValue::LongUInt(n) => Some(n.to_string()),
         AMQPValue::ShortInt(n) => Some(n.to_string()),
         other => Some(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    #[test]
+    fn a_dead_letter_keeps_the_publishers_headers_and_properties_and_adds_the_reason() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-client".into(),
+            AMQPValue::LongString(LongString::from("outside")),
+        );
+        let original = BasicProperties::default()
+            .with_headers(headers)
+            .with_message_id("m-1".into())
+            .with_content_type("application/json".into())
+            .with_user_id("someone".into())
+            .with_expiration("1000".into());
+        let dead = dead_letter_properties(&original, "q", "not valid JSON: …");
+        let headers = dead.headers().clone().expect("headers");
+        let text = |key: &str| match headers.inner().get(key) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(text("x-client"), "outside");
+        assert_eq!(text(REASON_HEADER), "not valid JSON: …");
+        assert_eq!(text(QUEUE_HEADER), "q");
+        assert_eq!(dead.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
+        assert_eq!(*dead.delivery_mode(), Some(2));
+        assert!(dead.user_id().is_none() && dead.expiration().is_none());
     }
 }

@@ -22,12 +22,16 @@ pub enum DecodeError {
     TooLarge { size: usize, cap: usize },
     #[error("not valid JSON: {0}")]
     NotJson(String),
-    #[error("unknown schema version {0:?} (this build reads version {SCHEMA_VERSION})")]
-    UnknownVersion(Option<u64>),
+    #[error("no schema version: the field \"v\" is missing or not a number (this build reads version {SCHEMA_VERSION})")]
+    MissingVersion,
+    #[error("unknown schema version {0} (this build reads version {SCHEMA_VERSION})")]
+    UnknownVersion(u64),
     #[error("missing or malformed field: {0}")]
     Shape(String),
     #[error("invalid field {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("id {given} is not the id of this job: its repo, branch, commit and salt give {expected} (the id rule is in ARCHITECTURE.md, \"Messages\"), so the id may name another job")]
+    ForeignId { given: String, expected: String },
 }
 
 /// What the runner concluded about one execution.
@@ -67,10 +71,15 @@ pub struct Job {
     pub subject: Option<String>,
     #[serde(default)]
     pub author: Option<String>,
+    /// Empty for the job of a commit; anything else makes another job of
+    /// the same commit (a rerun, a manual trigger), with an id of its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub salt: String,
 }
 
 impl Job {
-    /// A job for a commit seen by the observer.
+    /// The job of a commit: the one the observer (or anyone following the
+    /// id rule) publishes for it.
     pub fn for_commit(repo: &str, branch: &str, commit: &str) -> Job {
         Job {
             v: SCHEMA_VERSION,
@@ -81,7 +90,24 @@ impl Job {
             enqueued_at_ms: crate::now_ms(),
             subject: None,
             author: None,
+            salt: String::new(),
         }
+    }
+
+    /// Another job of the same commit (a rerun, a manual trigger): `salt`
+    /// gives it an id of its own; enqueued now.
+    pub fn again(&self, salt: &str) -> Job {
+        Job {
+            id: job_id(&self.repo, &self.branch, &self.commit, salt),
+            salt: salt.to_string(),
+            enqueued_at_ms: crate::now_ms(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is the job of its commit rather than another run of it.
+    pub fn is_first_of_commit(&self) -> bool {
+        self.salt.is_empty()
     }
 
     pub fn validate(&self) -> Result<(), DecodeError> {
@@ -89,12 +115,23 @@ impl Job {
         validate_id("id", &self.id)?;
         validate_repo(&self.repo)?;
         validate_branch(&self.branch)?;
-        validate_commit(&self.commit)
+        validate_commit(&self.commit)?;
+        validate_salt(&self.salt)?;
+        let expected = job_id(&self.repo, &self.branch, &self.commit, &self.salt);
+        if self.id != expected {
+            return Err(DecodeError::ForeignId {
+                given: self.id.clone(),
+                expected,
+            });
+        }
+        Ok(())
     }
 }
 
-/// The job id for (repo, branch, commit); `salt` makes a distinct id for a
-/// deliberate rerun.
+/// The job id for (repo, branch, commit, salt): the first 8 bytes, as 16
+/// lowercase hex digits, of the SHA-256 of the four values, each followed
+/// by a zero byte. The same commit of the same branch and repository has
+/// the same id whoever publishes it, so a repeated publish is one job.
 pub fn job_id(repo: &str, branch: &str, commit: &str, salt: &str) -> String {
     let mut hasher = Sha256::new();
     for part in [repo, branch, commit, salt] {
@@ -271,7 +308,8 @@ pub fn decode<T: Message>(body: &[u8], max_bytes: usize) -> Result<T, DecodeErro
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-        other => return Err(DecodeError::UnknownVersion(other)),
+        Some(other) => return Err(DecodeError::UnknownVersion(other)),
+        None => return Err(DecodeError::MissingVersion),
     }
     let message: T =
         serde_json::from_value(value).map_err(|e| DecodeError::Shape(e.to_string()))?;
@@ -288,8 +326,19 @@ fn check_version(v: u32) -> Result<(), DecodeError> {
     if v == SCHEMA_VERSION {
         Ok(())
     } else {
-        Err(DecodeError::UnknownVersion(Some(u64::from(v))))
+        Err(DecodeError::UnknownVersion(u64::from(v)))
     }
+}
+
+/// A salt: at most 128 printable characters.
+fn validate_salt(salt: &str) -> Result<(), DecodeError> {
+    if salt.len() > 128 || salt.chars().any(char::is_control) {
+        return Err(invalid(
+            "salt",
+            "must be at most 128 bytes without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
@@ -449,7 +498,7 @@ mod tests {
         value["v"] = serde_json::json!(2);
         assert_eq!(
             decode::<Job>(&encode(&value), 10_000),
-            Err(DecodeError::UnknownVersion(Some(2)))
+            Err(DecodeError::UnknownVersion(2))
         );
         value["v"] = serde_json::json!(1);
         value.as_object_mut().expect("object").remove("commit");
@@ -457,6 +506,36 @@ mod tests {
             decode::<Job>(&encode(&value), 10_000),
             Err(DecodeError::Shape(_))
         ));
+    }
+
+    #[test]
+    fn an_id_that_does_not_follow_the_rule_is_refused_and_names_the_mismatch() {
+        let rerun = job().again("rerun-1");
+        assert_ne!(rerun.id, job().id);
+        assert_eq!(
+            decode::<Job>(&encode(&rerun), 10_000),
+            Ok(rerun.clone()),
+            "a salted job decodes"
+        );
+        let mut forged = job().again("rerun-1");
+        forged.id = job().id;
+        let err = decode::<Job>(&encode(&forged), 10_000).expect_err("foreign id");
+        assert!(matches!(err, DecodeError::ForeignId { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&job().id) && text.contains(&rerun.id),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reasons_are_plain_words() {
+        let body = br#"{"v": 2}"#;
+        let text = decode::<Job>(body, 100).expect_err("v2").to_string();
+        assert!(text.starts_with("unknown schema version 2 "), "{text}");
+        let text = decode::<Job>(b"{}", 100).expect_err("no v").to_string();
+        assert!(text.contains("\"v\" is missing"), "{text}");
+        assert!(!text.contains("Some(") && !text.contains("None"), "{text}");
     }
 
     #[test]

@@ -40,9 +40,16 @@ impl Names {
     pub fn control_exchange(&self) -> String {
         self.name("control")
     }
-    /// Fanout dead-letter exchange: poison jobs and malformed messages.
+    /// Fanout dead-letter exchange: poison jobs and malformed messages,
+    /// each with the reason in a header.
     pub fn dead_letter_exchange(&self) -> String {
         self.name("dead")
+    }
+    /// Where the broker itself dead-letters the work queue's jobs (the
+    /// delivery limit): the dispatcher gives each a reason in words and
+    /// moves it on to the dead-letter exchange.
+    pub fn rejected_exchange(&self) -> String {
+        self.name("rejected")
     }
 
     /// The work queue runners compete on (quorum, delivery limit).
@@ -69,6 +76,17 @@ impl Names {
     pub fn dispatcher_dead_queue(&self) -> String {
         self.name("dispatcher.dead")
     }
+    /// Jobs the broker dead-lettered, for the dispatcher to move on to the
+    /// dead-letter exchange with a reason.
+    pub fn dispatcher_rejected_queue(&self) -> String {
+        self.name("dispatcher.rejected")
+    }
+    /// The dispatcher's copy of control messages: only so that a malformed
+    /// one is dead-lettered once, by one consumer, rather than by every
+    /// runner that got a copy.
+    pub fn dispatcher_control_queue(&self) -> String {
+        self.name("dispatcher.control")
+    }
 
     /// The last jobs published (bounded): the broker's own record of what it
     /// took, which an observer reads after a crash so that a publish
@@ -86,6 +104,8 @@ impl Names {
             self.dispatcher_events_queue(),
             self.dispatcher_results_queue(),
             self.dispatcher_dead_queue(),
+            self.dispatcher_rejected_queue(),
+            self.dispatcher_control_queue(),
             self.ledger_queue(),
         ]
     }
@@ -98,6 +118,7 @@ impl Names {
             self.results_exchange(),
             self.control_exchange(),
             self.dead_letter_exchange(),
+            self.rejected_exchange(),
         ]
     }
 }

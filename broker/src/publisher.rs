@@ -52,6 +52,19 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(table);
+        self.publish_with(exchange, routing_key, body, properties)
+            .await
+    }
+
+    /// Publishes raw bytes with the given properties and waits for the
+    /// confirm.
+    pub(crate) async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
         let confirm = self
             .channel
             .basic_publish(

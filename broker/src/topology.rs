@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::{BrokerError, Names, Result};
 
 /// Default number of deliveries after which a job that keeps killing its
-/// runner is dead-lettered (the quorum queue's `x-delivery-limit`).
+/// runner is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 3;
 
 /// How many dead letters are kept for inspection before the oldest go.
@@ -30,7 +30,18 @@ pub const LEDGER_MAX: i64 = 1_000;
 /// deployment must use the same values, or the broker refuses the declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopologySettings {
+    /// How many times a job is delivered at most (at least 1).
     pub delivery_limit: u32,
+}
+
+impl TopologySettings {
+    /// The work queue's `x-delivery-limit`. RabbitMQ counts *returns*: it
+    /// dead-letters a message returned more often than the limit, so a
+    /// limit of `n` allows `n + 1` deliveries. One less gives exactly
+    /// `delivery_limit` deliveries.
+    pub fn broker_delivery_limit(&self) -> u32 {
+        self.delivery_limit.saturating_sub(1)
+    }
 }
 
 impl Default for TopologySettings {
@@ -104,16 +115,17 @@ impl Topology {
                 exchange(names.results_exchange(), Kind::Topic),
                 exchange(names.control_exchange(), Kind::Fanout),
                 exchange(names.dead_letter_exchange(), Kind::Fanout),
+                exchange(names.rejected_exchange(), Kind::Fanout),
             ],
             queues: vec![
                 quorum(
                     names.work_queue(),
                     vec![
-                        ("x-delivery-limit", json!(settings.delivery_limit)),
-                        (
-                            "x-dead-letter-exchange",
-                            json!(names.dead_letter_exchange()),
-                        ),
+                        ("x-delivery-limit", json!(settings.broker_delivery_limit())),
+                        // Through the dispatcher, which adds the reason in
+                        // words (the broker's own dead letters carry only
+                        // `x-death`), then on to the dead-letter exchange.
+                        ("x-dead-letter-exchange", json!(names.rejected_exchange())),
                     ],
                 ),
                 quorum(
@@ -127,6 +139,8 @@ impl Topology {
                 quorum(names.dispatcher_events_queue(), vec![]),
                 quorum(names.dispatcher_results_queue(), vec![]),
                 quorum(names.dispatcher_dead_queue(), vec![]),
+                quorum(names.dispatcher_rejected_queue(), vec![]),
+                quorum(names.dispatcher_control_queue(), vec![]),
                 // Classic, not quorum: it is read by get-and-requeue, which
                 // a quorum queue counts against its delivery limit. If it is
                 // lost, observers fall back to their state files.
@@ -157,6 +171,16 @@ impl Topology {
                 bind(
                     names.dead_letter_exchange(),
                     names.dispatcher_dead_queue(),
+                    "",
+                ),
+                bind(
+                    names.rejected_exchange(),
+                    names.dispatcher_rejected_queue(),
+                    "",
+                ),
+                bind(
+                    names.control_exchange(),
+                    names.dispatcher_control_queue(),
                     "",
                 ),
             ],
@@ -323,10 +347,11 @@ mod tests {
             .find(|q| q.name == "t.jobs")
             .expect("work queue");
         assert!(work.arguments.contains(&("x-queue-type", json!("quorum"))));
-        assert!(work.arguments.contains(&("x-delivery-limit", json!(5))));
+        // Five deliveries: RabbitMQ allows one more than its limit.
+        assert!(work.arguments.contains(&("x-delivery-limit", json!(4))));
         assert!(work
             .arguments
-            .contains(&("x-dead-letter-exchange", json!("t.dead"))));
+            .contains(&("x-dead-letter-exchange", json!("t.rejected"))));
     }
 
     #[test]

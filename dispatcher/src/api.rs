@@ -1,5 +1,10 @@
 //! The HTTP face of the dispatcher: the JSON API that the CLI and the
 //! dashboard read, metrics and health checks (the pages are in dashboard.rs).
+//!
+//! Every error is JSON, `{"error": "…"}`, with the status that says what
+//! went wrong: handlers answer with [`error`], and [`json_errors`] turns
+//! whatever else answers (axum's own rejections, 404 and 405) into the same
+//! shape, keeping headers such as `Allow` and `WWW-Authenticate`.
 
 // Handlers return ready-made error responses; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
@@ -14,13 +19,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use broker::message::{
-    job_id, validate_branch, validate_commit, validate_repo, Job, SCHEMA_VERSION,
-};
+use broker::message::{validate_branch, validate_commit, validate_repo, Job};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{JobQuery, JobRecord, Store};
+use crate::store::{CommitMatch, JobQuery, JobRecord, Store, AMBIGUOUS_LISTED, STATUSES};
 use crate::BrokerSlot;
 
 #[derive(Clone)]
@@ -60,11 +63,59 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .merge(crate::dashboard::routes())
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page or API path") })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+/// An error answer: `{"error": message}` with `status`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// The longest error text kept from an answer that was not JSON.
+const ERROR_TEXT_MAX: usize = 4096;
+
+/// Rewrites an error answer that is not JSON (axum's rejections are plain
+/// text, its 405 is empty) as `{"error": "…"}`, keeping its status and
+/// headers. HTML pages (the dashboard's own 404 page) pass unchanged.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !(status.is_client_error() || status.is_server_error())
+        || content_type.starts_with("application/json")
+        || content_type.starts_with("text/html")
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_MAX)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    // axum adds `Allow` after this layer has run.
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        "this method is not allowed on this path; the Allow header lists those that are".to_string()
+    } else if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut rewritten = error(status, message);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }
 
 /// Checks the API token for actions that change state.
@@ -72,10 +123,13 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(expected) = &state.api_token else {
         return Ok(());
     };
+    // RFC 9110: the scheme is case-insensitive.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let matches = given.is_some_and(|given| {
         // Compare in constant time.
         given.len() == expected.len()
@@ -88,10 +142,15 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if matches {
         Ok(())
     } else {
-        Err(error(
+        let mut denied = error(
             StatusCode::UNAUTHORIZED,
             "this action needs the API token (Authorization: Bearer …)",
-        ))
+        );
+        denied.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer realm=\"warren\""),
+        );
+        Err(denied)
     }
 }
 
@@ -131,18 +190,12 @@ async fn rerun(
         return denied;
     }
     let original = match find_job(&state.store, id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "no such job"),
+        Ok(job) => job,
         Err(response) => return response,
     };
-    let mut job = original.to_job();
-    job.id = job_id(
-        &job.repo,
-        &job.branch,
-        &job.commit,
-        &format!("rerun-{}", broker::now_ms()),
-    );
-    job.enqueued_at_ms = broker::now_ms();
+    let job = original
+        .to_job()
+        .again(&format!("rerun-{}", broker::now_ms()));
     if let Err(response) = publish_job(&state, &job).await {
         return response;
     }
@@ -242,21 +295,8 @@ async fn trigger(
     if let Err(e) = validate_branch(&branch) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let job = Job {
-        v: SCHEMA_VERSION,
-        id: job_id(
-            &repo,
-            &branch,
-            &commit,
-            &format!("manual-{}", broker::now_ms()),
-        ),
-        repo,
-        branch,
-        commit,
-        enqueued_at_ms: broker::now_ms(),
-        subject: None,
-        author: None,
-    };
+    let job =
+        Job::for_commit(&repo, &branch, &commit).again(&format!("manual-{}", broker::now_ms()));
     if let Err(response) = publish_job(&state, &job).await {
         return response;
     }
@@ -285,10 +325,22 @@ async fn queue(State(state): State<AppState>) -> Response {
             "consumers": consumers,
             "dead_letter_queue": names.dead_letter_queue(),
             "dead_letters": dead_letters,
-            "management_ui": broker::redact_url(&state.management_url).replace(":***@", "@"),
+            "management_ui": without_credentials(&state.management_url),
         }))
         .into_response(),
         (Err(e), _) | (_, Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// A URL without its user name and password: anyone may read `/api/queue`.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => String::new(),
     }
 }
 
@@ -378,26 +430,71 @@ impl From<JobRecord> for JobView {
     }
 }
 
+/// `GET /api/jobs`'s query, as given: each value is checked by
+/// [`ListParams::query`] so that a bad one gets an answer that names it.
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     pub status: Option<String>,
     pub branch: Option<String>,
-    pub before: Option<i64>,
-    pub limit: Option<u32>,
+    pub before: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// The most jobs one page holds, and how many it holds by default.
+pub const PAGE_MAX: u32 = 1000;
+pub const PAGE_DEFAULT: u32 = 50;
+
+impl ListParams {
+    /// The store query, or a 400 that says which parameter is wrong.
+    pub fn query(self) -> Result<JobQuery, Response> {
+        let bad = |message: String| error(StatusCode::BAD_REQUEST, message);
+        let status = match self.status.filter(|s| !s.is_empty()) {
+            Some(status) if !STATUSES.contains(&status.as_str()) => {
+                return Err(bad(format!(
+                    "status: unknown status {status:?} (one of {})",
+                    STATUSES.join(", ")
+                )))
+            }
+            status => status,
+        };
+        let limit = match self.limit.filter(|s| !s.is_empty()) {
+            None => PAGE_DEFAULT,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if (1..=PAGE_MAX).contains(&n) => n,
+                _ => {
+                    return Err(bad(format!(
+                        "limit: expected a number from 1 to {PAGE_MAX}, got {text:?}"
+                    )))
+                }
+            },
+        };
+        let before = match self.before.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => match text.parse::<i64>() {
+                Ok(seq) if seq > 0 => Some(seq),
+                _ => {
+                    return Err(bad(format!(
+                        "before: expected a job's seq (a positive number), got {text:?}"
+                    )))
+                }
+            },
+        };
+        Ok(JobQuery {
+            status,
+            branch: self.branch.filter(|s| !s.is_empty()),
+            before,
+            limit,
+        })
+    }
 }
 
 pub fn internal(err: impl std::fmt::Display) -> Response {
     tracing::error!("API: {err}");
-    (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
 pub async fn query_jobs(store: &Store, params: ListParams) -> Result<Vec<JobView>, Response> {
-    let query = JobQuery {
-        status: params.status.filter(|s| !s.is_empty()),
-        branch: params.branch.filter(|s| !s.is_empty()),
-        before: params.before,
-        limit: params.limit.unwrap_or(50),
-    };
+    let query = params.query()?;
     let jobs = store
         .call(move |s| s.jobs(&query))
         .await
@@ -412,31 +509,56 @@ async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListParam
     }
 }
 
-/// Finds a job by id, or by full or abbreviated commit (newest job first).
-pub async fn find_job(store: &Store, key: String) -> Result<Option<JobRecord>, Response> {
-    store
+/// Finds a job by id, or by full or abbreviated commit (the newest job of
+/// the commit). A 404 when nothing matches, a 409 listing the commits when
+/// an abbreviation matches several.
+pub async fn find_job(store: &Store, key: String) -> Result<JobRecord, Response> {
+    let shown = key.clone();
+    let found = store
         .call(move |s| {
             if let Some(job) = s.job(&key)? {
-                return Ok(Some(job));
+                return Ok(CommitMatch::One(Box::new(job)));
             }
             s.job_by_commit(&key)
         })
         .await
-        .map_err(internal)
+        .map_err(internal)?;
+    match found {
+        CommitMatch::One(job) => Ok(*job),
+        CommitMatch::None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no job and no commit {shown:?}"),
+        )),
+        CommitMatch::Several(commits) => {
+            let more = commits.len() > AMBIGUOUS_LISTED;
+            let listed: Vec<&String> = commits.iter().take(AMBIGUOUS_LISTED).collect();
+            let message = format!(
+                "{shown:?} matches {} commits; give more digits",
+                if more {
+                    format!("more than {AMBIGUOUS_LISTED}")
+                } else {
+                    listed.len().to_string()
+                }
+            );
+            Err((
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({ "error": message, "commits": listed })),
+            )
+                .into_response())
+        }
+    }
 }
 
 async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match find_job(&state.store, id).await {
-        Ok(Some(job)) => Json(JobView::from(job)).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+        Ok(job) => Json(JobView::from(job)).into_response(),
         Err(response) => response,
     }
 }
 
 async fn job_log(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let job = match find_job(&state.store, id).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+        Ok(job) => job,
         Err(response) => return response,
     };
     let text = match state.store.log_path(&job.id) {

@@ -106,12 +106,13 @@ fn page(status: StatusCode, html: &'static str) -> Response {
 }
 
 /// The job page; 404 (with the same page, which says so) for an unknown
-/// job, so that links to it fail visibly for scripts too.
+/// job, 409 for an ambiguous commit, so that links to it fail visibly for
+/// scripts too.
 async fn job_page(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match find_job(&state.store, id).await {
-        Ok(Some(_)) => page(StatusCode::OK, JOB_PAGE),
-        Ok(None) => page(StatusCode::NOT_FOUND, JOB_PAGE),
-        Err(response) => response,
+        Ok(_) => page(StatusCode::OK, JOB_PAGE),
+        // The page says why, from the same API call.
+        Err(response) => page(response.status(), JOB_PAGE),
     }
 }
 

@@ -25,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leases::Leases;
 use crate::management::Management;
-use crate::recorder::Recorder;
+use crate::recorder::{RecordError, Recorder};
 use crate::store::Store;
+
+/// How long to wait before trying again after the store failed to write
+/// (a full disk): the broker keeps the unrecorded messages meanwhile.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Everything the dispatcher needs.
 #[derive(Debug, Clone)]
@@ -92,6 +96,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         announcing: Arc::default(),
         notifier,
         max_message_bytes: config.broker.max_message_bytes,
+        settings: config.broker.settings,
     };
     let broker_slot: BrokerSlot = Arc::new(RwLock::new(None));
 
@@ -130,7 +135,21 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         match ended {
             Ok(()) if shutdown.is_cancelled() => {}
             Ok(()) => tracing::warn!("a consumer stopped; reconnecting"),
-            Err(err) => tracing::warn!("lost the broker ({err}); reconnecting"),
+            Err(RecordError::Broker(err)) => {
+                tracing::warn!("lost the broker ({err}); reconnecting")
+            }
+            Err(RecordError::Store(err)) => {
+                // Not the broker's fault: say what failed. The message being
+                // recorded was not acked, so the broker hands it out again.
+                tracing::error!(
+                    "cannot write to the store ({err}); nothing is lost (unrecorded messages wait in the broker); retrying in {} s",
+                    STORE_RETRY.as_secs()
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(STORE_RETRY) => {}
+                }
+            }
         }
         broker.close().await;
     }

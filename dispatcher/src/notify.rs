@@ -547,6 +547,7 @@ mod tests {
             exit_code: Some(1),
             reason: None,
             truncated: false,
+            salt: String::new(),
         }
     }
 

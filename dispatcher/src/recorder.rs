@@ -2,6 +2,13 @@
 //! copy (queued), runner events (running, attempts, leases), results (the
 //! one outcome) and dead letters (poison jobs become `error`).
 //!
+//! The dispatcher is also the one consumer that dead-letters: every message
+//! Warren routes reaches one of its queues (the jobs and control exchanges
+//! fan out a copy to it), so a malformed message goes to the dead-letter
+//! queue once, from here, while runners only log and drop theirs. Jobs the
+//! broker itself dead-letters (the delivery limit) come here first too, to
+//! be given a reason in words.
+//!
 //! Every message is acked only after the store committed it, so a
 //! dispatcher killed at any point loses nothing: unacked messages wait in
 //! its durable queues.
@@ -11,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use broker::consume::REASON_HEADER;
 use broker::message::{Control, Event, Job, JobResult, SCHEMA_VERSION};
+use broker::topology::TopologySettings;
 use broker::{header_string, Broker, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +54,9 @@ pub struct Recorder {
     pub notifier: crate::notify::Notifier,
     /// Larger messages are dead-lettered.
     pub max_message_bytes: usize,
+    /// The deployment's delivery limit, for the reason of a job the broker
+    /// dead-lettered.
+    pub settings: TopologySettings,
 }
 
 impl Recorder {
@@ -63,6 +74,8 @@ impl Recorder {
             names.dispatcher_events_queue(),
             names.dispatcher_results_queue(),
             names.dispatcher_dead_queue(),
+            names.dispatcher_rejected_queue(),
+            names.dispatcher_control_queue(),
         ] {
             let consumer = broker.consume(&queue, PREFETCH).await?;
             let recorder = self.clone();
@@ -131,6 +144,10 @@ impl Recorder {
                 self.on_event(&delivery, &publisher, &names).await
             } else if queue == names.dispatcher_results_queue() {
                 self.on_result(&delivery, &publisher, &names).await
+            } else if queue == names.dispatcher_rejected_queue() {
+                Ok(Some(self.rejected_reason(&delivery)))
+            } else if queue == names.dispatcher_control_queue() {
+                Ok(on_control(&delivery, self.max_message_bytes))
             } else {
                 self.on_dead(&delivery, &publisher, &names).await
             };
@@ -264,25 +281,36 @@ impl Recorder {
         Ok(None)
     }
 
+    /// Why the broker dead-lettered a job of the work queue, in words:
+    /// the reason its `x-death` header gives in a word or two.
+    fn rejected_reason(&self, delivery: &Delivery) -> String {
+        let limit = self.settings.delivery_limit;
+        match header_string(delivery, "x-first-death-reason").as_deref() {
+            Some("delivery_limit") => format!(
+                "dead-lettered after {limit} deliveries (--delivery-limit {limit}): each runner that took this job died, lost its connection, or held it past the broker's consumer_timeout"
+            ),
+            Some("rejected") => "dead-lettered: a consumer rejected it without requeueing".into(),
+            Some("expired") => "dead-lettered: its time to live ran out in the queue".into(),
+            Some("maxlen") => "dead-lettered: the queue was full".into(),
+            Some(other) => format!("dead-lettered by the broker ({other})"),
+            None => "dead-lettered by the broker (no reason given)".into(),
+        }
+    }
+
     async fn on_dead(
         &self,
         delivery: &Delivery,
         publisher: &Publisher,
         names: &broker::Names,
     ) -> Result<Option<String>, RecordError> {
-        let reason = header_string(delivery, REASON_HEADER)
-            .or_else(|| header_string(delivery, "x-first-death-reason"))
-            .unwrap_or_else(|| "dead-lettered".to_string());
         let Incoming::Valid(job) = Incoming::<Job>::decode(delivery, self.max_message_bytes) else {
-            // Not a job (a malformed message someone dead-lettered): it stays
+            // Not a job (a malformed message dead-lettered here): it stays
             // in the dead-letter queue for people; nothing to record.
             return Ok(None);
         };
-        let reason = if reason == "delivery_limit" {
-            "dead-lettered after reaching the delivery limit: each runner that took this job died, lost its connection, or held it past the broker's consumer_timeout".to_string()
-        } else {
-            format!("dead-lettered: {reason}")
-        };
+        // The job's recorded reason is the dead letter's, word for word.
+        let reason = header_string(delivery, REASON_HEADER)
+            .unwrap_or_else(|| self.rejected_reason(delivery));
         let job_id = job.id.clone();
         let shown = reason.clone();
         if self
@@ -381,6 +409,15 @@ impl Recorder {
                 ));
             }
         }
+    }
+}
+
+/// The dispatcher's copy of a control message: nothing to do with a valid
+/// one (runners act on theirs); a malformed one is dead-lettered here.
+fn on_control(delivery: &Delivery, max_message_bytes: usize) -> Option<String> {
+    match Incoming::<Control>::decode(delivery, max_message_bytes) {
+        Incoming::Valid(_) => None,
+        Incoming::Refused(reason) => Some(reason.to_string()),
     }
 }
 

@@ -14,9 +14,12 @@ use serde::Serialize;
 
 pub const TERMINAL: [&str; 4] = ["passed", "failed", "error", "timeout"];
 
+/// Every status a job can have.
+pub const STATUSES: [&str; 6] = ["queued", "running", "passed", "failed", "error", "timeout"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("SQLite: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("{context}: {source}")]
     Io {
@@ -53,6 +56,10 @@ pub struct JobRecord {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub truncated: bool,
+    /// What makes a rerun's id differ from its commit's job (see
+    /// `Job::salt`); empty for the job of a commit.
+    #[serde(skip)]
+    pub salt: String,
 }
 
 impl JobRecord {
@@ -71,6 +78,7 @@ impl JobRecord {
             enqueued_at_ms: self.enqueued_at_ms.unwrap_or_default() as u64,
             subject: self.subject.clone(),
             author: self.author.clone(),
+            salt: self.salt.clone(),
         }
     }
 }
@@ -120,6 +128,20 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// How many commits an ambiguous abbreviation lists (one more is fetched
+/// to tell "exactly this many" from "more").
+pub const AMBIGUOUS_LISTED: usize = 10;
+
+/// What an abbreviated commit id matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitMatch {
+    None,
+    /// The newest job of the one commit it matches.
+    One(Box<JobRecord>),
+    /// Several commits (at most [`AMBIGUOUS_LISTED`] + 1 of them).
+    Several(Vec<String>),
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
@@ -156,7 +178,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration_ms INTEGER,
     exit_code INTEGER,
     reason TEXT,
-    truncated INTEGER NOT NULL DEFAULT 0
+    truncated INTEGER NOT NULL DEFAULT 0,
+    salt TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_branch ON jobs(branch, seq);
@@ -171,7 +194,7 @@ CREATE TABLE IF NOT EXISTS runners (
 );
 ";
 
-const JOB_COLUMNS: &str = "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated";
+const JOB_COLUMNS: &str = "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated, salt";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -194,14 +217,15 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         exit_code: row.get(16)?,
         reason: row.get(17)?,
         truncated: row.get::<_, i64>(18)? != 0,
+        salt: row.get(19)?,
     })
 }
 
 fn insert_job(db: &Connection, job: &Job, status: &str) -> rusqlite::Result<()> {
     db.execute(
-        "INSERT OR IGNORE INTO jobs (id, repo, branch, commit_id, subject, author, status, enqueued_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![job.id, job.repo, job.branch, job.commit, job.subject, job.author, status, job.enqueued_at_ms as i64],
+        "INSERT OR IGNORE INTO jobs (id, repo, branch, commit_id, subject, author, status, enqueued_at_ms, salt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![job.id, job.repo, job.branch, job.commit, job.subject, job.author, status, job.enqueued_at_ms as i64, job.salt],
     )?;
     Ok(())
 }
@@ -217,6 +241,16 @@ impl Store {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
         )?;
         db.execute_batch(SCHEMA)?;
+        // Stores made before jobs had a salt (reruns then could not be
+        // republished with the id they were recorded under).
+        let has_salt: bool = db.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('jobs') WHERE name = 'salt'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_salt {
+            db.execute_batch("ALTER TABLE jobs ADD COLUMN salt TEXT NOT NULL DEFAULT ''")?;
+        }
         Ok(Store {
             db: Arc::new(Mutex::new(db)),
             logs,
@@ -434,21 +468,37 @@ impl Store {
         })
     }
 
-    /// The newest job for a full or abbreviated (at least 7 digits) commit.
-    pub fn job_by_commit(&self, commit: &str) -> Result<Option<JobRecord>> {
+    /// The newest job for a full or abbreviated (at least 7 digits) commit,
+    /// or the commits an abbreviation matches when it matches several.
+    pub fn job_by_commit(&self, commit: &str) -> Result<CommitMatch> {
         let hex = commit.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex || commit.len() < 7 || commit.len() > 64 {
-            return Ok(None);
+            return Ok(CommitMatch::None);
         }
         let pattern = format!("{}%", commit.to_ascii_lowercase());
         self.with(|db| {
-            Ok(db
-                .query_row(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE commit_id LIKE ?1 ORDER BY seq DESC LIMIT 1"),
-                    params![pattern],
-                    job_from_row,
-                )
-                .optional()?)
+            let mut statement = db.prepare_cached(&format!(
+                "SELECT DISTINCT commit_id FROM jobs WHERE commit_id LIKE ?1 LIMIT {}",
+                AMBIGUOUS_LISTED + 1
+            ))?;
+            let commits = statement
+                .query_map(params![pattern], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let [commit] = commits.as_slice() else {
+                return Ok(if commits.is_empty() {
+                    CommitMatch::None
+                } else {
+                    CommitMatch::Several(commits)
+                });
+            };
+            let job = db.query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE commit_id = ?1 ORDER BY seq DESC LIMIT 1"
+                ),
+                params![commit],
+                job_from_row,
+            )?;
+            Ok(CommitMatch::One(Box::new(job)))
         })
     }
 

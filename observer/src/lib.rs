@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::message::{job_id, validate_branch, Job};
+use broker::message::{validate_branch, Job};
 use broker::{Broker, BrokerConfig, Publisher};
 use tokio_util::sync::CancellationToken;
 
@@ -185,9 +185,7 @@ async fn reconcile_with_ledger(
         let published: Vec<String> = ledger
             .iter()
             .filter(|job| {
-                job.repo == source.location()
-                    && job.branch == *branch
-                    && job.id == job_id(&job.repo, &job.branch, &job.commit, "")
+                job.repo == source.location() && job.branch == *branch && job.is_first_of_commit()
             })
             .map(|job| job.commit.clone())
             .collect();

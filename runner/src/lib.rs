@@ -197,8 +197,6 @@ impl Runner {
         let mut jobs = broker.consume(&broker.names().work_queue(), 1).await?;
         let _control = TaskGuard(tokio::spawn(watch_control(
             broker.consume_control().await?,
-            publisher.clone(),
-            broker.names().clone(),
             self.config.broker.max_message_bytes,
             self.current.clone(),
             self.config.id.clone(),
@@ -243,14 +241,10 @@ impl Runner {
         let job = match Incoming::<Job>::decode(&delivery, self.config.broker.max_message_bytes) {
             Incoming::Valid(job) => job,
             Incoming::Refused(reason) => {
-                broker::dead_letter(
-                    publisher,
-                    names,
-                    &names.work_queue(),
-                    &delivery,
-                    &reason.to_string(),
-                )
-                .await?;
+                // The dispatcher dead-letters its copy of the same message,
+                // so it lands in the dead-letter queue once.
+                tracing::warn!(%reason, "refused a malformed job; dropping it");
+                ack(&delivery).await;
                 return Ok(Next::Continue);
             }
         };
@@ -600,25 +594,18 @@ fn next_chunk(output: &[u8], from: usize, max: usize) -> Option<(usize, String)>
 /// Stops the current job when the dispatcher says its result is recorded.
 async fn watch_control(
     mut control: broker::Consumer,
-    publisher: Publisher,
-    names: broker::Names,
     max_bytes: usize,
     current: SharedCurrent,
     me: String,
 ) {
-    let queue = control.queue().to_string();
     while let Some(Ok(delivery)) = control.next().await {
         let message = Incoming::<Control>::decode(&delivery, max_bytes);
+        ack(&delivery).await;
         if let Incoming::Refused(reason) = &message {
-            if let Err(err) =
-                broker::dead_letter(&publisher, &names, &queue, &delivery, &reason.to_string())
-                    .await
-            {
-                tracing::warn!("cannot dead-letter a malformed control message: {err}");
-            }
+            // Every runner got a copy; the dispatcher dead-letters its own.
+            tracing::warn!(%reason, "refused a malformed control message; dropping it");
             continue;
         }
-        ack(&delivery).await;
         match message {
             Incoming::Valid(Control::Cancel {
                 job_id,

@@ -308,8 +308,18 @@ impl Dispatcher {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Dispatcher {
+        Dispatcher::start_at(ns, scratch, scratch.join("dispatcher-data"), extra, env)
+    }
+
+    /// Like [`Dispatcher::start_with_env`], with its data in `data_dir`.
+    pub fn start_at(
+        ns: &Namespace,
+        scratch: &Scratch,
+        data_dir: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Dispatcher {
         let port = free_port();
-        let data_dir = scratch.join("dispatcher-data");
         let http = format!("127.0.0.1:{port}");
         let mut args = vec![
             "dispatcher",
@@ -478,6 +488,16 @@ pub fn observer_with_env(
     Proc::spawn("observer", ns, scratch, &args, env)
 }
 
+/// A test command that kills the runner running it (SIGKILL): a poison
+/// job. It walks up from its shell to the first ancestor whose command line
+/// is `warren runner …`, whatever processes sit in between.
+pub const KILL_MY_RUNNER: &str = r#"p=$$
+while [ "$p" -gt 1 ]; do
+  if tr '\0' ' ' < /proc/$p/cmdline | grep -q '^[^ ]*warren runner '; then kill -9 "$p"; break; fi
+  p=$(awk '{print $4}' /proc/$p/stat)
+done
+sleep 30"#;
+
 /// Processes whose command line contains `marker` (from /proc).
 pub fn processes_matching(marker: &str) -> Vec<String> {
     processes_where(|cmdline| cmdline.contains(marker))
@@ -606,14 +626,20 @@ impl Namespace {
     }
 }
 
+/// The `x-client` header [`publish_raw`] puts on every message, so tests
+/// can check that a dead letter kept the publisher's headers.
+pub const CLIENT_HEADER_VALUE: &str = "warren-test";
+
 /// Publishes raw bodies to exchanges of the namespace, each confirmed:
-/// (exchange, routing key, body).
+/// (exchange, routing key, body), with the header `x-client:
+/// warren-test`.
 pub fn publish_raw(ns: &Namespace, messages: &[(String, String, Vec<u8>)]) {
     ns.with_broker(async |broker| {
         let publisher = broker.publisher().await.expect("publisher");
         for (exchange, key, body) in messages {
+            let headers = vec![("x-client".to_string(), CLIENT_HEADER_VALUE.to_string())];
             publisher
-                .publish_raw(exchange, key, body, Vec::new())
+                .publish_raw(exchange, key, body, headers)
                 .await
                 .expect("publish");
         }
