@@ -1,10 +1,13 @@
-//! Issue 6: hostile input and secrets. Each test feeds real bad input to the
-//! real binary against the real broker, and checks both that it was refused
-//! with a reason and that the good work around it still completed.
+//! Issues 6 and 12: hostile input, hostile tests and secrets. Each test
+//! feeds real bad input (or a test that attacks its runner) to the real
+//! binary against the real broker, and checks both that it was refused or
+//! contained and that the good work around it still completed; attacks are
+//! tried next to a control in which the same probe succeeds.
 
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -483,4 +486,213 @@ fn bad_configuration_is_one_clear_line_and_changes_nothing() {
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("/no/such/repository"), "{err}");
+}
+
+/// Waits until `api` shows a runner, so the topology exists before jobs
+/// are published by hand.
+fn wait_for_a_runner(api: &Api) {
+    wait_for("a runner to consume", Duration::from_secs(30), || {
+        api.get_json("/api/runners")
+            .ok()
+            .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+    });
+}
+
+/// Publishes a job for `commit` of `repo` and waits for its outcome.
+fn run_job(ns: &Namespace, api: &Api, repo: &Repo, commit: &str) -> serde_json::Value {
+    let job = Job::for_commit(repo.path_str(), "main", commit);
+    let names = Names::new(ns.name.clone());
+    publish_raw(ns, &[(names.jobs_exchange(), String::new(), encode(&job))]);
+    let jobs = api.wait_terminal(&[commit.to_string()], Duration::from_secs(60));
+    one_job(&jobs, commit)
+}
+
+/// The hostile test of issue 12: from its checkout it plants hooks, config
+/// that runs commands or redirects git, a filter, and branch and replace
+/// refs that swap a later commit for an earlier one, in its own clone, in
+/// the other repository's clone beside it and in a control clone; and in
+/// its home, a global config and an attributes file that re-encodes the
+/// file `note`. Argument `$1`: the control clone; `$2` its marker file.
+fn planting_script(marker: &Path, swaps: &[(&str, &str)]) -> String {
+    let swaps: String = swaps
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "  if git -C \"$1\" cat-file -e {from}^{{commit}} 2>/dev/null; then\n\
+                 \x20   git -C \"$1\" update-ref refs/heads/{from} {to}\n\
+                 \x20   git -C \"$1\" update-ref refs/replace/{from} {to}\n\
+                 \x20 fi\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"set -e
+plant() {{
+  g="$1/.git"
+{swaps}  mkdir -p "$g/hooks"
+  for h in post-checkout reference-transaction post-index-change; do
+    printf '#!/bin/sh\necho %s >> "%s"\nprintf "exit 0\\n" > .warren-test\n' "$h" "$2" > "$g/hooks/$h"
+    chmod +x "$g/hooks/$h"
+  done
+  printf '[core]\n\tfsmonitor = "echo include >> %s; false"\n' "$2" > "$1.evil.cfg"
+  git -C "$1" config include.path "$1.evil.cfg"
+  git -C "$1" config core.fsmonitor "echo fsmonitor >> '$2'; false"
+  git -C "$1" config url./nonexistent/evil.insteadOf /
+  git -C "$1" config filter.evil.smudge "echo filter >> '$2'; printf 'exit 0\\n'"
+  echo '.warren-test filter=evil' > "$g/info/attributes"
+  git -C "$1" config core.sshCommand "echo ssh >> '$2'"
+  git -C "$1" config credential.helper "!echo credential >> '$2'"
+  git -C "$1" config diff.external "echo diff >> '$2'"
+  git -C "$1" config protocol.allow always
+}}
+# The user's own git files, which every git of this user reads.
+mkdir -p "$HOME/.config/git"
+echo 'note working-tree-encoding=UTF-16' > "$HOME/.config/git/attributes"
+git config --global core.fsmonitor "echo global >> '{marker}'; false"
+# Every clone beside this checkout (this one included), then the control.
+for clone in "$PWD"/../*/; do
+  [ -d "$clone/.git" ] && plant "${{clone%/}}" '{marker}'
+done
+plant "$1" "$2"
+echo planted
+"#,
+        marker = marker.display()
+    )
+}
+
+#[test]
+fn hooks_and_config_a_test_plants_in_clones_run_nothing_and_change_no_outcome() {
+    let ns = Namespace::new("plant");
+    let scratch = Scratch::new();
+    let marker = scratch.join("planted-code-ran");
+    let control_marker = scratch.join("control-planted-code-ran");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let api = dispatcher.api();
+    // The runner's home, which its tests share.
+    let home = scratch.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let home = home.to_str().expect("utf8");
+    let _runner = runner_with_env(&ns, &scratch, "r1", &[], &[("HOME", home)]);
+    wait_for_a_runner(&api);
+
+    // B: a passing commit, then a failing one the plants try to make pass.
+    let b = Repo::new(scratch.join("b"));
+    b.write("note", "b0");
+    b.write(".warren-test", "echo passing-b0");
+    let b0 = b.commit("b0 passes");
+    b.write("note", "b3");
+    b.write(".warren-test", "echo failing-$(cat note); exit 1");
+    let b3 = b.commit("b3 fails");
+    // A: an innocent commit, then the hostile one, which tries to swap the
+    // innocent one's next run for itself.
+    let a = Repo::new(scratch.join("a"));
+    a.write("note", "a2");
+    a.write(".warren-test", "echo fine-$(cat note)");
+    let a2 = a.commit("a2");
+    let control = scratch.join("control");
+    git(
+        scratch.path(),
+        &["clone", "-q", "--shared", b.path_str(), "control"],
+    );
+    git(&control, &["checkout", "-q", "--detach", &b0]);
+    a.write("note", "a1");
+    a.write(
+        ".warren-test",
+        &format!(
+            "sh plant.sh '{}' '{}'",
+            control.display(),
+            control_marker.display()
+        ),
+    );
+    a.write(
+        "plant.sh",
+        &planting_script(&marker, &[(&b3, &b0), (&a2, "HEAD")]),
+    );
+    let a1 = a.commit("a1 plants");
+
+    // B is cloned first, so that the hostile job finds its clone.
+    assert_eq!(run_job(&ns, &api, &b, &b0)["status"], "passed");
+    let hostile = run_job(&ns, &api, &a, &a1);
+    let log = api.log(hostile["id"].as_str().expect("id"));
+    assert_eq!(hostile["status"], "passed", "{hostile}\n{log}");
+    assert!(log.contains("planted"), "{log}");
+    let _ = std::fs::remove_file(&marker); // the plant's own git calls
+
+    // The next jobs on the same runner: A's next commit, B's failing one.
+    let innocent = run_job(&ns, &api, &a, &a2);
+    let failing = run_job(&ns, &api, &b, &b3);
+    let innocent_log = api.log(innocent["id"].as_str().expect("id"));
+    let failing_log = api.log(failing["id"].as_str().expect("id"));
+    assert!(
+        !marker.exists(),
+        "planted code ran in the runner's git: {}",
+        std::fs::read_to_string(&marker).unwrap_or_default()
+    );
+    assert_eq!(innocent["status"], "passed", "{innocent}");
+    assert!(innocent_log.contains("fine-a2"), "{innocent_log}");
+    assert_eq!(failing["status"], "failed", "{failing}\n{failing_log}");
+    assert!(failing_log.contains("failing-b3"), "{failing_log}");
+
+    // Each plant is gone from the runner's clones or inert.
+    let clones: Vec<_> = std::fs::read_dir(scratch.join("r1-work/repos"))
+        .expect("clones")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    for clone in clones {
+        let git_dir = clone.join(".git");
+        let config = std::fs::read_to_string(git_dir.join("config")).expect("config");
+        for key in [
+            "fsmonitor",
+            "include",
+            "insteadOf",
+            "filter",
+            "sshCommand",
+            "credential",
+            "external",
+            "protocol",
+        ] {
+            assert!(!config.contains(key), "{key} survived in {config}");
+        }
+        assert!(!git_dir.join("hooks").exists());
+        assert!(!git_dir.join("info/attributes").exists());
+    }
+
+    // The probe works: the same plants fire under plain git (with the same
+    // home) and turn B's failing commit into a passing one.
+    let _ = std::fs::remove_file(&control_marker);
+    let plain = Command::new("git")
+        .args(["checkout", "-q", "--force", "--detach", &b3, "--"])
+        .current_dir(&control)
+        .env("HOME", home)
+        .output()
+        .expect("plain git");
+    assert!(plain.status.success(), "{plain:?}");
+    let fired = std::fs::read_to_string(&control_marker).expect("the plants fire under plain git");
+    assert!(
+        fired.contains("post-checkout") && fired.contains("include"),
+        "{fired}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(control.join(".warren-test")).expect("test file"),
+        "exit 0\n",
+        "under plain git the failing commit's test became a pass"
+    );
+    // (The swapped checkout wrote no file; the real commit writes `note`.)
+    let real_b3 = format!("{b3}^{{commit}}");
+    let plain = Command::new("git")
+        .args(["checkout", "-q", "--force", "--detach", &real_b3, "--"])
+        .current_dir(&control)
+        .env("HOME", home)
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
+        .output()
+        .expect("plain git");
+    assert!(plain.status.success(), "{plain:?}");
+    let note = std::fs::read(control.join("note")).expect("note");
+    assert!(
+        note.starts_with(&[0xff, 0xfe]),
+        "under plain git the home's attributes re-encode files: {note:?}"
+    );
 }
