@@ -97,6 +97,18 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Runners seen by the dispatcher
     Runners(RunnersArgs),
+    /// Run one test under a supervisor that kills its whole process tree
+    /// when the test ends or the runner's liveness pipe closes (started by
+    /// the runner, not by people)
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SuperviseArgs {
+    /// The test command and its arguments, after `--`
+    #[arg(last = true, required = true, value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Where the dispatcher's API is, for the client commands.
@@ -226,8 +238,8 @@ pub struct RunnerArgs {
     #[arg(long, env = "WARREN_TEST_COMMAND")]
     pub test_command: Option<String>,
 
-    /// Seconds a test may run before its process group is killed (outcome
-    /// timeout); keep it below the broker's consumer_timeout
+    /// Seconds a test may run before its whole process tree is killed
+    /// (outcome timeout); keep it below the broker's consumer_timeout
     #[arg(long, env = "WARREN_JOB_TIMEOUT", default_value = "1500", value_parser = parse_seconds)]
     pub job_timeout: Duration,
 
@@ -261,6 +273,9 @@ impl RunnerArgs {
             heartbeat: self.heartbeat,
             output_cap: self.output_cap,
             grace: self.grace,
+            // This very binary, as the kernel has it open: still the right
+            // one if the file was replaced (an upgrade) while running.
+            supervisor: PathBuf::from("/proc/self/exe"),
         }
     }
 }

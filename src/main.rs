@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return cli::exit_on_parse_error(err),
     };
+    if let Command::Supervise(args) = &cli.command {
+        // Synchronous and small: no runtime, no logging (its stderr is the
+        // test's output).
+        return runner::supervisor::main(&args.command);
+    }
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -61,6 +66,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rerun(args) => return client::rerun(args).await,
         Command::Trigger(args) => return client::trigger(args).await,
         Command::Runners(args) => return client::runners(args).await,
+        // Handled in main, before the runtime starts.
+        Command::Supervise(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

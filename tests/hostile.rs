@@ -696,3 +696,81 @@ fn hooks_and_config_a_test_plants_in_clones_run_nothing_and_change_no_outcome() 
         "under plain git the home's attributes re-encode files: {note:?}"
     );
 }
+
+/// Creates `path` when dropped: the release file the test's processes in
+/// the next test wait for, so they end even when an assertion fails.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
+#[test]
+fn a_runner_killed_mid_test_takes_its_whole_process_tree_with_it() {
+    let ns = Namespace::new("tree");
+    let scratch = Scratch::new();
+    let release = Release(scratch.join("release"));
+    let repo = Repo::new(scratch.join("repo"));
+    // A tree with a daemon (setsid, writing a heartbeat), a double-forked
+    // process and a plain child: each long-lived process carries the
+    // checkout's path (unique per runner) on its command line. All of them
+    // wait for the release file, so nothing outlives the test.
+    repo.write(
+        ".warren-test",
+        r#"rel="$PWD/../../../release"
+loop='while [ ! -e "$1" ]; do sleep 0.05; [ -n "$2" ] && date +%s%N >> "$2"; done; :'
+setsid sh -c "$loop" "$PWD-daemon" "$rel" "$PWD.heartbeat" &
+(sh -c "$loop" "$PWD-double-forked" "$rel" &)
+sh -c "$loop" "$PWD-child" "$rel" &
+while [ ! -e "$rel" ]; do sleep 0.05; done
+echo released"#,
+    );
+    let commit = repo.commit("a tree of processes");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let mut runners: Vec<Proc> = ["r1", "r2"]
+        .iter()
+        .map(|id| runner(&ns, &scratch, id, &[]))
+        .collect();
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    let (_, victim) = wait_running(&api, &commit);
+    let repos = scratch.join(&format!("{victim}-work/repos"));
+    let checkout = wait_for("the victim's checkout", Duration::from_secs(20), || {
+        std::fs::read_dir(&repos)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.is_dir())
+    });
+    let marker = checkout.to_string_lossy().into_owned();
+    let heartbeat = checkout.with_extension("heartbeat");
+    wait_for("the whole tree to run", Duration::from_secs(20), || {
+        (processes_matching(&marker).len() >= 3 && heartbeat.exists()).then_some(())
+    });
+
+    take_runner(&mut runners, &victim).kill();
+    let killed = std::time::Instant::now();
+    wait_for(
+        "every process of the killed runner's test to be gone",
+        Duration::from_secs(1),
+        || processes_matching(&marker).is_empty().then_some(()),
+    );
+    let size = std::fs::metadata(&heartbeat).expect("heartbeat").len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::metadata(&heartbeat).expect("heartbeat").len(),
+        size,
+        "the daemon still beats"
+    );
+    eprintln!("tree gone {:?} after the kill", killed.elapsed());
+
+    // Rerun elsewhere and recorded once.
+    drop(release);
+    let jobs = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
+    let job = one_job(&jobs, &commit);
+    assert_eq!(job["status"], "passed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_ne!(job["runner"], victim.as_str(), "{job}");
+}
