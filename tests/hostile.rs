@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -420,6 +421,127 @@ fn secrets_stay_out_of_logs_errors_and_help() {
 }
 
 #[test]
+fn secrets_given_as_files_are_read_and_conflicts_are_one_line() {
+    let ns = Namespace::new("secret-files");
+    let scratch = Scratch::new();
+    let file = |name: &str, content: &str| {
+        let path = scratch.join(name);
+        std::fs::write(&path, content).expect("secret file");
+        path.to_string_lossy().into_owned()
+    };
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(WARREN)
+            .args(args)
+            .env("WARREN_NAMESPACE", &ns.name)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url_file = file("amqp-url", "amqp://guest:file-SECRET@127.0.0.1:1/%2f\n");
+    let workdir = scratch.join("w");
+    let runner = ["runner", "--workdir", workdir.to_str().expect("utf8")];
+
+    // Both the variable and its file: one line naming both, no value.
+    let (code, err) = run(
+        &runner,
+        &[
+            ("WARREN_AMQP_URL", "amqp://guest:env-SECRET@127.0.0.1:1/%2f"),
+            ("WARREN_AMQP_URL_FILE", &url_file),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("WARREN_AMQP_URL and WARREN_AMQP_URL_FILE"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRET"), "{err}");
+    // A file that cannot be read, and an empty one: the variable and the
+    // path, in one line.
+    let folder = scratch.path().to_string_lossy().into_owned();
+    let empty = file("empty", "\n");
+    for (path, expected) in [
+        (folder.as_str(), "cannot read"),
+        (empty.as_str(), "is empty"),
+    ] {
+        let (code, err) = run(&runner, &[("WARREN_AMQP_URL_FILE", path)]);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("WARREN_AMQP_URL_FILE") && err.contains(path) && err.contains(expected),
+            "{err}"
+        );
+    }
+
+    // The file's value is used (the newline trimmed); an explicit flag
+    // wins over both the variable and the file.
+    for (name, args, port) in [
+        ("from-file", vec![], ":1/"),
+        (
+            "flag-wins",
+            vec!["--amqp-url", "amqp://guest:flag@127.0.0.1:9/%2f"],
+            ":9/",
+        ),
+    ] {
+        let mut full: Vec<&str> = runner.to_vec();
+        full.extend(args.iter().copied());
+        let env: Vec<(&str, &str)> = if args.is_empty() {
+            vec![("WARREN_AMQP_URL_FILE", &url_file)]
+        } else {
+            vec![
+                ("WARREN_AMQP_URL", "amqp://guest:env@127.0.0.1:1/%2f"),
+                ("WARREN_AMQP_URL_FILE", &url_file),
+            ]
+        };
+        let mut proc = Proc::spawn(name, &ns, &scratch, &full, &env);
+        wait_for("a connection attempt", Duration::from_secs(20), || {
+            proc.log_text().contains("retrying").then_some(())
+        });
+        proc.signal(libc::SIGTERM);
+        proc.wait_exit(Duration::from_secs(10));
+        let log = proc.log_text();
+        assert!(log.contains(&format!("127.0.0.1{port}")), "{name}: {log}");
+        if !args.is_empty() {
+            assert!(!log.contains("127.0.0.1:1/"), "{name}: {log}");
+        }
+        assert!(!log.contains("SECRET"), "{name}: {log}");
+    }
+
+    // The dispatcher's token from a file guards the API, and the client
+    // reads the same file.
+    let token = file("token", "token-from-file\n");
+    let dispatcher = Dispatcher::start_with_env(
+        &ns,
+        &scratch,
+        &[],
+        &[
+            ("WARREN_API_TOKEN_FILE", &token),
+            (
+                "WARREN_MANAGEMENT_URL_FILE",
+                &file("management-url", "http://guest:guest@127.0.0.1:15672\n"),
+            ),
+        ],
+    );
+    let rerun =
+        |env: &[(&str, &str)]| run(&["rerun", "--server", &dispatcher.url, "nosuchjob"], env).1;
+    assert!(rerun(&[]).contains("401"), "no token: refused");
+    let with_token = rerun(&[("WARREN_API_TOKEN_FILE", &token)]);
+    assert!(
+        with_token.contains("404") && !with_token.contains("401"),
+        "the token from the file is accepted: {with_token}"
+    );
+    let missing = rerun(&[("WARREN_API_TOKEN_FILE", "/nonexistent/token")]);
+    assert!(
+        missing.contains("WARREN_API_TOKEN_FILE") && missing.contains("/nonexistent/token"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn bad_configuration_is_one_clear_line_and_changes_nothing() {
     let ns = Namespace::new("config");
     let scratch = Scratch::new();
@@ -773,4 +895,171 @@ echo released"#,
     assert_eq!(job["status"], "passed", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
     assert_ne!(job["runner"], victim.as_str(), "{job}");
+}
+
+/// The unprivileged user the /proc test runs its runner as (nobody).
+const UNPRIVILEGED: u32 = 65534;
+
+/// A test that goes after its runner's secrets through /proc: for its
+/// parent and every ancestor of the same user, it reads `environ`, and
+/// `maps` then every readable region of `mem`, looking for the canaries
+/// (given reversed, so that the script itself holds neither). One line per
+/// process: `probe pid=N comm=C environ=denied|clean|FOUND mem=...`.
+fn proc_probe(canaries: &[&str]) -> String {
+    let reversed: Vec<String> = canaries
+        .iter()
+        .map(|c| format!("{:?}", c.chars().rev().collect::<String>()))
+        .collect();
+    format!(
+        r#"import os
+canaries = [c[::-1].encode() for c in [{list}]]
+me = os.getuid()
+
+def field(pid, name):
+    for line in open(f"/proc/{{pid}}/status"):
+        if line.startswith(name + ":"):
+            return line.split()[1]
+
+def verdict(data):
+    return "FOUND" if any(c in data for c in canaries) else "clean"
+
+def environ(pid):
+    try:
+        return verdict(open(f"/proc/{{pid}}/environ", "rb").read())
+    except OSError:
+        return "denied"
+
+def memory(pid):
+    try:
+        maps = open(f"/proc/{{pid}}/maps").read().splitlines()
+        mem = open(f"/proc/{{pid}}/mem", "rb", buffering=0)
+    except OSError:
+        return "denied"
+    found = False
+    for line in maps:
+        span, perms = line.split()[:2]
+        if perms[0] != "r":
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            found = found or verdict(mem.read(min(end - start, 64 << 20))) == "FOUND"
+        except (OSError, ValueError, OverflowError):
+            pass
+    return "FOUND" if found else "clean"
+
+pid = os.getppid()
+while pid > 1 and int(field(pid, "Uid")) == me:
+    comm = open(f"/proc/{{pid}}/comm").read().strip()
+    print(f"probe pid={{pid}} comm={{comm}} environ={{environ(pid)}} mem={{memory(pid)}}", flush=True)
+    pid = int(field(pid, "PPid"))
+"#,
+        list = reversed.join(", ")
+    )
+}
+
+/// Gives `path` (and everything under it) to the unprivileged user.
+fn give_to_unprivileged(path: &Path) {
+    let status = Command::new("chown")
+        .args(["-R", &format!("{UNPRIVILEGED}:{UNPRIVILEGED}")])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+}
+
+#[test]
+fn a_test_finds_no_secret_of_its_runner_through_proc() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test starts its runner as another user, which needs root"
+    );
+    let ns = Namespace::new("proc");
+    let scratch = Scratch::new();
+    // The runner's user must reach its workdir, the repository and files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let canary_url = format!("url-canary-{}", std::process::id());
+    let canary_env = format!("env-canary-{}", std::process::id());
+    let secrets = scratch.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("mkdir");
+    let url_file = secrets.join("amqp-url");
+    std::fs::write(
+        &url_file,
+        format!("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&canary={canary_url}\n"),
+    )
+    .expect("secret file");
+    let repo = Repo::new(scratch.join("repo"));
+    let probe = proc_probe(&[&canary_url, &canary_env]);
+    repo.write("probe.py", &probe);
+    // exec: the probe's parent is then the supervisor, not its own shell.
+    repo.write(".warren-test", "exec python3 probe.py");
+    let commit = repo.commit("read the runner's secrets");
+    let (home, workdir) = (scratch.join("home"), scratch.join("r1-work"));
+    for dir in [&home, &workdir] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    for path in [&repo.path, &home, &workdir, &secrets] {
+        give_to_unprivileged(path);
+    }
+
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let api = dispatcher.api();
+    let _runner = Proc::spawn_as_user(
+        "r1",
+        &ns,
+        &scratch,
+        &[
+            "runner",
+            "--id",
+            "r1",
+            "--workdir",
+            workdir.to_str().expect("utf8"),
+        ],
+        &[
+            ("WARREN_AMQP_URL_FILE", url_file.to_str().expect("utf8")),
+            // Even a secret left in the environment is out of reach.
+            ("WARREN_API_TOKEN", &canary_env),
+            ("HOME", home.to_str().expect("utf8")),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ],
+        UNPRIVILEGED,
+    );
+    wait_for_a_runner(&api);
+    let job = run_job(&ns, &api, &repo, &commit);
+    let log = api.log(job["id"].as_str().expect("id"));
+    assert_eq!(job["status"], "passed", "{job}\n{log}");
+    let probes: Vec<&str> = log.lines().filter(|l| l.starts_with("probe ")).collect();
+    eprintln!("{}", probes.join("\n"));
+    for line in &probes {
+        assert!(
+            line.ends_with("environ=denied mem=denied"),
+            "a test could read its runner: {line}"
+        );
+    }
+    assert!(
+        probes.len() >= 2 && probes.iter().all(|l| l.contains("comm=warren")),
+        "the probe reached the supervisor and the runner: {log}"
+    );
+
+    // Control: the same probe, as the same user, under a dumpable parent
+    // holding a canary in its environment (and so in its memory) finds it.
+    let out = Command::new("sh")
+        .args(["-c", "python3 probe.py; true"])
+        .current_dir(&repo.path)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CANARY", &canary_env)
+        .uid(UNPRIVILEGED)
+        .gid(UNPRIVILEGED)
+        .output()
+        .expect("control probe");
+    let control = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        control.contains("environ=FOUND mem=FOUND"),
+        "the probe must find a dumpable parent's secrets: {control}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -145,6 +145,8 @@ impl Runner {
 
     async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         become_subreaper();
+        // It holds the broker URL with its password; a test runs as the same user.
+        become_non_dumpable();
         tracing::info!(runner = %self.config.id, workdir = %self.config.workdir.display(), "runner started");
         let mut session_number = 0u32;
         loop {
