@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use broker::topology::{Topology, TopologySettings};
 use broker::{BrokerConfig, Names};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -34,7 +35,8 @@ pub struct Cli {
 /// Flags every subcommand takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// RabbitMQ URL (amqp:// or amqps://) [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    /// RabbitMQ URL (amqp:// or amqps://), or read from the file named by
+    /// WARREN_AMQP_URL_FILE [default: amqp://guest:***@127.0.0.1:5672/%2f]
     #[arg(
         long,
         env = "WARREN_AMQP_URL",
@@ -97,6 +99,18 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Runners seen by the dispatcher
     Runners(RunnersArgs),
+    /// Run one test under a supervisor that kills its whole process tree
+    /// when the test ends or the runner's liveness pipe closes (started by
+    /// the runner, not by people)
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SuperviseArgs {
+    /// The test command and its arguments, after `--`
+    #[arg(last = true, required = true, value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Where the dispatcher's API is, for the client commands.
@@ -226,8 +240,8 @@ pub struct RunnerArgs {
     #[arg(long, env = "WARREN_TEST_COMMAND")]
     pub test_command: Option<String>,
 
-    /// Seconds a test may run before its process group is killed (outcome
-    /// timeout); keep it below the broker's consumer_timeout
+    /// Seconds a test may run before its whole process tree is killed
+    /// (outcome timeout); keep it below the broker's consumer_timeout
     #[arg(long, env = "WARREN_JOB_TIMEOUT", default_value = "1500", value_parser = parse_seconds)]
     pub job_timeout: Duration,
 
@@ -261,6 +275,9 @@ impl RunnerArgs {
             heartbeat: self.heartbeat,
             output_cap: self.output_cap,
             grace: self.grace,
+            // This very binary, as the kernel has it open: still the right
+            // one if the file was replaced (an upgrade) while running.
+            supervisor: PathBuf::from("/proc/self/exe"),
         }
     }
 }
@@ -276,7 +293,8 @@ pub struct DispatcherArgs {
     #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
 
-    /// RabbitMQ management API, used to close a frozen runner's connection [default: http://guest:***@127.0.0.1:15672]
+    /// RabbitMQ management API, used to close a frozen runner's connection,
+    /// or read from the file named by WARREN_MANAGEMENT_URL_FILE [default: http://guest:***@127.0.0.1:15672]
     #[arg(
         long,
         env = "WARREN_MANAGEMENT_URL",
@@ -296,10 +314,19 @@ pub struct DispatcherArgs {
 
     /// URL to POST a signed JSON payload to on a failure and on the first
     /// pass after one; repeat for several. The HMAC-SHA256 key comes from
-    /// WARREN_WEBHOOK_SECRET. State-changing API calls need the token in
-    /// WARREN_API_TOKEN when it is set
+    /// WARREN_WEBHOOK_SECRET (or the file WARREN_WEBHOOK_SECRET_FILE names).
+    /// State-changing API calls need the token in WARREN_API_TOKEN (or
+    /// WARREN_API_TOKEN_FILE) when it is set
     #[arg(long = "webhook", env = "WARREN_WEBHOOKS", value_delimiter = ',', value_parser = parse_http_url)]
     pub webhooks: Vec<String>,
+
+    /// From WARREN_WEBHOOK_SECRET or its file (see [`resolve_secrets`]).
+    #[arg(skip)]
+    pub webhook_secret: Option<String>,
+
+    /// From WARREN_API_TOKEN or its file (see [`resolve_secrets`]).
+    #[arg(skip)]
+    pub api_token: Option<String>,
 }
 
 impl DispatcherArgs {
@@ -312,8 +339,8 @@ impl DispatcherArgs {
             lease: self.heartbeat * self.lease_missed,
             heartbeat: self.heartbeat,
             webhooks: self.webhooks,
-            webhook_secret: secret_from_env("WARREN_WEBHOOK_SECRET"),
-            api_token: secret_from_env("WARREN_API_TOKEN"),
+            webhook_secret: self.webhook_secret,
+            api_token: self.api_token,
         }
     }
 }
@@ -462,10 +489,79 @@ fn parse_message_cap(value: &str) -> Result<usize, String> {
     }
 }
 
-/// A secret from the environment (never a flag, so never in `ps` or
-/// `--help`); empty means unset.
-pub fn secret_from_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+/// Suffix of the variable naming a file that holds a secret (the
+/// Docker-secrets convention: `WARREN_API_TOKEN_FILE=/run/secrets/token`).
+const FILE_SUFFIX: &str = "_FILE";
+
+/// A secret given as `NAME` or as a file named by `NAME_FILE` (never a
+/// flag, so never in `ps` or `--help`): its value, or `None` when neither
+/// is set. Empty variables count as unset. The file's content is the value,
+/// less trailing newlines. Errors are one line naming the variables (and
+/// the file), never the value.
+pub fn secret(name: &str) -> Result<Option<String>, String> {
+    let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+    let file_var = format!("{name}{FILE_SUFFIX}");
+    match (set(name), set(&file_var)) {
+        (Some(_), Some(_)) => Err(format!(
+            "{name} and {file_var} are both set; set only one of them"
+        )),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {file_var} ({}): {e}", path.display()))?;
+            let value = text.trim_end_matches(['\n', '\r']);
+            if value.is_empty() {
+                return Err(format!("{file_var} ({}) is empty", path.display()));
+            }
+            Ok(Some(value.to_string()))
+        }
+        (Some(value), None) => value
+            .into_string()
+            .map(Some)
+            .map_err(|_| format!("{name} is not valid UTF-8")),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A secret that is also a flag (`--amqp-url`): the flag given on the
+/// command line wins; otherwise `NAME` or its file as [`secret`] reads
+/// them; otherwise the default clap filled in.
+fn resolve_flag_secret(
+    value: &mut String,
+    source: Option<ValueSource>,
+    name: &str,
+) -> Result<(), String> {
+    if source == Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    if let Some(secret) = secret(name)? {
+        *value = secret;
+    }
+    Ok(())
+}
+
+/// Fills in every secret of `cli` from the command line, the environment
+/// or the files the `*_FILE` variables name. `matches` are the ones `cli`
+/// was parsed from.
+pub fn resolve_secrets(cli: &mut Cli, matches: &ArgMatches) -> Result<(), String> {
+    // A global flag may be given before or after the subcommand; clap
+    // records where it came from in the subcommand's matches.
+    let sub = matches.subcommand().map(|(_, sub)| sub);
+    let amqp_source = sub
+        .and_then(|m| m.value_source("amqp_url"))
+        .or_else(|| matches.value_source("amqp_url"));
+    match &mut cli.command {
+        // Started by the runner with a scrubbed environment: no secrets.
+        Command::Supervise(_) => return Ok(()),
+        Command::Dispatcher(args) => {
+            let source = sub.and_then(|m| m.value_source("management_url"));
+            resolve_flag_secret(&mut args.management_url, source, "WARREN_MANAGEMENT_URL")?;
+            args.webhook_secret = secret("WARREN_WEBHOOK_SECRET")?;
+            args.api_token = secret("WARREN_API_TOKEN")?;
+        }
+        _ => {}
+    }
+    resolve_flag_secret(&mut cli.common.amqp_url, amqp_source, "WARREN_AMQP_URL")
 }
 
 fn parse_http_url(value: &str) -> Result<String, String> {

@@ -9,12 +9,14 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
 use crate::cli::{
-    secret_from_env, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
+    secret, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
 };
 
 struct Client {
     base: String,
     http: reqwest::Client,
+    /// WARREN_API_TOKEN (or its file), sent with every request when set.
+    token: Option<String>,
 }
 
 impl Client {
@@ -24,11 +26,12 @@ impl Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            token: secret("WARREN_API_TOKEN").map_err(anyhow::Error::msg)?,
         })
     }
 
     async fn request(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let request = match secret_from_env("WARREN_API_TOKEN") {
+        let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };

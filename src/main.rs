@@ -8,17 +8,37 @@ mod up;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (mut cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => return cli::exit_on_parse_error(err),
     };
+    if let Command::Supervise(args) = &cli.command {
+        // Synchronous and small: no runtime, no logging (its stderr is the
+        // test's output).
+        return runner::supervisor::main(&args.command);
+    }
+    if let Err(err) = cli::resolve_secrets(&mut cli, &matches) {
+        eprintln!("warren: {err}");
+        return ExitCode::from(2);
+    }
     init_logging();
+    if matches!(
+        cli.command,
+        Command::Observer(_) | Command::Runner(_) | Command::Dispatcher(_) | Command::Up(_)
+    ) {
+        // These hold the broker password and other secrets for as long as
+        // they run: processes of the same user (tests) may not read them.
+        runner::become_non_dumpable();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -61,6 +81,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rerun(args) => return client::rerun(args).await,
         Command::Trigger(args) => return client::trigger(args).await,
         Command::Runners(args) => return client::runners(args).await,
+        // Handled in main, before the runtime starts.
+        Command::Supervise(_) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

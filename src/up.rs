@@ -103,6 +103,9 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+    let amqp_url_file = data.join("amqp-url");
+    write_private(&amqp_url_file, &common.amqp_url)
+        .with_context(|| format!("writing {}", amqp_url_file.display()))?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
     let mut services = vec![
@@ -151,15 +154,17 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
         let name = format!("runner-{next_runner}");
         next_runner += 1;
         let mut runner = Supervised::new(name.clone(), runner_args(&name));
-        runner.child =
-            Some(spawn(&exe, common, &runner.args).with_context(|| format!("starting {name}"))?);
+        runner.child = Some(
+            spawn(&exe, common, &amqp_url_file, &runner.args)
+                .with_context(|| format!("starting {name}"))?,
+        );
         runners.push(runner);
         Ok(())
     };
 
     for service in &mut services {
         service.child = Some(
-            spawn(&exe, common, &service.args)
+            spawn(&exe, common, &amqp_url_file, &service.args)
                 .with_context(|| format!("starting the {}", service.name))?,
         );
     }
@@ -192,7 +197,7 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
                     continue;
                 }
                 tracing::warn!(child = %service.name, %status, "child exited; restarting it");
-                service.child = spawn(&exe, common, &service.args)
+                service.child = spawn(&exe, common, &amqp_url_file, &service.args)
                     .map_err(
                         |err| tracing::error!(child = %service.name, "cannot restart: {err:#}"),
                     )
@@ -349,14 +354,21 @@ impl Manager {
     }
 }
 
-/// Starts `warren ARGS` with the common settings passed in the environment
-/// (so the broker password never shows in `ps`). The child gets SIGTERM if
+/// Starts `warren ARGS` with the common settings passed in the environment,
+/// and the broker URL in the file `amqp_url_file` (so its password is in
+/// neither `ps` nor any process's environment). The child gets SIGTERM if
 /// this process dies, so nothing is left behind.
-fn spawn(exe: &Path, common: &Common, args: &[String]) -> anyhow::Result<Child> {
+fn spawn(
+    exe: &Path,
+    common: &Common,
+    amqp_url_file: &Path,
+    args: &[String],
+) -> anyhow::Result<Child> {
     let mut command = Command::new(exe);
     command
         .args(args)
-        .env("WARREN_AMQP_URL", &common.amqp_url)
+        .env_remove("WARREN_AMQP_URL")
+        .env("WARREN_AMQP_URL_FILE", amqp_url_file)
         .env("WARREN_NAMESPACE", &common.namespace)
         .env("WARREN_DELIVERY_LIMIT", common.delivery_limit.to_string())
         .env(
@@ -372,6 +384,22 @@ fn spawn(exe: &Path, common: &Common, args: &[String]) -> anyhow::Result<Child> 
         });
     }
     Ok(command.spawn()?)
+}
+
+/// Writes `content` to `path`, readable by this user only (0600), in one
+/// step (a new file renamed over the old one).
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("new");
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(content.as_bytes())?;
+    std::fs::rename(&temp, path)
 }
 
 #[cfg(test)]

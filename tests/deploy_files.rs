@@ -228,8 +228,13 @@ fn check_invocation(place: &str, args: &[String], env: &BTreeMap<String, Option<
     }
     for key in env.keys() {
         if key.starts_with("WARREN_") {
+            // A secret may be given as a file: `X_FILE` names it, for each
+            // `X` whose help says so.
+            let file_of = key
+                .strip_suffix("_FILE")
+                .filter(|stem| help.env.contains(*stem) && help.text.contains(key.as_str()));
             assert!(
-                help.env.contains(key),
+                help.env.contains(key) || file_of.is_some(),
                 "{place}: `warren {sub}` does not read {key} (it reads {:?})",
                 help.env
             );
@@ -241,6 +246,92 @@ fn check_invocation(place: &str, args: &[String], env: &BTreeMap<String, Option<
         }
     }
     help
+}
+
+/// The variables .env.example sets, with `${VAR}` replaced by the values of
+/// the lines above it, as Compose reads a `.env` file.
+fn env_example() -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for line in read(".env.example").lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let mut resolved = String::new();
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            resolved.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("closed ${...}") + start;
+            let name = &rest[start + 2..end];
+            resolved.push_str(vars.get(name).map(String::as_str).unwrap_or(""));
+            rest = &rest[end + 1..];
+        }
+        resolved.push_str(rest);
+        vars.insert(key.to_string(), resolved);
+    }
+    vars
+}
+
+/// The secret a service reads from the file named by its environment
+/// variable `key` (`WARREN_AMQP_URL_FILE`): the file must be a Compose
+/// secret granted to the service, owned by the image's user and readable
+/// by it alone. Returns the value it gets from .env.example, with the
+/// password as .env.example leaves it (empty) replaced by `<password>`.
+fn secret_file_value(
+    compose: &Value,
+    service: &Value,
+    place: &str,
+    key: &str,
+    image_uid: &str,
+) -> String {
+    let env = environment(service);
+    let path = env
+        .get(key)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| panic!("{place}: sets {key}"));
+    let granted = match &service["secrets"] {
+        Value::Sequence(items) => items.clone(),
+        _ => panic!("{place}: is granted no secrets, but reads {key}"),
+    };
+    let grant = granted
+        .iter()
+        .find(|grant| {
+            let source = scalar(grant.get("source").unwrap_or(grant));
+            let target = grant
+                .get("target")
+                .map(scalar)
+                .unwrap_or_else(|| format!("/run/secrets/{source}"));
+            target == path
+        })
+        .unwrap_or_else(|| panic!("{place}: {key}={path} is not a secret granted to it"));
+    for (field, expected) in [("uid", image_uid), ("gid", image_uid)] {
+        assert_eq!(
+            grant.get(field).map(scalar).as_deref(),
+            Some(expected),
+            "{place}: the secret behind {key} must belong to the image's user"
+        );
+    }
+    // 0400: YAML 1.1 (Compose) reads it as octal, YAML 1.2 as decimal.
+    let mode = grant.get("mode").map(scalar).unwrap_or_default();
+    assert!(
+        ["256", "400", "0400"].contains(&mode.as_str()),
+        "{place}: the secret behind {key} must be mode 0400, got {mode:?}"
+    );
+    let source = scalar(grant.get("source").expect("long syntax"));
+    let variable = scalar(
+        compose["secrets"][source.as_str()]
+            .get("environment")
+            .unwrap_or_else(|| panic!("secret {source} comes from an environment variable")),
+    );
+    let value = env_example()
+        .get(&variable)
+        .cloned()
+        .unwrap_or_else(|| panic!(".env.example does not set {variable} (secret {source})"));
+    value.replace(":@", ":<password>@")
 }
 
 /// The value given to `flag` in an argument list (`--flag value` or
@@ -374,6 +465,13 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
         "rabbitmq needs a healthcheck, got {health:?}"
     );
 
+    let dockerfile_text = read("Dockerfile");
+    let image_uid = dockerfile_text
+        .split_whitespace()
+        .skip_while(|w| *w != "--uid")
+        .nth(1)
+        .expect("the Dockerfile creates its user with --uid")
+        .to_string();
     for name in WARREN_SERVICES {
         let svc = service(&compose, name);
         let place = format!("compose.yaml service {name}");
@@ -412,15 +510,24 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
         let env = environment(svc);
         check_invocation(&place, &command, &env);
 
-        // --- the broker URLs point at the broker service's ports
-        let amqp = env
-            .get("WARREN_AMQP_URL")
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| panic!("{place}: sets WARREN_AMQP_URL"));
+        // --- no password in the environment: every credential is a secret file
+        for (key, value) in &env {
+            let value = value.clone().unwrap_or_default();
+            assert!(
+                !["WARREN_AMQP_URL", "WARREN_MANAGEMENT_URL", "WARREN_API_TOKEN", "WARREN_WEBHOOK_SECRET"]
+                    .contains(&key.as_str())
+                    && !value.contains("PASSWORD")
+                    && !value.contains('@'),
+                "{place}: {key} puts a password in the environment; give it as a file (X_FILE, a Compose secret)"
+            );
+        }
+
+        // --- the broker URLs (from the secret files) point at the broker
+        // service's ports
+        let amqp = secret_file_value(&compose, svc, &place, "WARREN_AMQP_URL_FILE", &image_uid);
         assert!(
-            amqp.contains("@rabbitmq:"),
-            "{place}: talks to the rabbitmq service"
+            amqp.starts_with("amqp://") && amqp.contains("@rabbitmq:"),
+            "{place}: talks to the rabbitmq service, got {amqp}"
         );
         assert!(
             !amqp.contains("guest"),
@@ -430,9 +537,16 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
             broker_ports.contains(&port_of_url(&amqp)),
             "{place}: AMQP port"
         );
-        if let Some(Some(management)) = env.get("WARREN_MANAGEMENT_URL") {
+        if env.contains_key("WARREN_MANAGEMENT_URL_FILE") {
+            let management = secret_file_value(
+                &compose,
+                svc,
+                &place,
+                "WARREN_MANAGEMENT_URL_FILE",
+                &image_uid,
+            );
             assert!(
-                broker_ports.contains(&port_of_url(management)),
+                broker_ports.contains(&port_of_url(&management)),
                 "{place}: management port"
             );
         }
@@ -608,6 +722,23 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
                 .trim_start_matches(['#', ' '])
                 .starts_with(&format!("{var}="))),
             ".env.example does not mention {var}"
+        );
+    }
+    // --- and so is every variable a secret is read from
+    for (name, secret) in compose["secrets"]
+        .as_mapping()
+        .expect("compose.yaml declares its secrets")
+    {
+        let variable = scalar(
+            secret
+                .get("environment")
+                .unwrap_or_else(|| panic!("secret {name:?} comes from a variable in .env")),
+        );
+        assert!(
+            example.lines().any(|l| l
+                .trim_start_matches(['#', ' '])
+                .starts_with(&format!("{variable}="))),
+            ".env.example does not mention {variable}"
         );
     }
     // --- and no password is written into compose.yaml itself

@@ -1,10 +1,14 @@
-//! Issue 6: hostile input and secrets. Each test feeds real bad input to the
-//! real binary against the real broker, and checks both that it was refused
-//! with a reason and that the good work around it still completed.
+//! Issues 6 and 12: hostile input, hostile tests and secrets. Each test
+//! feeds real bad input (or a test that attacks its runner) to the real
+//! binary against the real broker, and checks both that it was refused or
+//! contained and that the good work around it still completed; attacks are
+//! tried next to a control in which the same probe succeeds.
 
 mod common;
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -468,6 +472,127 @@ fn secrets_stay_out_of_logs_errors_and_help() {
 }
 
 #[test]
+fn secrets_given_as_files_are_read_and_conflicts_are_one_line() {
+    let ns = Namespace::new("secret-files");
+    let scratch = Scratch::new();
+    let file = |name: &str, content: &str| {
+        let path = scratch.join(name);
+        std::fs::write(&path, content).expect("secret file");
+        path.to_string_lossy().into_owned()
+    };
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(WARREN)
+            .args(args)
+            .env("WARREN_NAMESPACE", &ns.name)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url_file = file("amqp-url", "amqp://guest:file-SECRET@127.0.0.1:1/%2f\n");
+    let workdir = scratch.join("w");
+    let runner = ["runner", "--workdir", workdir.to_str().expect("utf8")];
+
+    // Both the variable and its file: one line naming both, no value.
+    let (code, err) = run(
+        &runner,
+        &[
+            ("WARREN_AMQP_URL", "amqp://guest:env-SECRET@127.0.0.1:1/%2f"),
+            ("WARREN_AMQP_URL_FILE", &url_file),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("WARREN_AMQP_URL and WARREN_AMQP_URL_FILE"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRET"), "{err}");
+    // A file that cannot be read, and an empty one: the variable and the
+    // path, in one line.
+    let folder = scratch.path().to_string_lossy().into_owned();
+    let empty = file("empty", "\n");
+    for (path, expected) in [
+        (folder.as_str(), "cannot read"),
+        (empty.as_str(), "is empty"),
+    ] {
+        let (code, err) = run(&runner, &[("WARREN_AMQP_URL_FILE", path)]);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("WARREN_AMQP_URL_FILE") && err.contains(path) && err.contains(expected),
+            "{err}"
+        );
+    }
+
+    // The file's value is used (the newline trimmed); an explicit flag
+    // wins over both the variable and the file.
+    for (name, args, port) in [
+        ("from-file", vec![], ":1/"),
+        (
+            "flag-wins",
+            vec!["--amqp-url", "amqp://guest:flag@127.0.0.1:9/%2f"],
+            ":9/",
+        ),
+    ] {
+        let mut full: Vec<&str> = runner.to_vec();
+        full.extend(args.iter().copied());
+        let env: Vec<(&str, &str)> = if args.is_empty() {
+            vec![("WARREN_AMQP_URL_FILE", &url_file)]
+        } else {
+            vec![
+                ("WARREN_AMQP_URL", "amqp://guest:env@127.0.0.1:1/%2f"),
+                ("WARREN_AMQP_URL_FILE", &url_file),
+            ]
+        };
+        let mut proc = Proc::spawn(name, &ns, &scratch, &full, &env);
+        wait_for("a connection attempt", Duration::from_secs(20), || {
+            proc.log_text().contains("retrying").then_some(())
+        });
+        proc.signal(libc::SIGTERM);
+        proc.wait_exit(Duration::from_secs(10));
+        let log = proc.log_text();
+        assert!(log.contains(&format!("127.0.0.1{port}")), "{name}: {log}");
+        if !args.is_empty() {
+            assert!(!log.contains("127.0.0.1:1/"), "{name}: {log}");
+        }
+        assert!(!log.contains("SECRET"), "{name}: {log}");
+    }
+
+    // The dispatcher's token from a file guards the API, and the client
+    // reads the same file.
+    let token = file("token", "token-from-file\n");
+    let dispatcher = Dispatcher::start_with_env(
+        &ns,
+        &scratch,
+        &[],
+        &[
+            ("WARREN_API_TOKEN_FILE", &token),
+            (
+                "WARREN_MANAGEMENT_URL_FILE",
+                &file("management-url", "http://guest:guest@127.0.0.1:15672\n"),
+            ),
+        ],
+    );
+    let rerun =
+        |env: &[(&str, &str)]| run(&["rerun", "--server", &dispatcher.url, "nosuchjob"], env).1;
+    assert!(rerun(&[]).contains("401"), "no token: refused");
+    let with_token = rerun(&[("WARREN_API_TOKEN_FILE", &token)]);
+    assert!(
+        with_token.contains("404") && !with_token.contains("401"),
+        "the token from the file is accepted: {with_token}"
+    );
+    let missing = rerun(&[("WARREN_API_TOKEN_FILE", "/nonexistent/token")]);
+    assert!(
+        missing.contains("WARREN_API_TOKEN_FILE") && missing.contains("/nonexistent/token"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn bad_configuration_is_one_clear_line_and_changes_nothing() {
     let ns = Namespace::new("config");
     let scratch = Scratch::new();
@@ -534,4 +659,458 @@ fn bad_configuration_is_one_clear_line_and_changes_nothing() {
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("/no/such/repository"), "{err}");
+}
+
+/// Waits until `api` shows a runner, so the topology exists before jobs
+/// are published by hand.
+fn wait_for_a_runner(api: &Api) {
+    wait_for("a runner to consume", Duration::from_secs(30), || {
+        api.get_json("/api/runners")
+            .ok()
+            .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+    });
+}
+
+/// Publishes a job for `commit` of `repo` and waits for its outcome.
+fn run_job(ns: &Namespace, api: &Api, repo: &Repo, commit: &str) -> serde_json::Value {
+    let job = Job::for_commit(repo.path_str(), "main", commit);
+    let names = Names::new(ns.name.clone());
+    publish_raw(ns, &[(names.jobs_exchange(), String::new(), encode(&job))]);
+    let jobs = api.wait_terminal(&[commit.to_string()], Duration::from_secs(60));
+    one_job(&jobs, commit)
+}
+
+/// The hostile test of issue 12: from its checkout it plants hooks, config
+/// that runs commands or redirects git, a filter, and branch and replace
+/// refs that swap a later commit for an earlier one, in its own clone, in
+/// the other repository's clone beside it and in a control clone; and in
+/// its home, a global config and an attributes file that re-encodes the
+/// file `note`. Argument `$1`: the control clone; `$2` its marker file.
+fn planting_script(marker: &Path, swaps: &[(&str, &str)]) -> String {
+    let swaps: String = swaps
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "  if git -C \"$1\" cat-file -e {from}^{{commit}} 2>/dev/null; then\n\
+                 \x20   git -C \"$1\" update-ref refs/heads/{from} {to}\n\
+                 \x20   git -C \"$1\" update-ref refs/replace/{from} {to}\n\
+                 \x20 fi\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"set -e
+plant() {{
+  g="$1/.git"
+{swaps}  mkdir -p "$g/hooks"
+  for h in post-checkout reference-transaction post-index-change; do
+    printf '#!/bin/sh\necho %s >> "%s"\nprintf "exit 0\\n" > .warren-test\n' "$h" "$2" > "$g/hooks/$h"
+    chmod +x "$g/hooks/$h"
+  done
+  printf '[core]\n\tfsmonitor = "echo include >> %s; false"\n' "$2" > "$1.evil.cfg"
+  git -C "$1" config include.path "$1.evil.cfg"
+  git -C "$1" config core.fsmonitor "echo fsmonitor >> '$2'; false"
+  git -C "$1" config url./nonexistent/evil.insteadOf /
+  git -C "$1" config filter.evil.smudge "echo filter >> '$2'; printf 'exit 0\\n'"
+  echo '.warren-test filter=evil' > "$g/info/attributes"
+  git -C "$1" config core.sshCommand "echo ssh >> '$2'"
+  git -C "$1" config credential.helper "!echo credential >> '$2'"
+  git -C "$1" config diff.external "echo diff >> '$2'"
+  git -C "$1" config protocol.allow always
+}}
+# The user's own git files, which every git of this user reads.
+mkdir -p "$HOME/.config/git"
+echo 'note working-tree-encoding=UTF-16' > "$HOME/.config/git/attributes"
+git config --global core.fsmonitor "echo global >> '{marker}'; false"
+# Every clone beside this checkout (this one included), then the control.
+for clone in "$PWD"/../*/; do
+  [ -d "$clone/.git" ] && plant "${{clone%/}}" '{marker}'
+done
+plant "$1" "$2"
+echo planted
+"#,
+        marker = marker.display()
+    )
+}
+
+#[test]
+fn hooks_and_config_a_test_plants_in_clones_run_nothing_and_change_no_outcome() {
+    let ns = Namespace::new("plant");
+    let scratch = Scratch::new();
+    let marker = scratch.join("planted-code-ran");
+    let control_marker = scratch.join("control-planted-code-ran");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let api = dispatcher.api();
+    // The runner's home, which its tests share.
+    let home = scratch.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let home = home.to_str().expect("utf8");
+    let _runner = runner_with_env(&ns, &scratch, "r1", &[], &[("HOME", home)]);
+    wait_for_a_runner(&api);
+
+    // B: a passing commit, then a failing one the plants try to make pass.
+    let b = Repo::new(scratch.join("b"));
+    b.write("note", "b0");
+    b.write(".warren-test", "echo passing-b0");
+    let b0 = b.commit("b0 passes");
+    b.write("note", "b3");
+    b.write(".warren-test", "echo failing-$(cat note); exit 1");
+    let b3 = b.commit("b3 fails");
+    // A: an innocent commit, then the hostile one, which tries to swap the
+    // innocent one's next run for itself.
+    let a = Repo::new(scratch.join("a"));
+    a.write("note", "a2");
+    a.write(".warren-test", "echo fine-$(cat note)");
+    let a2 = a.commit("a2");
+    let control = scratch.join("control");
+    git(
+        scratch.path(),
+        &["clone", "-q", "--shared", b.path_str(), "control"],
+    );
+    git(&control, &["checkout", "-q", "--detach", &b0]);
+    a.write("note", "a1");
+    a.write(
+        ".warren-test",
+        &format!(
+            "sh plant.sh '{}' '{}'",
+            control.display(),
+            control_marker.display()
+        ),
+    );
+    a.write(
+        "plant.sh",
+        &planting_script(&marker, &[(&b3, &b0), (&a2, "HEAD")]),
+    );
+    let a1 = a.commit("a1 plants");
+
+    // B is cloned first, so that the hostile job finds its clone.
+    assert_eq!(run_job(&ns, &api, &b, &b0)["status"], "passed");
+    let hostile = run_job(&ns, &api, &a, &a1);
+    let log = api.log(hostile["id"].as_str().expect("id"));
+    assert_eq!(hostile["status"], "passed", "{hostile}\n{log}");
+    assert!(log.contains("planted"), "{log}");
+    let _ = std::fs::remove_file(&marker); // the plant's own git calls
+
+    // The next jobs on the same runner: A's next commit, B's failing one.
+    let innocent = run_job(&ns, &api, &a, &a2);
+    let failing = run_job(&ns, &api, &b, &b3);
+    let innocent_log = api.log(innocent["id"].as_str().expect("id"));
+    let failing_log = api.log(failing["id"].as_str().expect("id"));
+    assert!(
+        !marker.exists(),
+        "planted code ran in the runner's git: {}",
+        std::fs::read_to_string(&marker).unwrap_or_default()
+    );
+    assert_eq!(innocent["status"], "passed", "{innocent}");
+    assert!(innocent_log.contains("fine-a2"), "{innocent_log}");
+    assert_eq!(failing["status"], "failed", "{failing}\n{failing_log}");
+    assert!(failing_log.contains("failing-b3"), "{failing_log}");
+
+    // Each plant is gone from the runner's clones or inert.
+    let clones: Vec<_> = std::fs::read_dir(scratch.join("r1-work/repos"))
+        .expect("clones")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    for clone in clones {
+        let git_dir = clone.join(".git");
+        let config = std::fs::read_to_string(git_dir.join("config")).expect("config");
+        for key in [
+            "fsmonitor",
+            "include",
+            "insteadOf",
+            "filter",
+            "sshCommand",
+            "credential",
+            "external",
+            "protocol",
+        ] {
+            assert!(!config.contains(key), "{key} survived in {config}");
+        }
+        assert!(!git_dir.join("hooks").exists());
+        assert!(!git_dir.join("info/attributes").exists());
+    }
+
+    // The probe works: the same plants fire under plain git (with the same
+    // home) and turn B's failing commit into a passing one.
+    let _ = std::fs::remove_file(&control_marker);
+    let plain = Command::new("git")
+        .args(["checkout", "-q", "--force", "--detach", &b3, "--"])
+        .current_dir(&control)
+        .env("HOME", home)
+        .output()
+        .expect("plain git");
+    assert!(plain.status.success(), "{plain:?}");
+    let fired = std::fs::read_to_string(&control_marker).expect("the plants fire under plain git");
+    assert!(
+        fired.contains("post-checkout") && fired.contains("include"),
+        "{fired}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(control.join(".warren-test")).expect("test file"),
+        "exit 0\n",
+        "under plain git the failing commit's test became a pass"
+    );
+    // (The swapped checkout wrote no file; the real commit writes `note`.)
+    let real_b3 = format!("{b3}^{{commit}}");
+    let plain = Command::new("git")
+        .args(["checkout", "-q", "--force", "--detach", &real_b3, "--"])
+        .current_dir(&control)
+        .env("HOME", home)
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
+        .output()
+        .expect("plain git");
+    assert!(plain.status.success(), "{plain:?}");
+    let note = std::fs::read(control.join("note")).expect("note");
+    assert!(
+        note.starts_with(&[0xff, 0xfe]),
+        "under plain git the home's attributes re-encode files: {note:?}"
+    );
+}
+
+/// Creates `path` when dropped: the release file the test's processes in
+/// the next test wait for, so they end even when an assertion fails.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
+#[test]
+fn a_runner_killed_mid_test_takes_its_whole_process_tree_with_it() {
+    let ns = Namespace::new("tree");
+    let scratch = Scratch::new();
+    let release = Release(scratch.join("release"));
+    let repo = Repo::new(scratch.join("repo"));
+    // A tree with a daemon (setsid, writing a heartbeat), a double-forked
+    // process and a plain child: each long-lived process carries the
+    // checkout's path (unique per runner) on its command line. All of them
+    // wait for the release file, so nothing outlives the test.
+    repo.write(
+        ".warren-test",
+        r#"rel="$PWD/../../../release"
+loop='while [ ! -e "$1" ]; do sleep 0.05; [ -n "$2" ] && date +%s%N >> "$2"; done; :'
+setsid sh -c "$loop" "$PWD-daemon" "$rel" "$PWD.heartbeat" &
+(sh -c "$loop" "$PWD-double-forked" "$rel" &)
+sh -c "$loop" "$PWD-child" "$rel" &
+while [ ! -e "$rel" ]; do sleep 0.05; done
+echo released"#,
+    );
+    let commit = repo.commit("a tree of processes");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let mut runners: Vec<Proc> = ["r1", "r2"]
+        .iter()
+        .map(|id| runner(&ns, &scratch, id, &[]))
+        .collect();
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    let (_, victim) = wait_running(&api, &commit);
+    let repos = scratch.join(&format!("{victim}-work/repos"));
+    let checkout = wait_for("the victim's checkout", Duration::from_secs(20), || {
+        std::fs::read_dir(&repos)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.is_dir())
+    });
+    let marker = checkout.to_string_lossy().into_owned();
+    let heartbeat = checkout.with_extension("heartbeat");
+    wait_for("the whole tree to run", Duration::from_secs(20), || {
+        (processes_matching(&marker).len() >= 3 && heartbeat.exists()).then_some(())
+    });
+
+    take_runner(&mut runners, &victim).kill();
+    let killed = std::time::Instant::now();
+    wait_for(
+        "every process of the killed runner's test to be gone",
+        Duration::from_secs(1),
+        || processes_matching(&marker).is_empty().then_some(()),
+    );
+    let size = std::fs::metadata(&heartbeat).expect("heartbeat").len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::metadata(&heartbeat).expect("heartbeat").len(),
+        size,
+        "the daemon still beats"
+    );
+    eprintln!("tree gone {:?} after the kill", killed.elapsed());
+
+    // Rerun elsewhere and recorded once.
+    drop(release);
+    let jobs = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
+    let job = one_job(&jobs, &commit);
+    assert_eq!(job["status"], "passed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_ne!(job["runner"], victim.as_str(), "{job}");
+}
+
+/// The unprivileged user the /proc test runs its runner as (nobody).
+const UNPRIVILEGED: u32 = 65534;
+
+/// A test that goes after its runner's secrets through /proc: for its
+/// parent and every ancestor of the same user, it reads `environ`, and
+/// `maps` then every readable region of `mem`, looking for the canaries
+/// (given reversed, so that the script itself holds neither). One line per
+/// process: `probe pid=N comm=C environ=denied|clean|FOUND mem=...`.
+fn proc_probe(canaries: &[&str]) -> String {
+    let reversed: Vec<String> = canaries
+        .iter()
+        .map(|c| format!("{:?}", c.chars().rev().collect::<String>()))
+        .collect();
+    format!(
+        r#"import os
+canaries = [c[::-1].encode() for c in [{list}]]
+me = os.getuid()
+
+def field(pid, name):
+    for line in open(f"/proc/{{pid}}/status"):
+        if line.startswith(name + ":"):
+            return line.split()[1]
+
+def verdict(data):
+    return "FOUND" if any(c in data for c in canaries) else "clean"
+
+def environ(pid):
+    try:
+        return verdict(open(f"/proc/{{pid}}/environ", "rb").read())
+    except OSError:
+        return "denied"
+
+def memory(pid):
+    try:
+        maps = open(f"/proc/{{pid}}/maps").read().splitlines()
+        mem = open(f"/proc/{{pid}}/mem", "rb", buffering=0)
+    except OSError:
+        return "denied"
+    found = False
+    for line in maps:
+        span, perms = line.split()[:2]
+        if perms[0] != "r":
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            found = found or verdict(mem.read(min(end - start, 64 << 20))) == "FOUND"
+        except (OSError, ValueError, OverflowError):
+            pass
+    return "FOUND" if found else "clean"
+
+pid = os.getppid()
+while pid > 1 and int(field(pid, "Uid")) == me:
+    comm = open(f"/proc/{{pid}}/comm").read().strip()
+    print(f"probe pid={{pid}} comm={{comm}} environ={{environ(pid)}} mem={{memory(pid)}}", flush=True)
+    pid = int(field(pid, "PPid"))
+"#,
+        list = reversed.join(", ")
+    )
+}
+
+/// Gives `path` (and everything under it) to the unprivileged user.
+fn give_to_unprivileged(path: &Path) {
+    let status = Command::new("chown")
+        .args(["-R", &format!("{UNPRIVILEGED}:{UNPRIVILEGED}")])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+}
+
+#[test]
+fn a_test_finds_no_secret_of_its_runner_through_proc() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test starts its runner as another user, which needs root"
+    );
+    let ns = Namespace::new("proc");
+    let scratch = Scratch::new();
+    // The runner's user must reach its workdir, the repository and files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let canary_url = format!("url-canary-{}", std::process::id());
+    let canary_env = format!("env-canary-{}", std::process::id());
+    let secrets = scratch.join("secrets");
+    std::fs::create_dir_all(&secrets).expect("mkdir");
+    let url_file = secrets.join("amqp-url");
+    std::fs::write(
+        &url_file,
+        format!("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&canary={canary_url}\n"),
+    )
+    .expect("secret file");
+    let repo = Repo::new(scratch.join("repo"));
+    let probe = proc_probe(&[&canary_url, &canary_env]);
+    repo.write("probe.py", &probe);
+    // exec: the probe's parent is then the supervisor, not its own shell.
+    repo.write(".warren-test", "exec python3 probe.py");
+    let commit = repo.commit("read the runner's secrets");
+    let (home, workdir) = (scratch.join("home"), scratch.join("r1-work"));
+    for dir in [&home, &workdir] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    for path in [&repo.path, &home, &workdir, &secrets] {
+        give_to_unprivileged(path);
+    }
+
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let api = dispatcher.api();
+    let _runner = Proc::spawn_as_user(
+        "r1",
+        &ns,
+        &scratch,
+        &[
+            "runner",
+            "--id",
+            "r1",
+            "--workdir",
+            workdir.to_str().expect("utf8"),
+        ],
+        &[
+            ("WARREN_AMQP_URL_FILE", url_file.to_str().expect("utf8")),
+            // Even a secret left in the environment is out of reach.
+            ("WARREN_API_TOKEN", &canary_env),
+            ("HOME", home.to_str().expect("utf8")),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ],
+        UNPRIVILEGED,
+    );
+    wait_for_a_runner(&api);
+    let job = run_job(&ns, &api, &repo, &commit);
+    let log = api.log(job["id"].as_str().expect("id"));
+    assert_eq!(job["status"], "passed", "{job}\n{log}");
+    let probes: Vec<&str> = log.lines().filter(|l| l.starts_with("probe ")).collect();
+    eprintln!("{}", probes.join("\n"));
+    for line in &probes {
+        assert!(
+            line.ends_with("environ=denied mem=denied"),
+            "a test could read its runner: {line}"
+        );
+    }
+    assert!(
+        probes.len() >= 2 && probes.iter().all(|l| l.contains("comm=warren")),
+        "the probe reached the supervisor and the runner: {log}"
+    );
+
+    // Control: the same probe, as the same user, under a dumpable parent
+    // holding a canary in its environment (and so in its memory) finds it.
+    let out = Command::new("sh")
+        .args(["-c", "python3 probe.py; true"])
+        .current_dir(&repo.path)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("CANARY", &canary_env)
+        .uid(UNPRIVILEGED)
+        .gid(UNPRIVILEGED)
+        .output()
+        .expect("control probe");
+    let control = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        control.contains("environ=FOUND mem=FOUND"),
+        "the probe must find a dumpable parent's secrets: {control}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

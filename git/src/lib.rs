@@ -97,8 +97,8 @@ impl Git {
 
     /// For repositories that untrusted code could write to: hooks and the
     /// file-system monitor are off whatever the repository's config says,
-    /// the user's global config (which a test can write) is ignored, and
-    /// replace refs are not followed. The caller still owns the repository
+    /// the user's global config and attributes (which a test can write) are
+    /// ignored, and replace refs are not followed. The caller still owns the repository
     /// config itself (see the runner's workspace, which rewrites it).
     pub fn sealed(mut self) -> Self {
         self.sealed = true;
@@ -117,11 +117,16 @@ impl Git {
     pub async fn run(&self, args: &[&str]) -> Result<String> {
         let mut command = Command::new("git");
         if self.sealed {
+            // The user's attributes file (`~/.config/git/attributes`) is
+            // read even without a global config, and can re-encode or
+            // rewrite the files a checkout writes.
             command.args([
                 "-c",
                 "core.hooksPath=/dev/null",
                 "-c",
                 "core.fsmonitor=false",
+                "-c",
+                "core.attributesFile=/dev/null",
             ]);
         }
         if let Some(dir) = &self.dir {

@@ -8,6 +8,7 @@
 //! redelivered job is then acked without running it again.
 
 mod process;
+pub mod supervisor;
 mod workspace;
 
 use std::collections::VecDeque;
@@ -22,7 +23,9 @@ use broker::{Broker, BrokerConfig, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-pub use process::{become_subreaper, run_test, scrubbed_env, Ending, LiveOutput, TestRun};
+pub use process::{
+    become_non_dumpable, become_subreaper, run_test, scrubbed_env, Ending, LiveOutput, TestRun,
+};
 pub use workspace::{PrepareError, Workspace};
 
 /// Default cap on captured test output.
@@ -47,6 +50,9 @@ pub struct RunnerConfig {
     pub output_cap: usize,
     /// How long a running job may take to finish after SIGTERM.
     pub grace: Duration,
+    /// The `warren` binary, whose `supervise` subcommand runs each test
+    /// (see [`supervisor`]).
+    pub supervisor: PathBuf,
 }
 
 /// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
@@ -139,6 +145,8 @@ impl Runner {
 
     async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         become_subreaper();
+        // It holds the broker URL with its password; a test runs as the same user.
+        become_non_dumpable();
         tracing::info!(runner = %self.config.id, workdir = %self.config.workdir.display(), "runner started");
         let mut session_number = 0u32;
         loop {
@@ -462,6 +470,7 @@ async fn execute(
         live.extend_from_slice(header.as_bytes());
     }
     match run_test(
+        &config.supervisor,
         &command,
         &dir,
         &env,

@@ -1,10 +1,15 @@
-//! Running the test command: `sh -c CMD` in the checkout, in a process group
-//! of its own, with a scrubbed environment, a timeout and an output cap.
+//! Running the test command: `warren supervise -- sh -c CMD` in the
+//! checkout, in a process group of its own, with a scrubbed environment, a
+//! timeout and an output cap.
 //!
 //! Whatever the test does (forks a daemon, prints a gigabyte, never ends),
-//! the whole group is killed when it ends, times out or is cancelled, and
-//! the runner carries on.
+//! its whole process tree is killed when it ends, times out or is cancelled,
+//! and also when the runner dies: the supervisor (see `supervisor.rs`)
+//! holds the tree and kills it when the runner's end of a pipe closes. The
+//! runner carries on, and as child subreaper it kills whatever a killed
+//! supervisor leaves behind.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -13,9 +18,15 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::supervisor::LIVENESS_FD;
+
 /// How long to keep reading output after the test's group was killed, in
 /// case something outside the group still holds the pipe.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// How long the supervisor may take to kill a stopped test's tree and exit
+/// before the runner kills it (and, as subreaper, the rest) itself.
+const SUPERVISOR_STOP: Duration = Duration::from_secs(5);
 
 /// How the test process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +98,9 @@ pub fn scrubbed_env(commit: &str, branch: &str) -> Vec<(String, String)> {
 }
 
 /// Set once the runner has made itself the child subreaper: then processes
-/// a test detached from its group (`setsid`, double fork) are reparented to
-/// the runner instead of init, and are killed after the test.
+/// a test detached from its group (`setsid`, double fork) whose supervisor
+/// was killed are reparented to the runner instead of init, and are killed
+/// after the test.
 static REAP_ORPHANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Makes this process the subreaper of everything it starts, so no test
@@ -99,20 +111,57 @@ pub fn become_subreaper() {
     REAP_ORPHANS.store(ok, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Makes this process non-dumpable: other processes of the same (non-root)
+/// user, such as a test, can then neither read its environment or memory
+/// through `/proc/<pid>/environ`, `mem` or `maps`, nor ptrace it, and no
+/// core file is written. It holds secrets (the broker URL with its
+/// password). The flag is reset by exec, so children started from another
+/// binary are dumpable again: they get only a scrubbed environment.
+pub fn become_non_dumpable() {
+    // SAFETY: prctl with PR_SET_DUMPABLE only sets a process flag.
+    let ok = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) } == 0;
+    if !ok {
+        tracing::warn!(
+            "cannot make this process non-dumpable: processes of the same user can read its memory"
+        );
+    }
+}
+
 /// Kills and reaps every remaining child of this process: between jobs the
 /// runner has none of its own, so any left are a test's escaped daemons.
 fn kill_orphans() {
     if !REAP_ORPHANS.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    for pid in child_pids() {
-        tracing::info!(pid, "killing a process the test left behind");
-        // SAFETY: kill and waitpid on our own child; no memory involved.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
+    let killed = kill_all_children();
+    if killed > 0 {
+        tracing::info!(killed, "killed processes the test left behind");
+    }
+}
+
+/// Kills (SIGKILL) and reaps every child of this process, again until none
+/// is left: in a subreaper, the children of each killed process become its
+/// own. Returns how many were killed.
+pub(crate) fn kill_all_children() -> usize {
+    // Bounded: each round takes down one more level of the tree, and a
+    // killed process forks no more.
+    const MAX_ROUNDS: usize = 1000;
+    let mut killed = 0;
+    for _ in 0..MAX_ROUNDS {
+        let children = child_pids();
+        if children.is_empty() {
+            break;
+        }
+        for pid in children {
+            // SAFETY: kill and waitpid on our own child; no memory involved.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            killed += 1;
         }
     }
+    killed
 }
 
 /// The pids of this process's children. The kernel lists each thread's
@@ -162,15 +211,32 @@ fn child_pids() -> Vec<i32> {
 fn kill_group(pgid: i32) {
     if pgid > 0 {
         // SAFETY: kill(2) with a negative pid signals the process group we
-        // created for the test; it has no memory-safety preconditions.
+        // created for the test's supervisor; no memory-safety preconditions.
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
 }
 
-/// Runs `command` with `sh -c` in `dir`.
+/// The liveness pipe: (read end for the supervisor, write end the runner
+/// keeps). Both ends close on exec, so no other child inherits them; the
+/// read end is moved to [`LIVENESS_FD`] in the supervisor only.
+fn liveness_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the local array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Runs `command` with `sh -c` in `dir`, under the supervisor
+/// (`supervisor supervise -- sh -c command`; `supervisor` is the `warren`
+/// binary).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_test(
+    supervisor: &Path,
     command: &str,
     dir: &Path,
     env: &[(String, String)],
@@ -182,9 +248,12 @@ pub async fn run_test(
     let started = Instant::now();
     let (sender, mut receiver) = tokio::net::unix::pipe::pipe()?;
     let write_end = sender.into_blocking_fd()?;
+    let (liveness_read, liveness_write) = liveness_pipe()?;
     let mut child = {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
+        let read_fd = liveness_read.as_raw_fd();
+        let mut cmd = Command::new(supervisor);
+        cmd.arg0("warren")
+            .args(["supervise", "--", "sh", "-c"])
             .arg(command)
             .current_dir(dir)
             .env_clear()
@@ -192,19 +261,34 @@ pub async fn run_test(
             .stdin(Stdio::null())
             .stdout(Stdio::from(write_end.try_clone()?))
             .stderr(Stdio::from(write_end))
-            .process_group(0)
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        // If the runner dies (even by SIGKILL), the test's shell dies too.
+            // Not killed on drop: dropping the liveness pipe (below) is
+            // what stops it, and it must live to kill the test's tree.
+            .process_group(0);
+        // SAFETY: dup2 and fcntl are async-signal-safe and touch no memory
+        // of ours. The read end goes to the fd the supervisor expects; dup2
+        // clears close-on-exec on the copy (and when it already is that fd,
+        // the flag is cleared directly).
         unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+            cmd.pre_exec(move || {
+                let ok = if read_fd == LIVENESS_FD {
+                    libc::fcntl(read_fd, libc::F_SETFD, 0) != -1
+                } else {
+                    libc::dup2(read_fd, LIVENESS_FD) != -1
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
             });
         }
         cmd.spawn()?
-        // `cmd` drops here, closing our copies of the write end.
+        // `cmd` drops here, closing our copies of the output's write end.
     };
+    drop(liveness_read);
+    // While this is open the supervisor lets the test run; closing it (or
+    // this process dying) makes it kill the test's whole tree.
+    let mut liveness = Some(liveness_write);
     let pgid = child.id().map(|id| id as i32).unwrap_or(0);
     let mut capture = Capture {
         bytes: live.clone(),
@@ -226,12 +310,22 @@ pub async fn run_test(
             },
         }
     };
-    // Always kill the group: after a timeout or cancel, and also after a
-    // normal exit, to take down daemons the test left behind.
-    kill_group(pgid);
     if !matches!(ending, Ending::Exited(_)) {
-        let _ = child.wait().await;
+        // One way to stop a test: the supervisor kills the tree and exits.
+        drop(liveness.take());
+        if tokio::time::timeout(SUPERVISOR_STOP, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the test's supervisor did not stop in time; killing it");
+            kill_group(pgid);
+            let _ = child.wait().await;
+        }
     }
+    drop(liveness);
+    // The second layer: the supervisor's group, and whatever a killed
+    // supervisor left to this process as subreaper.
+    kill_group(pgid);
     // Blocking /proc reads and waitpid: off the async workers, but awaited,
     // so it is done before the next job starts processes of its own.
     let _ = tokio::task::spawn_blocking(kill_orphans).await;
@@ -258,99 +352,4 @@ pub async fn run_test(
         truncated: capture.truncated,
         duration: started.elapsed(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn run(command: &str, timeout: Duration, cap: usize) -> TestRun {
-        let dir = tempfile::tempdir().expect("tempdir");
-        run_test(
-            command,
-            dir.path(),
-            &scrubbed_env(&"a".repeat(40), "main"),
-            timeout,
-            cap,
-            &LiveOutput::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("runs")
-    }
-
-    #[tokio::test]
-    async fn output_is_visible_while_the_test_runs() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let live = LiveOutput::default();
-        let test = {
-            let (dir, live) = (dir.path().to_path_buf(), live.clone());
-            tokio::spawn(async move {
-                run_test(
-                    "echo first; while [ ! -e go ]; do sleep 0.05; done; echo second",
-                    &dir,
-                    &scrubbed_env(&"a".repeat(40), "main"),
-                    Duration::from_secs(30),
-                    1024,
-                    &live,
-                    &CancellationToken::new(),
-                )
-                .await
-            })
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !live.lock().expect("lock").starts_with(b"first\n") {
-            assert!(tokio::time::Instant::now() < deadline, "no live output");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        std::fs::write(dir.path().join("go"), "").expect("go");
-        let run = test.await.expect("joined").expect("runs");
-        assert_eq!(run.output, "first\nsecond\n");
-    }
-
-    #[tokio::test]
-    async fn captures_stdout_and_stderr_and_the_exit_code() {
-        let run = run(
-            "echo out; echo err >&2; exit 3",
-            Duration::from_secs(10),
-            1024,
-        )
-        .await;
-        assert_eq!(run.ending, Ending::Exited(Some(3)));
-        assert!(
-            run.output.contains("out") && run.output.contains("err"),
-            "{}",
-            run.output
-        );
-        assert!(!run.truncated);
-    }
-
-    #[tokio::test]
-    async fn caps_output_and_marks_it_truncated() {
-        let run = run(
-            "head -c 100000 /dev/zero | tr '\\0' x",
-            Duration::from_secs(10),
-            1000,
-        )
-        .await;
-        assert_eq!(run.ending, Ending::Exited(Some(0)));
-        assert!(run.truncated);
-        assert!(run.output.starts_with(&"x".repeat(1000)));
-        assert!(run.output.contains("truncated"));
-    }
-
-    #[tokio::test]
-    async fn a_hanging_test_times_out() {
-        let run = run("sleep 30", Duration::from_millis(300), 1024).await;
-        assert_eq!(run.ending, Ending::TimedOut);
-        assert!(run.duration < Duration::from_secs(10));
-    }
-
-    #[tokio::test]
-    async fn the_environment_is_scrubbed() {
-        std::env::set_var("WARREN_AMQP_URL", "amqp://u:leak@h");
-        let run = run("env", Duration::from_secs(10), 65536).await;
-        assert!(!run.output.contains("leak"), "{}", run.output);
-        assert!(run.output.contains("CI=true"));
-    }
 }

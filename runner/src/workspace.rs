@@ -4,16 +4,41 @@
 //!
 //! A clone that cannot be brought to a clean state is thrown away and cloned
 //! again, so one broken job never taints the ones after it.
+//!
+//! A test can write to every clone (its own checkout, and the others beside
+//! it in the workdir), `.git` included. So the runner's git never runs
+//! anything from there: it is [`Git::sealed`] (no hooks, no fsmonitor, no
+//! user config, no replace refs), it gets the test's scrubbed environment,
+//! and before each job `.git` is checked and rebuilt ([`seal_git_dir`]):
+//! the repository config is rewritten from the job alone, and the files
+//! that make git run commands or read from elsewhere are removed.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use broker::message::Job;
 use git::Git;
 use sha2::{Digest, Sha256};
 
+use crate::process::scrubbed_env;
+
 /// Tries for an operation that talks to the remote (clone, fetch).
 const REMOTE_TRIES: u32 = 3;
+
+/// Files and folders under `.git` that a clone made by the runner does not
+/// have, and through which a test could make git run a command or read
+/// objects, refs or config from elsewhere.
+const FORBIDDEN_IN_GIT_DIR: [&str; 7] = [
+    "hooks",
+    "info/attributes",
+    "info/grafts",
+    "config.worktree",
+    "commondir",
+    "objects/info/http-alternates",
+    "shallow",
+];
 
 /// Why a job's checkout could not be prepared. Every variant becomes an
 /// `error` outcome with this text as the reason.
@@ -31,17 +56,35 @@ pub enum PrepareError {
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// How the workspace runs git, before the job's environment is added:
+    /// see [`Workspace::git_for`].
+    git: Git,
 }
 
 impl Workspace {
     pub fn new(root: PathBuf) -> Self {
-        Workspace { root }
+        Workspace {
+            root,
+            git: Git::anywhere().sealed(),
+        }
+    }
+
+    /// The one place the workspace's git is made: sealed, and with exactly
+    /// the environment the job's test gets (nothing of the runner's own).
+    fn git_for(&self, job: &Job) -> Git {
+        self.git
+            .clone()
+            .with_env(scrubbed_env(&job.commit, &job.branch))
+    }
+
+    fn repos_dir(&self) -> PathBuf {
+        self.root.join("repos")
     }
 
     fn clone_dir(&self, repo: &str) -> PathBuf {
         let digest = Sha256::digest(repo.as_bytes());
         let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.root.join("repos").join(name)
+        self.repos_dir().join(name)
     }
 
     /// Brings the clone of `job.repo` to `job.commit` and returns its path.
@@ -49,8 +92,7 @@ impl Workspace {
         match self.try_checkout(job).await {
             Err(PrepareError::Broken(reason)) => {
                 tracing::warn!(job = %job.id, %reason, "workspace broken; cloning again");
-                let dir = self.clone_dir(&job.repo);
-                let _ = tokio::fs::remove_dir_all(&dir).await;
+                remove_clone(&self.clone_dir(&job.repo)).await;
                 self.try_checkout(job).await
             }
             other => other,
@@ -60,38 +102,50 @@ impl Workspace {
     async fn try_checkout(&self, job: &Job) -> Result<PathBuf, PrepareError> {
         let clock = std::time::Instant::now();
         let dir = self.clone_dir(&job.repo);
-        if !dir.join(".git").exists() {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            tokio::fs::create_dir_all(self.root.join("repos"))
+        let anywhere = self.git_for(job);
+        let shared = shared_objects(&job.repo);
+        // A test may have replaced the folder of clones, a clone or its
+        // `.git` with a symlink (or removed them): then start afresh.
+        if !is_real_dir(&self.repos_dir()) {
+            remove_clone(&self.repos_dir()).await;
+        }
+        if !is_real_dir(&dir) || !is_real_dir(&dir.join(".git")) {
+            remove_clone(&dir).await;
+            tokio::fs::create_dir_all(self.repos_dir())
                 .await
                 .map_err(|e| {
                     PrepareError::Broken(format!("creating {}: {e}", self.root.display()))
                 })?;
             let target = dir.to_string_lossy().into_owned();
-            let mut clone = vec!["clone", "--no-checkout", "--quiet"];
+            // Always the files ref format: the config the workspace writes
+            // (below) describes exactly that.
+            let mut clone = vec![
+                "-c",
+                "init.defaultRefFormat=files",
+                "clone",
+                "--no-checkout",
+                "--quiet",
+            ];
             // A repository on this machine is shared, not copied: its new
             // commits are then visible to the clone at once, with no fetch.
             // If it later loses objects the clone used (a force push and a
             // gc), the checkout fails as broken and the clone is redone.
-            if is_local_path(&job.repo) {
+            if shared.is_some() {
                 clone.push("--shared");
             }
             clone.extend(["--", job.repo.as_str(), target.as_str()]);
-            remote(&job.repo, None, &clone).await?;
+            remote(&anywhere, &job.repo, &clone).await?;
         }
-        let git = Git::new(&dir);
+        seal_git_dir(&dir, job, shared.as_deref()).map_err(PrepareError::Broken)?;
+        let git = anywhere.in_dir(&dir);
         let broken = |e: git::GitError| PrepareError::Broken(e.to_string());
         // Optimistic: most commits are already here (a shared clone sees
         // them at once), and every git process costs a few milliseconds.
         let mut fetch_ms = 0;
         if let Err(first) = checkout(&git, &job.commit).await {
             // Either the commit is new (fetch it) or the clone is broken.
-            if let Err(unreachable) = remote(
-                &job.repo,
-                Some(&dir),
-                &["fetch", "--quiet", "--prune", "origin"],
-            )
-            .await
+            if let Err(unreachable) =
+                remote(&git, &job.repo, &["fetch", "--quiet", "--prune", "origin"]).await
             {
                 return Err(match self.classify(&git, &job.commit).await {
                     Ok(false) => unreachable,
@@ -139,30 +193,176 @@ impl Workspace {
 }
 
 /// Checks out `commit` detached, discarding any change to tracked files.
+/// `^{commit}` makes git read the id as an object name only: a bare 40-hex
+/// argument would lose to a branch or tag of that name, which a test could
+/// have planted to swap a later job's commit for another.
 async fn checkout(git: &Git, commit: &str) -> Result<String, git::GitError> {
-    git.run(&["checkout", "--quiet", "--force", "--detach", commit, "--"])
+    let object = format!("{commit}^{{commit}}");
+    git.run(&["checkout", "--quiet", "--force", "--detach", &object, "--"])
         .await
 }
 
-/// Whether `repo` names a folder on this machine rather than a URL (jobs
-/// carry absolute paths or URLs, see `broker::message::validate_repo`).
-fn is_local_path(repo: &str) -> bool {
-    repo.starts_with('/')
+/// Checks and rebuilds a clone's `.git` so that nothing a test left there
+/// affects the runner's git: the clone folder and `.git` must be real
+/// folders and `HEAD` a plain file naming a ref or a commit (otherwise git
+/// would look for a repository in the folders above, where a test could
+/// have put one); the config is written anew from the job alone (never read
+/// back: no `core.fsmonitor`, `core.sshCommand`, `core.hooksPath`,
+/// `core.worktree`, `include.*`, `url.*`, `filter.*`, `credential.*`,
+/// `protocol.*`, `diff.external` or anything else survives); hooks and the
+/// other files of [`FORBIDDEN_IN_GIT_DIR`] are removed; the alternates file
+/// is exactly the shared source's object folder, or absent.
+///
+/// A few system calls and small writes, no git process: it runs before
+/// every job. An error means the clone is broken (cloned again).
+pub(crate) fn seal_git_dir(dir: &Path, job: &Job, shared: Option<&Path>) -> Result<(), String> {
+    let git_dir = dir.join(".git");
+    for (path, what) in [
+        (dir.to_path_buf(), "the clone"),
+        (git_dir.clone(), ".git"),
+        (git_dir.join("objects"), ".git/objects"),
+        (git_dir.join("refs"), ".git/refs"),
+    ] {
+        if !is_real_dir(&path) {
+            return Err(format!(
+                "{what} ({}) is not a folder (a symlink, a file or missing)",
+                path.display()
+            ));
+        }
+    }
+    let head = git_dir.join("HEAD");
+    let head_ok = std::fs::symlink_metadata(&head)
+        .is_ok_and(|m| m.file_type().is_file() && m.len() <= 1024)
+        && std::fs::read_to_string(&head).is_ok_and(|text| is_valid_head(&text));
+    if !head_ok {
+        return Err(format!("{} is not a valid HEAD", head.display()));
+    }
+    for name in FORBIDDEN_IN_GIT_DIR {
+        let path = git_dir.join(name);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            remove_any(&path);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(format!("cannot remove {}", path.display()));
+            }
+        }
+    }
+    write_atomically(&git_dir.join("config"), &canonical_config(job))?;
+    let alternates = git_dir.join("objects/info/alternates");
+    match shared {
+        Some(objects) => {
+            let info = git_dir.join("objects/info");
+            if !is_real_dir(&info) {
+                remove_any(&info);
+                std::fs::create_dir(&info)
+                    .map_err(|e| format!("creating {}: {e}", info.display()))?;
+            }
+            let line = format!("{}\n", objects.display());
+            write_atomically(&alternates, &line)?;
+        }
+        None => {
+            if std::fs::symlink_metadata(&alternates).is_ok() {
+                remove_any(&alternates);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The repository config of a runner's clone, from the job alone: what
+/// `git clone` writes, less the branch section (checkouts are detached).
+fn canonical_config(job: &Job) -> String {
+    // Commit ids are validated as 40 (SHA-1) or 64 (SHA-256) hex digits.
+    let (version, extensions) = if job.commit.len() == 64 {
+        ("1", "[extensions]\n\tobjectformat = sha256\n")
+    } else {
+        ("0", "")
+    };
+    // Always quoted, with git's escapes: a repository path may hold
+    // characters (`#`, `;`, `"`) that mean something in a config file.
+    let url = job.repo.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "[core]\n\trepositoryformatversion = {version}\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n{extensions}[remote \"origin\"]\n\turl = \"{url}\"\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+    )
+}
+
+/// Whether `text` is what git accepts in `HEAD`: a symbolic ref under
+/// `refs/`, or an object id.
+fn is_valid_head(text: &str) -> bool {
+    let line = text.trim_end_matches('\n');
+    if let Some(target) = line.strip_prefix("ref: ") {
+        return target.starts_with("refs/") && !target.contains(char::is_whitespace);
+    }
+    (line.len() == 40 || line.len() == 64) && line.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Replaces `path` with `content` in one step (a new file renamed over it),
+/// so git never reads half a file and a symlink at `path` is replaced, not
+/// followed.
+fn write_atomically(path: &Path, content: &str) -> Result<(), String> {
+    let temp = path.with_extension("warren-new");
+    remove_any(&temp);
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&temp)?;
+        file.write_all(content.as_bytes())?;
+        std::fs::rename(&temp, path)
+    };
+    write().map_err(|e| {
+        remove_any(&temp);
+        format!("writing {}: {e}", path.display())
+    })
+}
+
+/// Whether `path` is a folder itself, not a symlink to one.
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir())
+}
+
+/// [`remove_any`] off the async workers: a clone can be large.
+async fn remove_clone(path: &Path) {
+    let path = path.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || remove_any(&path)).await;
+}
+
+/// Removes whatever is at `path` (a folder with its content, a file, a
+/// symlink — never what it points to); nothing there is fine.
+fn remove_any(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// The object folder a clone of `repo` shares (`git clone --shared`), when
+/// `repo` is a repository on this machine: `<repo>/.git/objects` for one
+/// with a work tree, `<repo>/objects` for a bare one. Other repositories
+/// (URLs, or paths laid out otherwise) are copied, not shared. Jobs carry
+/// absolute paths or URLs (see `broker::message::validate_repo`).
+fn shared_objects(repo: &str) -> Option<PathBuf> {
+    if !repo.starts_with('/') {
+        return None;
+    }
+    let repo = Path::new(repo);
+    let dot_git = repo.join(".git");
+    if dot_git.is_dir() {
+        return Some(dot_git.join("objects"));
+    }
+    (repo.join("objects").is_dir() && repo.join("HEAD").is_file()).then(|| repo.join("objects"))
 }
 
 /// Runs a remote operation up to [`REMOTE_TRIES`] times with a short backoff.
-async fn remote(
-    repo: &str,
-    dir: Option<&std::path::Path>,
-    args: &[&str],
-) -> Result<(), PrepareError> {
+async fn remote(git: &Git, repo: &str, args: &[&str]) -> Result<(), PrepareError> {
     let mut delay = Duration::from_millis(300);
     let mut last = String::new();
     for attempt in 1..=REMOTE_TRIES {
-        let git = match dir {
-            Some(dir) => Git::new(dir),
-            None => Git::anywhere(),
-        };
         match git.run(args).await {
             Ok(_) => return Ok(()),
             Err(err) => {
@@ -236,19 +436,22 @@ mod tests {
             .checkout(&Job::for_commit(location, "main", &head))
             .await
             .expect("checkout");
-        assert!(dir.join(".git/objects/info/alternates").exists());
-        // With no way to fetch, the next commit can only come through the
-        // shared object store.
-        Git::new(&dir)
-            .run(&["remote", "set-url", "origin", "/nonexistent/warren-repo"])
-            .await
-            .expect("set-url");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".git/objects/info/alternates")).expect("alternates"),
+            format!("{location}/.git/objects\n")
+        );
         let next = commit_in(repo.path(), "2", &[]).await;
         let dir = ws
             .checkout(&Job::for_commit(location, "main", &next))
             .await
             .expect("checkout without fetch");
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "2");
+        // A fetch would have moved the remote-tracking branch to `next`.
+        let tracking = Git::new(&dir)
+            .run(&["rev-parse", "refs/remotes/origin/main"])
+            .await
+            .expect("tracking branch");
+        assert_eq!(tracking, head, "the new commit came without a fetch");
     }
 
     #[tokio::test]
@@ -287,5 +490,190 @@ mod tests {
             ws.checkout(&job).await,
             Err(PrepareError::Unreachable { .. })
         ));
+    }
+
+    /// Plants in `clone` every way a test could make git run a command or
+    /// read from elsewhere; each that fires appends its name to `marker`.
+    /// Branch and replace refs named after `target` point at `decoy`.
+    async fn plant(clone: &Path, marker: &Path, target: &str, decoy: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let git_dir = clone.join(".git");
+        let echo = |name: &str| format!("echo {name} >> '{}'", marker.display());
+        let hooks = git_dir.join("hooks");
+        std::fs::create_dir_all(&hooks).expect("hooks");
+        for hook in [
+            "post-checkout",
+            "reference-transaction",
+            "post-index-change",
+        ] {
+            let path = hooks.join(hook);
+            std::fs::write(&path, format!("#!/bin/sh\n{}\n", echo(hook))).expect("hook");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let included = clone.with_extension("included.cfg");
+        std::fs::write(
+            &included,
+            format!("[core]\n\tfsmonitor = \"{}; false\"\n", echo("included")),
+        )
+        .expect("included config");
+        std::fs::write(git_dir.join("info/attributes"), "* filter=evil\n").expect("attributes");
+        let git = Git::new(clone);
+        git.run(&["update-ref", &format!("refs/heads/{target}"), decoy])
+            .await
+            .expect("branch named like the commit");
+        git.run(&["update-ref", &format!("refs/replace/{target}"), decoy])
+            .await
+            .expect("replace ref");
+        let fsmonitor = format!("{}; false", echo("fsmonitor"));
+        let smudge = format!("{}; cat", echo("filter"));
+        let included = included.to_string_lossy().into_owned();
+        for (key, value) in [
+            ("core.fsmonitor", fsmonitor.as_str()),
+            ("filter.evil.smudge", smudge.as_str()),
+            ("include.path", included.as_str()),
+            ("url./nonexistent/evil.insteadOf", "/"),
+            ("core.sshCommand", "touch /tmp/warren-evil"),
+            ("core.gitProxy", "touch /tmp/warren-evil"),
+            ("credential.helper", "!touch /tmp/warren-evil"),
+            ("diff.external", "touch /tmp/warren-evil"),
+            ("protocol.allow", "always"),
+        ] {
+            git.run(&["config", "--add", key, value])
+                .await
+                .expect("config");
+        }
+        for (file, content) in [
+            // Itself, so that the plain git of the control still works;
+            // pointed at another repository it swaps the whole of it.
+            ("commondir", ".\n"),
+            ("config.worktree", "[core]\n\tfsmonitor = true\n"),
+            ("info/grafts", &format!("{target} {decoy}\n")),
+            ("shallow", &format!("{target}\n")),
+            ("objects/info/http-alternates", "http://127.0.0.1:1/evil\n"),
+        ] {
+            std::fs::write(git_dir.join(file), content).expect("plant file");
+        }
+        // Writing the config may already have run the monitor.
+        let _ = std::fs::remove_file(marker);
+    }
+
+    #[tokio::test]
+    async fn nothing_planted_in_a_clone_runs_or_redirects_the_next_checkout() {
+        let (repo, first, work, ws) = fixture().await;
+        let location = repo.path().to_str().expect("utf8");
+        let dir = ws
+            .checkout(&Job::for_commit(location, "main", &first))
+            .await
+            .expect("first checkout");
+        let second = commit_in(repo.path(), "2", &[]).await;
+        let marker = work.path().join("fired");
+        plant(&dir, &marker, &second, &first).await;
+
+        let job = Job::for_commit(location, "main", &second);
+        let dir = ws.checkout(&job).await.expect("checkout after the plant");
+        assert!(
+            !marker.exists(),
+            "planted code ran: {}",
+            std::fs::read_to_string(&marker).unwrap_or_default()
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "2");
+        let git_dir = dir.join(".git");
+        assert_eq!(
+            std::fs::read_to_string(git_dir.join("config")).expect("config"),
+            canonical_config(&job)
+        );
+        for name in FORBIDDEN_IN_GIT_DIR {
+            assert!(!git_dir.join(name).exists(), "{name} was left");
+        }
+        assert_eq!(
+            std::fs::read_to_string(git_dir.join("objects/info/alternates")).expect("alternates"),
+            format!("{location}/.git/objects\n")
+        );
+
+        // The probe works: the same plants in a clone used by plain git
+        // fire and swap the commit.
+        let control = work.path().join("control");
+        Git::anywhere()
+            .run(&[
+                "clone",
+                "-q",
+                "--no-checkout",
+                "--shared",
+                location,
+                control.to_str().expect("utf8"),
+            ])
+            .await
+            .expect("control clone");
+        let plain = Git::new(&control);
+        plain
+            .run(&["checkout", "-q", "--detach", &first])
+            .await
+            .expect("control checkout");
+        plant(&control, &marker, &second, &first).await;
+        plain
+            .run(&["checkout", "-q", "--force", "--detach", &second, "--"])
+            .await
+            .expect("plain checkout");
+        let fired = std::fs::read_to_string(&marker).expect("the plants fire under plain git");
+        // (The included config's monitor wins over the other, being read
+        // last; the commit swap leaves no file for the filter to write.)
+        for name in ["post-index-change", "included"] {
+            assert!(fired.contains(name), "{name} did not fire: {fired}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(control.join("a")).expect("a"),
+            "1",
+            "a branch named like the commit swaps it for plain git"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_git_dir_replaced_by_a_symlink_or_a_gitdir_file_is_cloned_again() {
+        let (repo, head, work, ws) = fixture().await;
+        let location = repo.path().to_str().expect("utf8");
+        let job = Job::for_commit(location, "main", &head);
+        // An empty repository elsewhere that git would otherwise use.
+        let elsewhere = work.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("mkdir");
+        Git::new(&elsewhere)
+            .run(&["init", "-q"])
+            .await
+            .expect("init");
+        let elsewhere_git = elsewhere.join(".git");
+        let replace_git_dir: [&dyn Fn(&Path); 3] = [
+            &|dir: &Path| {
+                std::fs::remove_dir_all(dir.join(".git")).expect("rm");
+                std::os::unix::fs::symlink(&elsewhere_git, dir.join(".git")).expect("symlink");
+            },
+            &|dir: &Path| {
+                std::fs::remove_dir_all(dir.join(".git")).expect("rm");
+                std::fs::write(
+                    dir.join(".git"),
+                    format!("gitdir: {}\n", elsewhere_git.display()),
+                )
+                .expect("gitdir file");
+            },
+            &|dir: &Path| {
+                std::fs::write(dir.join(".git/HEAD"), "garbage\n").expect("HEAD");
+            },
+        ];
+        for replace in replace_git_dir {
+            let dir = ws.checkout(&job).await.expect("checkout");
+            replace(&dir);
+            let dir = ws.checkout(&job).await.expect("checkout after the swap");
+            assert!(is_real_dir(&dir.join(".git")));
+            assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
+        }
+        // The clone folder itself replaced by a symlink: the target is left alone.
+        let dir = ws.checkout(&job).await.expect("checkout");
+        std::fs::remove_dir_all(&dir).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, &dir).expect("symlink");
+        ws.checkout(&job).await.expect("checkout after the swap");
+        assert!(is_real_dir(&dir));
+        assert!(
+            elsewhere_git.join("HEAD").exists(),
+            "the symlink's target is untouched"
+        );
+        assert!(!elsewhere.join("a").exists());
     }
 }

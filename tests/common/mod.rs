@@ -216,22 +216,51 @@ impl Proc {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Proc {
+        Proc::spawn_with(name, ns, scratch, args, env, |_| {})
+    }
+
+    /// Like [`Proc::spawn`], as another user (the tests run as root, who
+    /// may read any process's memory: an attack by a test on its runner has
+    /// to be tried as an unprivileged user).
+    pub fn spawn_as_user(
+        name: &str,
+        ns: &Namespace,
+        scratch: &Scratch,
+        args: &[&str],
+        env: &[(&str, &str)],
+        uid: u32,
+    ) -> Proc {
+        use std::os::unix::process::CommandExt;
+        Proc::spawn_with(name, ns, scratch, args, env, |command| {
+            command.uid(uid).gid(uid);
+        })
+    }
+
+    fn spawn_with(
+        name: &str,
+        ns: &Namespace,
+        scratch: &Scratch,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
         let log = scratch.join(&format!("{name}.log"));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(WARREN)
+        let mut command = Command::new(WARREN);
+        command
             .args(args)
             .env("WARREN_NAMESPACE", &ns.name)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("clone"))
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn warren");
+            .stderr(stderr);
+        configure(&mut command);
+        let child = command.spawn().expect("spawn warren");
         Proc {
             name: name.to_string(),
             child: Some(child),
