@@ -621,8 +621,10 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
     let command = strings(&runner["command"]);
     let workdir = flag_value(&command, "--workdir").expect("runner gets --workdir");
     assert!(
-        strings(&runner["volumes"]).contains(&workdir),
-        "the runner's workdir {workdir} must be an anonymous volume: a named one would be shared by all replicas"
+        !strings(&runner["volumes"])
+            .iter()
+            .any(|volume| volume == &workdir || volume.ends_with(&format!(":{workdir}"))),
+        "the runner's workdir {workdir} must be in the container, not a volume: a named one is shared by all replicas, an anonymous one is left behind by every scale-down"
     );
     let grace = seconds(
         &flag_value(&command, "--grace")
