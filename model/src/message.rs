@@ -1,0 +1,318 @@
+//! The messages Warren's components send each other through the broker:
+//! jobs, runner events, results and control messages. MESSAGES.md is their
+//! reference; the broker crate turns them into bytes and back.
+//!
+//! Deserialising checks every identifier (see `ids`); [`Message::validate`]
+//! checks what spans fields: the schema version, the id rule, the sizes of
+//! free text.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{BranchName, CommitId, JobId, Outcome, RepoUrl, RunnerId};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a message that deserialised is still not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("unknown schema version {0} (this build reads version {SCHEMA_VERSION})")]
+    UnknownVersion(u64),
+    #[error("invalid field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("id {given} is not the id of this job: its repo, branch, commit and salt give {expected} (the id rule is in MESSAGES.md), so the id may name another job")]
+    ForeignId { given: JobId, expected: String },
+}
+
+/// A message that can be checked after it was deserialised.
+pub trait Message: Serialize + DeserializeOwned {
+    fn validate(&self) -> Result<(), Invalid>;
+}
+
+fn check_version(v: u32) -> Result<(), Invalid> {
+    if v == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(Invalid::UnknownVersion(u64::from(v)))
+    }
+}
+
+/// One commit to test. Published by the observer (or by a trigger, a
+/// rerun, anyone following the id rule) to the jobs exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub v: u32,
+    /// Made from the other fields by [`job_id`]: the same repository,
+    /// branch, commit and salt give the same id, so a publish repeated
+    /// after a crash is recorded once.
+    pub id: JobId,
+    pub repo: RepoUrl,
+    pub branch: BranchName,
+    pub commit: CommitId,
+    pub enqueued_at_ms: u64,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+    /// Empty for the job of a commit; anything else makes another job of
+    /// the same commit (a rerun, a manual trigger), with an id of its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub salt: String,
+}
+
+impl Job {
+    /// The job of a commit: the one the observer (or anyone following the
+    /// id rule) publishes for it, enqueued now.
+    pub fn for_commit(repo: &RepoUrl, branch: &BranchName, commit: &CommitId) -> Job {
+        Job {
+            v: SCHEMA_VERSION,
+            id: job_id(repo, branch, commit, ""),
+            repo: repo.clone(),
+            branch: branch.clone(),
+            commit: commit.clone(),
+            enqueued_at_ms: crate::now_ms(),
+            subject: None,
+            author: None,
+            salt: String::new(),
+        }
+    }
+
+    /// Another job of the same commit (a rerun, a manual trigger): `salt`
+    /// gives it an id of its own; enqueued now.
+    pub fn again(&self, salt: &str) -> Job {
+        Job {
+            id: job_id(&self.repo, &self.branch, &self.commit, salt),
+            salt: salt.to_string(),
+            enqueued_at_ms: crate::now_ms(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is the job of its commit rather than another run of it.
+    pub fn is_first_of_commit(&self) -> bool {
+        self.salt.is_empty()
+    }
+}
+
+impl Message for Job {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_version(self.v)?;
+        if self.salt.len() > 128 || self.salt.chars().any(char::is_control) {
+            return Err(Invalid::Field {
+                field: "salt",
+                reason: "must be at most 128 bytes without control characters".into(),
+            });
+        }
+        let expected = job_id(&self.repo, &self.branch, &self.commit, &self.salt);
+        if self.id != expected {
+            return Err(Invalid::ForeignId {
+                given: self.id.clone(),
+                expected: expected.into_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The job id for (repo, branch, commit, salt): the first 8 bytes, as 16
+/// lowercase hex digits, of the SHA-256 of the four values, each followed
+/// by a zero byte. The same commit of the same branch and repository has
+/// the same id whoever publishes it, so a repeated publish is one job.
+pub fn job_id(repo: &RepoUrl, branch: &BranchName, commit: &CommitId, salt: &str) -> JobId {
+    let mut hasher = Sha256::new();
+    for part in [repo.as_str(), branch.as_str(), commit.as_str(), salt] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    // Sixteen hex digits always pass the id rule.
+    JobId::parse(&hex).unwrap_or_else(|_| unreachable!("hex digits are a valid id"))
+}
+
+/// Who is running what; carried by `started` and `heartbeat` events and by
+/// results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    pub id: RunnerId,
+    pub host: String,
+    /// The AMQP connection name, so the dispatcher can close a frozen
+    /// runner's connection through the management API.
+    pub connection: String,
+}
+
+impl RunnerInfo {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.host.len() > 255 || self.connection.len() > 255 {
+            return Err(Invalid::Field {
+                field: "runner",
+                reason: "host and connection must be at most 255 bytes".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A piece of a running test's output: `text` starts at byte `offset` of
+/// everything the test printed so far. The whole output still comes with
+/// the result; these pieces let people watch it while the test runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub offset: u64,
+    pub text: String,
+}
+
+/// Runner events, published to the events exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// A runner took a job and is about to run it.
+    Started {
+        v: u32,
+        job: Job,
+        runner: RunnerInfo,
+        at_ms: u64,
+    },
+    /// A runner is alive; `job_id` is the job it is running, if any, and
+    /// `output` what that job's test printed since the last heartbeat.
+    Heartbeat {
+        v: u32,
+        runner: RunnerInfo,
+        job_id: Option<JobId>,
+        at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<OutputChunk>,
+    },
+}
+
+impl Event {
+    pub fn routing_key(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "event.started",
+            Event::Heartbeat { .. } => "event.heartbeat",
+        }
+    }
+}
+
+impl Message for Event {
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Event::Started { v, job, runner, .. } => {
+                check_version(*v)?;
+                job.validate()?;
+                runner.validate()
+            }
+            Event::Heartbeat { v, runner, .. } => {
+                check_version(*v)?;
+                runner.validate()
+            }
+        }
+    }
+}
+
+/// The outcome of one execution, published to the results exchange with
+/// routing key `result.<outcome>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub v: u32,
+    pub job: Job,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub duration_ms: u64,
+    /// Captured stdout and stderr, interleaved, up to the output cap.
+    pub output: String,
+    pub truncated: bool,
+    pub runner: RunnerInfo,
+    /// Why the outcome is `error` or `timeout`, in words.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl JobResult {
+    pub fn routing_key(&self) -> String {
+        format!("result.{}", self.outcome.as_str())
+    }
+}
+
+impl Message for JobResult {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_version(self.v)?;
+        self.job.validate()?;
+        self.runner.validate()
+    }
+}
+
+/// Instructions from the dispatcher to runners (control exchange).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Control {
+    /// Stop running `job_id` and ack it: its result is already recorded.
+    /// The runner named in `except_runner` (the one whose result was
+    /// recorded) ignores it.
+    Cancel {
+        v: u32,
+        job_id: JobId,
+        except_runner: Option<RunnerId>,
+        reason: String,
+    },
+}
+
+impl Message for Control {
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Control::Cancel { v, .. } => check_version(*v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job::for_commit(
+            &RepoUrl::parse("/srv/repo").expect("repo"),
+            &BranchName::parse("main").expect("branch"),
+            &CommitId::parse("0123456789abcdef0123456789abcdef01234567").expect("commit"),
+        )
+    }
+
+    #[test]
+    fn job_ids_are_stable_and_distinct() {
+        assert_eq!(job().id, job().id);
+        let other = Job::for_commit(
+            &job().repo,
+            &BranchName::parse("dev").expect("branch"),
+            &job().commit,
+        );
+        assert_ne!(other.id, job().id);
+        assert_ne!(job().again("rerun-1").id, job().id);
+        assert_eq!(job().id.as_str().len(), 16);
+    }
+
+    #[test]
+    fn a_job_whose_id_does_not_follow_the_rule_is_invalid_and_says_which_id_it_should_have() {
+        assert_eq!(job().validate(), Ok(()));
+        assert_eq!(job().again("rerun-1").validate(), Ok(()));
+        let mut forged = job().again("rerun-1");
+        forged.id = job().id;
+        let err = forged.validate().expect_err("foreign id");
+        let text = err.to_string();
+        assert!(
+            text.contains(job().id.as_str()) && text.contains(job().again("rerun-1").id.as_str()),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn versions_other_than_ours_are_refused_in_words() {
+        let mut old = job();
+        old.v = 2;
+        let text = old.validate().expect_err("v2").to_string();
+        assert!(text.starts_with("unknown schema version 2 "), "{text}");
+    }
+}

@@ -1,0 +1,83 @@
+//! What the dispatcher knows about a job and a runner: the store's records,
+//! which the API shows with a few derived fields (see `api`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BranchName, CommitId, Job, JobId, JobStatus, RepoUrl, RunnerId, SCHEMA_VERSION};
+
+/// A job as recorded: its message, where it stands, and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Order of first sight: newer jobs have larger numbers (pagination).
+    pub seq: i64,
+    pub id: JobId,
+    pub repo: RepoUrl,
+    pub branch: BranchName,
+    pub commit: CommitId,
+    pub subject: Option<String>,
+    pub author: Option<String>,
+    pub status: JobStatus,
+    /// Executions started (a rerun after a runner died counts again).
+    pub attempts: i64,
+    /// Results that arrived after the job already had its outcome.
+    pub duplicates: i64,
+    pub runner: Option<RunnerId>,
+    /// The AMQP connection of the runner holding it (to close when the
+    /// runner freezes); not shown.
+    #[serde(skip)]
+    pub connection: Option<String>,
+    pub enqueued_at_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub truncated: bool,
+    /// What makes a rerun's id differ from its commit's job (see
+    /// [`Job::salt`]); not shown.
+    #[serde(skip)]
+    pub salt: String,
+}
+
+impl JobRecord {
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_terminal()
+    }
+
+    /// The job message this record came from (for republishing): the
+    /// same id, since the salt is kept.
+    pub fn to_job(&self) -> Job {
+        Job {
+            v: SCHEMA_VERSION,
+            id: self.id.clone(),
+            repo: self.repo.clone(),
+            branch: self.branch.clone(),
+            commit: self.commit.clone(),
+            enqueued_at_ms: self.enqueued_at_ms.unwrap_or_default().max(0) as u64,
+            subject: self.subject.clone(),
+            author: self.author.clone(),
+            salt: self.salt.clone(),
+        }
+    }
+}
+
+/// A runner as recorded from its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerRecord {
+    pub id: RunnerId,
+    pub host: String,
+    pub current_job: Option<JobId>,
+    pub last_seen_ms: i64,
+    pub jobs_done: i64,
+}
+
+/// Which jobs to list, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobQuery {
+    pub status: Option<JobStatus>,
+    pub branch: Option<BranchName>,
+    /// Only jobs with a smaller `seq` (the next page).
+    pub before: Option<i64>,
+    /// 1 to [`crate::api::PAGE_MAX`].
+    pub limit: u32,
+}
