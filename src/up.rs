@@ -104,6 +104,7 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
     let data = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
+    let git_timeout = args.git.git_timeout.as_secs_f64().to_string();
 
     let mut services = vec![
         Supervised::new(
@@ -114,6 +115,8 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
                 path(&data.join("dispatcher")),
                 "--http".into(),
                 args.http.to_string(),
+                "--git-timeout".into(),
+                git_timeout.clone(),
             ],
         ),
         Supervised::new(
@@ -124,6 +127,8 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
                 args.interval.as_secs_f64().to_string(),
                 "--state".into(),
                 path(&data.join("observer-state.json")),
+                "--git-timeout".into(),
+                git_timeout.clone(),
                 args.repo.clone(),
             ],
         ),
@@ -139,6 +144,8 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
             args.job_timeout.as_secs_f64().to_string(),
             "--grace".into(),
             RUNNER_GRACE_SECS.into(),
+            "--git-timeout".into(),
+            git_timeout.clone(),
         ];
         if let Some(command) = &args.test_command {
             runner.extend(["--test-command".into(), command.clone()]);

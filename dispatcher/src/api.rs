@@ -33,6 +33,8 @@ pub struct AppState {
     pub api_token: Option<String>,
     pub heartbeat: Duration,
     pub management_url: String,
+    /// How long the trigger's `git ls-remote` may take.
+    pub git_timeout: Duration,
 }
 
 impl AppState {
@@ -220,11 +222,19 @@ async fn trigger(
             );
         }
         let reference = format!("refs/heads/{target}");
+        // No lock is held here: a slow server delays this request only.
         let listed = match git::Git::anywhere()
+            .with_timeout(state.git_timeout)
             .run(&["ls-remote", "--", &repo, &reference])
             .await
         {
             Ok(listed) => listed,
+            Err(e) if e.is_timeout() => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("cannot read {repo}: {e}"),
+                )
+            }
             Err(e) => return error(StatusCode::BAD_GATEWAY, format!("cannot read {repo}: {e}")),
         };
         let Some(commit) = listed

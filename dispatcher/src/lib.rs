@@ -47,6 +47,8 @@ pub struct DispatcherConfig {
     pub webhook_secret: Option<String>,
     /// Token that state-changing API calls must carry, if set.
     pub api_token: Option<String>,
+    /// How long one git call (the trigger's `ls-remote`) may take.
+    pub git_timeout: Duration,
 }
 
 /// The broker connection while there is one, for the API's actions
@@ -107,6 +109,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         api_token: config.api_token.clone(),
         heartbeat: config.heartbeat,
         management_url: config.management_url.clone(),
+        git_timeout: config.git_timeout,
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {

@@ -33,21 +33,19 @@ pub struct ObserverConfig {
     pub branches: Vec<String>,
     pub interval: Duration,
     pub state_file: PathBuf,
+    /// How long one git call may take before it is killed.
+    pub git_timeout: Duration,
 }
 
 /// Runs the observer until `shutdown` fires.
 pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let state_file = config.state_file.clone();
     let mut state = State::load(&state_file)?;
-    let source = RepoSource::open(&config.repo, &state_file).await?;
+    let source = RepoSource::open(&config.repo, &state_file, config.git_timeout).await?;
     state.check_repo(source.location())?;
-    let branches = if config.branches.is_empty() {
-        vec![source
-            .head_branch()
-            .await
-            .context("finding the repository's HEAD branch")?]
-    } else {
-        config.branches.clone()
+    let Some(branches) = watched_branches(&source, &config, &shutdown).await? else {
+        tracing::info!("observer stopped");
+        return Ok(());
     };
     for branch in &branches {
         validate_branch(branch).map_err(|e| anyhow::anyhow!("--branch {branch:?}: {e}"))?;
@@ -118,16 +116,27 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                 Err(PollError::State(err)) => return Err(err.into()),
             }
         }
-        match poll_once(
-            &source,
-            &branches,
-            &mut state,
-            &state_file,
-            broker,
-            publisher,
-        )
-        .await
-        {
+        // A fetch from a stalled server lasts up to --git-timeout: shutting
+        // down does not wait for it (dropping the call kills git).
+        let refreshed = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            refreshed = source.refresh() => refreshed,
+        };
+        let polled = match refreshed {
+            Ok(()) => {
+                poll_once(
+                    &source,
+                    &branches,
+                    &mut state,
+                    &state_file,
+                    broker,
+                    publisher,
+                )
+                .await
+            }
+            Err(err) => Err(PollError::Repo(err)),
+        };
+        match polled {
             Ok(()) => {}
             Err(PollError::Broker(err)) => {
                 tracing::warn!("lost the broker while publishing ({err}); reconnecting");
@@ -156,6 +165,43 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
     }
     tracing::info!("observer stopped");
     Ok(())
+}
+
+/// The branches to watch: those configured, or the repository's HEAD
+/// branch. For a URL that takes the mirror, which the server may not give
+/// yet (down, or stalled until the git timeout): each failure is logged and
+/// tried again after an interval. `None`: shut down meanwhile.
+async fn watched_branches(
+    source: &RepoSource,
+    config: &ObserverConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Vec<String>>> {
+    if !config.branches.is_empty() {
+        return Ok(Some(config.branches.clone()));
+    }
+    loop {
+        let found = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            found = async {
+                source.refresh().await?;
+                source
+                    .head_branch()
+                    .await
+                    .context("finding the repository's HEAD branch")
+            } => found,
+        };
+        match found {
+            Ok(branch) => return Ok(Some(vec![branch])),
+            Err(err) if source.is_mirror() => {
+                tracing::warn!("cannot read the repository: {err:#}")
+            }
+            Err(err) => return Err(err),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(config.interval) => {}
+        }
+    }
 }
 
 enum PollError {
@@ -211,7 +257,7 @@ async fn reconcile_with_ledger(
     Ok(())
 }
 
-/// One poll: refresh the repository, then publish every new commit of every
+/// One poll of a refreshed repository: publish every new commit of every
 /// branch, oldest first, recording each after its confirm.
 async fn poll_once(
     source: &RepoSource,
@@ -221,7 +267,6 @@ async fn poll_once(
     broker: &Broker,
     publisher: &Publisher,
 ) -> Result<(), PollError> {
-    source.refresh().await.map_err(PollError::Repo)?;
     for branch in branches {
         let Some(head) = source.branch_head(branch).await.map_err(PollError::Repo)? else {
             tracing::debug!(branch, "branch does not exist (yet)");

@@ -47,6 +47,8 @@ pub struct RunnerConfig {
     pub output_cap: usize,
     /// How long a running job may take to finish after SIGTERM.
     pub grace: Duration,
+    /// How long one git call may take before it is killed.
+    pub git_timeout: Duration,
 }
 
 /// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
@@ -128,7 +130,7 @@ struct Runner {
 impl Runner {
     fn new(config: RunnerConfig) -> Self {
         Runner {
-            workspace: Workspace::new(config.workdir.clone()),
+            workspace: Workspace::new(config.workdir.clone()).with_git_timeout(config.git_timeout),
             host: host_name(),
             current: Arc::new(Mutex::new(None)),
             completed: VecDeque::new(),

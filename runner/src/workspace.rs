@@ -31,11 +31,27 @@ pub enum PrepareError {
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// How long one git call may take (`--git-timeout`).
+    git_timeout: Duration,
 }
 
 impl Workspace {
     pub fn new(root: PathBuf) -> Self {
-        Workspace { root }
+        Workspace {
+            root,
+            git_timeout: git::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Every git call is killed, with its process group, after `timeout`.
+    pub fn with_git_timeout(mut self, timeout: Duration) -> Self {
+        self.git_timeout = timeout;
+        self
+    }
+
+    /// How the workspace runs git; every git call starts from here.
+    fn git(&self) -> Git {
+        Git::anywhere().with_timeout(self.git_timeout)
     }
 
     fn clone_dir(&self, repo: &str) -> PathBuf {
@@ -61,7 +77,6 @@ impl Workspace {
         let clock = std::time::Instant::now();
         let dir = self.clone_dir(&job.repo);
         if !dir.join(".git").exists() {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
             tokio::fs::create_dir_all(self.root.join("repos"))
                 .await
                 .map_err(|e| {
@@ -77,9 +92,11 @@ impl Workspace {
                 clone.push("--shared");
             }
             clone.extend(["--", job.repo.as_str(), target.as_str()]);
-            remote(&job.repo, None, &clone).await?;
+            // A clone cut off (timed out) leaves a partial folder behind:
+            // each try starts without it.
+            remote(&self.git(), &job.repo, &clone, Some(&dir)).await?;
         }
-        let git = Git::new(&dir);
+        let git = self.git().in_dir(&dir);
         let broken = |e: git::GitError| PrepareError::Broken(e.to_string());
         // Optimistic: most commits are already here (a shared clone sees
         // them at once), and every git process costs a few milliseconds.
@@ -87,9 +104,10 @@ impl Workspace {
         if let Err(first) = checkout(&git, &job.commit).await {
             // Either the commit is new (fetch it) or the clone is broken.
             if let Err(unreachable) = remote(
+                &git,
                 &job.repo,
-                Some(&dir),
                 &["fetch", "--quiet", "--prune", "origin"],
+                None,
             )
             .await
             {
@@ -150,19 +168,21 @@ fn is_local_path(repo: &str) -> bool {
     repo.starts_with('/')
 }
 
-/// Runs a remote operation up to [`REMOTE_TRIES`] times with a short backoff.
+/// Runs a remote operation up to [`REMOTE_TRIES`] times with a short
+/// backoff; a try that runs past the git timeout counts as a failed one.
+/// `scrap` is removed before each try (the target of a clone).
 async fn remote(
+    git: &Git,
     repo: &str,
-    dir: Option<&std::path::Path>,
     args: &[&str],
+    scrap: Option<&std::path::Path>,
 ) -> Result<(), PrepareError> {
     let mut delay = Duration::from_millis(300);
     let mut last = String::new();
     for attempt in 1..=REMOTE_TRIES {
-        let git = match dir {
-            Some(dir) => Git::new(dir),
-            None => Git::anywhere(),
-        };
+        if let Some(scrap) = scrap {
+            let _ = tokio::fs::remove_dir_all(scrap).await;
+        }
         match git.run(args).await {
             Ok(_) => return Ok(()),
             Err(err) => {
@@ -287,5 +307,24 @@ mod tests {
             ws.checkout(&job).await,
             Err(PrepareError::Unreachable { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_server_is_unreachable_after_three_timed_out_tries() {
+        // Accepts connections and never answers.
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("git://{}/stalled.git", server.local_addr().expect("addr"));
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws =
+            Workspace::new(work.path().to_path_buf()).with_git_timeout(Duration::from_millis(300));
+        let job = Job::for_commit(&url, "main", &"e".repeat(40));
+        let err = ws.checkout(&job).await.expect_err("stalled");
+        let reason = err.to_string();
+        assert!(matches!(err, PrepareError::Unreachable { .. }), "{reason}");
+        assert!(
+            reason.contains("git clone") && reason.contains("timed out after 0.3 s"),
+            "{reason}"
+        );
+        assert!(reason.ends_with("(after 3 tries)"), "{reason}");
     }
 }

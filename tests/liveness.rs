@@ -1,0 +1,137 @@
+//! Issue 12, "Liveness": nothing hangs forever and nothing dies in silence.
+//! A git server that accepts and never answers, used by a runner, the
+//! observer and the API's trigger.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Publishes jobs straight to the namespace's jobs exchange, as an
+/// observer would.
+fn publish_jobs(ns: &Namespace, jobs: &[broker::message::Job]) {
+    let exchange = broker::Names::new(ns.name.clone()).jobs_exchange();
+    let messages: Vec<(String, String, Vec<u8>)> = jobs
+        .iter()
+        .map(|job| {
+            (
+                exchange.clone(),
+                String::new(),
+                broker::message::encode(job),
+            )
+        })
+        .collect();
+    publish_raw(ns, &messages);
+}
+
+#[test]
+fn a_stalled_git_server_ends_the_job_as_error_and_the_runner_takes_the_next() {
+    let ns = Namespace::new("stalled-runner");
+    let scratch = Scratch::new();
+    let server = StalledServer::start();
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let _runner = runner(
+        &ns,
+        &scratch,
+        "r1",
+        &["--git-timeout", "1", "--test-command", "true"],
+    );
+    let stalled_commit = "a".repeat(40);
+    let clock = Instant::now();
+    publish_jobs(
+        &ns,
+        &[broker::message::Job::for_commit(
+            &server.url,
+            "main",
+            &stalled_commit,
+        )],
+    );
+    let api = dispatcher.api();
+    let jobs = api.wait_terminal(
+        std::slice::from_ref(&stalled_commit),
+        Duration::from_secs(60),
+    );
+    let job = one_job(&jobs, &stalled_commit);
+    assert_eq!(job["status"], "error", "{job}");
+    let reason = job["reason"].as_str().unwrap_or_default();
+    for needle in [
+        "cannot be reached",
+        "git clone",
+        "timed out after 1 s and was killed",
+        "after 3 tries",
+    ] {
+        assert!(reason.contains(needle), "{needle:?} in {reason:?}");
+    }
+    // Three tries of one second each, and the backoff between them.
+    assert!(clock.elapsed() < Duration::from_secs(30), "{clock:?}");
+
+    // The same runner goes on with the next job.
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(".warren-test", "true");
+    let good = repo.commit("a normal commit");
+    publish_jobs(
+        &ns,
+        &[broker::message::Job::for_commit(
+            repo.path_str(),
+            "main",
+            &good,
+        )],
+    );
+    let jobs = api.wait_terminal(std::slice::from_ref(&good), Duration::from_secs(60));
+    let job = one_job(&jobs, &good);
+    assert_eq!(
+        (job["status"].as_str(), job["runner"].as_str()),
+        (Some("passed"), Some("r1")),
+        "{job}"
+    );
+}
+
+#[test]
+fn an_observer_on_a_stalled_server_logs_each_timeout_and_keeps_polling() {
+    let ns = Namespace::new("stalled-observer");
+    let scratch = Scratch::new();
+    let server = StalledServer::start();
+    let mut observer = observer(&ns, &scratch, &server.url, &["--git-timeout", "1"]);
+    let needle = "timed out after 1 s and was killed";
+    wait_for(
+        "the observer to log the timeout twice",
+        Duration::from_secs(30),
+        || (log_count(&observer, needle) >= 2).then_some(()),
+    );
+    let log = observer.log_text();
+    assert!(log.contains("git clone"), "{log}");
+    let child = observer.child.as_mut().expect("running");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the observer keeps running: {log}"
+    );
+    // It still stops cleanly.
+    observer.signal(libc::SIGTERM);
+    assert!(observer.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_trigger_on_a_stalled_server_answers_504_within_the_git_timeout() {
+    let ns = Namespace::new("stalled-trigger");
+    let scratch = Scratch::new();
+    let server = StalledServer::start();
+    let dispatcher = Dispatcher::start(&ns, &scratch, &["--git-timeout", "1"]);
+    let clock = Instant::now();
+    let response = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+        .post(format!("{}/api/trigger", dispatcher.url))
+        .json(&serde_json::json!({ "target": "main", "repo": server.url }))
+        .send()
+        .expect("an answer");
+    let elapsed = clock.elapsed();
+    assert_eq!(response.status().as_u16(), 504);
+    let body: serde_json::Value = response.json().expect("a JSON body");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed out"), "{body}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The API still answers.
+    assert!(dispatcher.api().get_text("/healthz").is_ok());
+}
