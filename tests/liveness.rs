@@ -1,9 +1,12 @@
 //! Issue 12, "Liveness": nothing hangs forever and nothing dies in silence.
 //! A git server that accepts and never answers, used by a runner, the
-//! observer and the API's trigger.
+//! observer and the API's trigger; a dispatcher stopped with live-view
+//! clients connected; a runner whose control consumer is cancelled under
+//! it.
 
 mod common;
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -134,4 +137,94 @@ fn a_trigger_on_a_stalled_server_answers_504_within_the_git_timeout() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     // The API still answers.
     assert!(dispatcher.api().get_text("/healthz").is_ok());
+}
+
+#[test]
+fn a_dispatcher_with_two_live_view_clients_stops_within_two_seconds() {
+    let ns = Namespace::new("sse-stop");
+    let scratch = Scratch::new();
+    let mut dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let api = dispatcher.api();
+    wait_for(
+        "the dispatcher to be ready",
+        Duration::from_secs(30),
+        || api.get_json("/readyz").ok(),
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    // `send` returns once the response head arrived: the stream is open.
+    let streams: Vec<reqwest::blocking::Response> = (0..2)
+        .map(|_| {
+            let response = client
+                .get(format!("{}/api/events", dispatcher.url))
+                .send()
+                .expect("live view connected");
+            assert!(response.status().is_success());
+            response
+        })
+        .collect();
+    dispatcher.proc.signal(libc::SIGTERM);
+    let status = dispatcher.proc.wait_exit(Duration::from_secs(2));
+    assert!(status.success(), "{status}: {}", dispatcher.proc.log_text());
+    // Each stream was ended by the server, not cut off.
+    for mut stream in streams {
+        let mut rest = String::new();
+        stream
+            .read_to_string(&mut rest)
+            .expect("the stream ends cleanly");
+    }
+}
+
+/// The queues bound to the namespace's control exchange: one per runner
+/// session (from the management API).
+fn control_queues(ns: &Namespace) -> Vec<String> {
+    let url = format!(
+        "http://127.0.0.1:15672/api/exchanges/%2f/{}/bindings/source",
+        broker::Names::new(ns.name.clone()).control_exchange()
+    );
+    let bindings: Vec<serde_json::Value> = reqwest::blocking::Client::new()
+        .get(url)
+        .basic_auth("guest", Some("guest"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or_default();
+    bindings
+        .iter()
+        .filter_map(|b| b["destination"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_runner_whose_control_consumer_is_cancelled_starts_a_new_session() {
+    let ns = Namespace::new("control-cancelled");
+    let scratch = Scratch::new();
+    let mut runner = runner(&ns, &scratch, "r1", &[]);
+    let first = wait_for(
+        "the runner's control queue",
+        Duration::from_secs(30),
+        || control_queues(&ns).first().cloned(),
+    );
+    // The broker cancels the runner's control consumer; its connection,
+    // and the work queue's consumer, stay up.
+    let deleted = rabbit::shared_ctl(&["delete_queue", &first]);
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    wait_for(
+        "a new session, with a new control queue",
+        Duration::from_secs(30),
+        || control_queues(&ns).into_iter().find(|q| *q != first),
+    );
+    let log = runner.log_text();
+    assert!(
+        log.contains("the control watcher ended while the connection is up"),
+        "{log}"
+    );
+    let child = runner.child.as_mut().expect("running");
+    assert!(child.try_wait().expect("try_wait").is_none(), "{log}");
 }
