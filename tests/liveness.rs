@@ -2,7 +2,7 @@
 //! A git server that accepts and never answers, used by a runner, the
 //! observer and the API's trigger; a dispatcher stopped with live-view
 //! clients connected; a runner whose control consumer is cancelled under
-//! it.
+//! it; `warren up` with a crashing child and a second Ctrl-C.
 
 mod common;
 
@@ -227,4 +227,122 @@ fn a_runner_whose_control_consumer_is_cancelled_starts_a_new_session() {
     );
     let child = runner.child.as_mut().expect("running");
     assert!(child.try_wait().expect("try_wait").is_none(), "{log}");
+}
+
+#[test]
+fn warren_up_restarts_a_crashing_child_with_growing_delays() {
+    let ns = Namespace::new("up-backoff");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.commit("initial");
+    let data = scratch.join("up-data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    // The observer refuses a corrupt state file at start: it crashes each time.
+    std::fs::write(data.join("observer-state.json"), "{").expect("corrupt state");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut up = Proc::spawn(
+        "up",
+        &ns,
+        &scratch,
+        &[
+            "up",
+            repo.path_str(),
+            "--runners",
+            "1",
+            "--http",
+            &http,
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    let delays = [
+        "restarting in 0.5 s",
+        "restarting in 1 s",
+        "restarting in 2 s",
+    ];
+    wait_for(
+        "three restarts, each after a longer wait",
+        Duration::from_secs(30),
+        || {
+            delays
+                .iter()
+                .all(|d| up.log_text().contains(d))
+                .then_some(())
+        },
+    );
+    let log = up.log_text();
+    let at = |needle: &str| log.find(needle).expect("logged");
+    assert!(at(delays[0]) < at(delays[1]) && at(delays[1]) < at(delays[2]));
+    assert!(log.contains("observer exited"), "{log}");
+    up.signal(libc::SIGINT);
+    assert!(up.wait_exit(Duration::from_secs(20)).success());
+    assert!(processes_matching(data.to_str().expect("utf8")).is_empty());
+}
+
+#[test]
+fn a_second_ctrl_c_stops_warren_up_and_every_child_at_once() {
+    let ns = Namespace::new("up-twice");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    // `exec`: the test is this very process, so it can be found, and it
+    // dies with its runner (the runner gives its shell a parent-death
+    // signal).
+    let test = format!("sleep 60.{}", std::process::id());
+    repo.write(".warren-test", &format!("exec {test}"));
+    let commit = repo.commit("a long test");
+    let data = scratch.join("up-data");
+    let marker = data.to_str().expect("utf8").to_string();
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut up = Proc::spawn(
+        "up",
+        &ns,
+        &scratch,
+        &[
+            "up",
+            repo.path_str(),
+            "--runners",
+            "1",
+            "--interval",
+            "0.2",
+            "--http",
+            &http,
+            "--data-dir",
+            &marker,
+        ],
+        &[],
+    );
+    let api = Api::new(&format!("http://{http}"));
+    wait_for("the dashboard", Duration::from_secs(30), || {
+        api.get_text("/healthz").ok()
+    });
+    wait_running(&api, &commit);
+    assert!(
+        processes_matching(&marker).len() >= 4,
+        "up and its children"
+    );
+    wait_for("the test to run", Duration::from_secs(10), || {
+        (!processes_matching(&test).is_empty()).then_some(())
+    });
+
+    // The first Ctrl-C: the runner holds its job for its grace period.
+    up.signal(libc::SIGINT);
+    wait_for(
+        "the runner to start its grace period",
+        Duration::from_secs(10),
+        || {
+            up.log_text()
+                .contains("letting the current job finish")
+                .then_some(())
+        },
+    );
+    // The second: everything stops now.
+    let clock = Instant::now();
+    up.signal(libc::SIGINT);
+    up.wait_exit(Duration::from_secs(4));
+    assert!(clock.elapsed() < Duration::from_secs(4));
+    wait_for("no child left", Duration::from_secs(2), || {
+        (processes_matching(&marker).is_empty() && processes_matching(&test).is_empty())
+            .then_some(())
+    });
 }
