@@ -121,6 +121,15 @@ pub struct Server {
     pub server: String,
 }
 
+/// The deadline of every git call, for the components that run git.
+#[derive(Debug, Clone, Args)]
+pub struct GitArgs {
+    /// Seconds one git call (clone, fetch, checkout, ls-remote) may take
+    /// before it is killed with its process group, fractions allowed
+    #[arg(long, env = "WARREN_GIT_TIMEOUT", default_value = "600", value_parser = parse_seconds)]
+    pub git_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -214,6 +223,9 @@ pub struct ObserverArgs {
     /// Repository to watch: a local path or a git URL
     #[arg(env = "WARREN_REPO")]
     pub repo: String,
+
+    #[command(flatten)]
+    pub git: GitArgs,
 }
 
 impl ObserverArgs {
@@ -224,6 +236,7 @@ impl ObserverArgs {
             branches: self.branches,
             interval: self.interval,
             state_file: self.state,
+            git_timeout: self.git.git_timeout,
         }
     }
 }
@@ -262,6 +275,9 @@ pub struct RunnerArgs {
     /// stopped and handed back to the queue
     #[arg(long, env = "WARREN_GRACE", default_value = "30", value_parser = parse_seconds)]
     pub grace: Duration,
+
+    #[command(flatten)]
+    pub git: GitArgs,
 }
 
 impl RunnerArgs {
@@ -278,6 +294,7 @@ impl RunnerArgs {
             // This very binary, as the kernel has it open: still the right
             // one if the file was replaced (an upgrade) while running.
             supervisor: PathBuf::from("/proc/self/exe"),
+            git_timeout: self.git.git_timeout,
         }
     }
 }
@@ -327,6 +344,9 @@ pub struct DispatcherArgs {
     /// From WARREN_API_TOKEN or its file (see [`resolve_secrets`]).
     #[arg(skip)]
     pub api_token: Option<String>,
+
+    #[command(flatten)]
+    pub git: GitArgs,
 }
 
 impl DispatcherArgs {
@@ -341,6 +361,7 @@ impl DispatcherArgs {
             webhooks: self.webhooks,
             webhook_secret: self.webhook_secret,
             api_token: self.api_token,
+            git_timeout: self.git.git_timeout,
         }
     }
 }
@@ -376,6 +397,9 @@ pub struct UpArgs {
     /// Seconds a test may run before it is killed
     #[arg(long, env = "WARREN_JOB_TIMEOUT", default_value = "1500", value_parser = parse_seconds)]
     pub job_timeout: Duration,
+
+    #[command(flatten)]
+    pub git: GitArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -617,6 +641,33 @@ mod tests {
         assert_eq!(parse_seconds("5"), Ok(Duration::from_secs(5)));
         for bad in ["", "abc", "-1", "0", "NaN", "inf"] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_component_that_runs_git_takes_a_git_timeout() {
+        let timeout = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args.iter().copied()).expect("parses");
+            match cli.command {
+                Command::Observer(a) => a.git.git_timeout,
+                Command::Runner(a) => a.git.git_timeout,
+                Command::Dispatcher(a) => a.git.git_timeout,
+                Command::Up(a) => a.git.git_timeout,
+                _ => panic!("not a component"),
+            }
+        };
+        for command in [
+            &["warren", "observer", "/r"][..],
+            &["warren", "runner"],
+            &["warren", "dispatcher"],
+            &["warren", "up", "/r"],
+        ] {
+            assert_eq!(timeout(command), Duration::from_secs(600), "{command:?}");
+            let with = [command, &["--git-timeout", "1.5"]].concat();
+            assert_eq!(timeout(&with), Duration::from_millis(1500), "{with:?}");
+            let bad = [command, &["--git-timeout", "0"]].concat();
+            let err = Cli::try_parse_from(bad).expect_err("refused").to_string();
+            assert!(err.contains("--git-timeout"), "{err}");
         }
     }
 

@@ -9,6 +9,7 @@ mod up;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
+use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
@@ -56,8 +57,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the command with the signal handler as a tracked task: if it ends
+/// (it cannot watch signals), the command is stopped and the exit status is
+/// non-zero.
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let shutdown = shutdown_on_signals();
+    let tasks = Tasks::new(&CancellationToken::new());
+    let signals = watch_signals(&tasks);
+    let command = run_command(cli, &signals);
+    tokio::pin!(command);
+    let outcome = tokio::select! {
+        outcome = &mut command => outcome,
+        died = tasks.died() => {
+            tracing::error!("{died}; stopping");
+            signals.shutdown.cancel();
+            let _ = command.await;
+            Err(anyhow::anyhow!("{died}"))
+        }
+    };
+    tasks.stop(std::time::Duration::from_secs(1)).await;
+    outcome
+}
+
+async fn run_command(cli: Cli, signals: &Signals) -> anyhow::Result<ExitCode> {
+    let shutdown = signals.shutdown.clone();
     let broker = cli.common.broker_config();
     match cli.command {
         Command::Observer(args) => {
@@ -70,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dispatcher::run(args.into_config(broker), shutdown).await?;
         }
         Command::Up(args) => {
-            up::run(&cli.common, args, shutdown).await?;
+            up::run(&cli.common, args, shutdown, signals.again.clone()).await?;
         }
         Command::Topology(args) => {
             cli::topology(&broker, args, shutdown).await?;
@@ -101,12 +123,24 @@ fn init_logging() {
         .init();
 }
 
-/// A token cancelled on the first SIGINT or SIGTERM: the explicit shutdown
-/// signal every component receives.
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
+/// The shutdown signals every component receives.
+struct Signals {
+    /// Cancelled on the first SIGINT or SIGTERM.
+    shutdown: CancellationToken,
+    /// Cancelled on the second: `warren up` then stops its children at
+    /// once instead of waiting for them.
+    again: CancellationToken,
+}
+
+/// Watches SIGINT and SIGTERM, in a lifetime task of `tasks`.
+fn watch_signals(tasks: &Tasks) -> Signals {
+    let signals = Signals {
+        shutdown: CancellationToken::new(),
+        again: CancellationToken::new(),
+    };
+    let (first, second) = (signals.shutdown.clone(), signals.again.clone());
+    let stopping = tasks.stopping().clone();
+    tasks.lifetime("the signal handler", async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
@@ -115,11 +149,15 @@ fn shutdown_on_signals() -> CancellationToken {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        for (token, what) in [(first, ": shutting down"), (second, " again")] {
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = term.recv() => tracing::info!("SIGTERM{what}"),
+                _ = int.recv() => tracing::info!("SIGINT{what}"),
+            }
+            token.cancel();
         }
-        trigger.cancel();
+        stopping.cancelled().await;
     });
-    token
+    signals
 }

@@ -1,6 +1,8 @@
 //! `warren up`: everything on one machine, for a laptop. Starts one
 //! dispatcher, one observer and runners as real child processes of this
-//! same binary, restarts any that die, and stops them all on Ctrl-C.
+//! same binary, restarts any that die (after a pause that grows while a
+//! child keeps dying, see [`Backoff`]), and stops them all on Ctrl-C: the
+//! first lets them finish their work, a second kills them at once.
 //!
 //! With `--runners MIN..MAX` it is also the runner manager (the original
 //! design's "test runner manager" extension): it watches the work queue's
@@ -11,7 +13,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::process::{Child, Command};
@@ -28,6 +30,48 @@ const TICK: Duration = Duration::from_millis(500);
 /// Ticks the queue must stay empty before idle runners are stopped.
 const SCALE_DOWN_AFTER_TICKS: u32 = 4;
 
+/// When to restart a child that exited: 0.5 s after its first exit, twice
+/// as long after each further one, at most 30 s; a child that ran for a
+/// minute is healthy, and its next exit starts over at 0.5 s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+    started: Option<Instant>,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(30);
+    pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+    pub fn new() -> Self {
+        Backoff {
+            next: Self::FIRST,
+            started: None,
+        }
+    }
+
+    /// The child was (re)started at `now`.
+    pub fn started(&mut self, now: Instant) {
+        self.started = Some(now);
+    }
+
+    /// The child exited (or could not be started) at `now`: how long to
+    /// wait before starting it again.
+    pub fn exited(&mut self, now: Instant) -> Duration {
+        if self
+            .started
+            .is_some_and(|started| now.saturating_duration_since(started) >= Self::HEALTHY_AFTER)
+        {
+            self.next = Self::FIRST;
+        }
+        self.started = None;
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+}
+
 /// One supervised child: how to start it, and the running process.
 struct Supervised {
     name: String,
@@ -35,6 +79,9 @@ struct Supervised {
     child: Option<Child>,
     /// Stopped on purpose by the manager: reap it, do not restart it.
     retiring: bool,
+    backoff: Backoff,
+    /// It exited: when to start it again.
+    restart_at: Option<Instant>,
 }
 
 impl Supervised {
@@ -44,7 +91,54 @@ impl Supervised {
             args,
             child: None,
             retiring: false,
+            backoff: Backoff::new(),
+            restart_at: None,
         }
+    }
+
+    /// Starts (or restarts) the child; a failure is retried after a pause.
+    fn start(&mut self, launch: &Launch) -> anyhow::Result<()> {
+        let now = Instant::now();
+        match launch.spawn(&self.args) {
+            Ok(child) => {
+                self.child = Some(child);
+                self.backoff.started(now);
+                Ok(())
+            }
+            Err(err) => {
+                self.restart_at = Some(now + self.backoff.exited(now));
+                Err(err)
+            }
+        }
+    }
+
+    /// Checks the child: restarts it when its pause is over, or notes that
+    /// it exited and when to restart it.
+    fn supervise(&mut self, launch: &Launch) {
+        let now = Instant::now();
+        if self.retiring {
+            // Stopped on purpose: reaped, never restarted.
+            self.restart_at = None;
+            let _ = exited(self);
+            return;
+        }
+        if let Some(at) = self.restart_at {
+            if now >= at {
+                self.restart_at = None;
+                if let Err(err) = self.start(launch) {
+                    tracing::error!(child = %self.name, "cannot restart: {err:#}");
+                }
+            }
+            return;
+        }
+        let Some(status) = exited(self) else { return };
+        let delay = self.backoff.exited(now);
+        self.restart_at = Some(now + delay);
+        tracing::warn!(
+            "{} exited ({status}); restarting in {} s",
+            self.name,
+            delay.as_secs_f64()
+        );
     }
 }
 
@@ -97,7 +191,14 @@ pub fn plan(
     }
 }
 
-pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs until `shutdown`; then stops the children, at once if `again`
+/// fires (a second Ctrl-C).
+pub async fn run(
+    common: &Common,
+    args: UpArgs,
+    shutdown: CancellationToken,
+    again: CancellationToken,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the warren binary")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
@@ -106,7 +207,13 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
     let amqp_url_file = data.join("amqp-url");
     write_private(&amqp_url_file, &common.amqp_url)
         .with_context(|| format!("writing {}", amqp_url_file.display()))?;
+    let launch = Launch {
+        exe: &exe,
+        common,
+        amqp_url_file: &amqp_url_file,
+    };
     let path = |p: &Path| p.to_string_lossy().into_owned();
+    let git_timeout = args.git.git_timeout.as_secs_f64().to_string();
 
     let mut services = vec![
         Supervised::new(
@@ -117,6 +224,8 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
                 path(&data.join("dispatcher")),
                 "--http".into(),
                 args.http.to_string(),
+                "--git-timeout".into(),
+                git_timeout.clone(),
             ],
         ),
         Supervised::new(
@@ -127,6 +236,8 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
                 args.interval.as_secs_f64().to_string(),
                 "--state".into(),
                 path(&data.join("observer-state.json")),
+                "--git-timeout".into(),
+                git_timeout.clone(),
                 args.repo.clone(),
             ],
         ),
@@ -142,6 +253,8 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
             args.job_timeout.as_secs_f64().to_string(),
             "--grace".into(),
             RUNNER_GRACE_SECS.into(),
+            "--git-timeout".into(),
+            git_timeout.clone(),
         ];
         if let Some(command) = &args.test_command {
             runner.extend(["--test-command".into(), command.clone()]);
@@ -154,19 +267,17 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
         let name = format!("runner-{next_runner}");
         next_runner += 1;
         let mut runner = Supervised::new(name.clone(), runner_args(&name));
-        runner.child = Some(
-            spawn(&exe, common, &amqp_url_file, &runner.args)
-                .with_context(|| format!("starting {name}"))?,
-        );
+        runner
+            .start(&launch)
+            .with_context(|| format!("starting {name}"))?;
         runners.push(runner);
         Ok(())
     };
 
     for service in &mut services {
-        service.child = Some(
-            spawn(&exe, common, &amqp_url_file, &service.args)
-                .with_context(|| format!("starting the {}", service.name))?,
-        );
+        service
+            .start(&launch)
+            .with_context(|| format!("starting the {}", service.name))?;
     }
     for _ in 0..args.runners.min.max(1).min(args.runners.max) {
         new_runner(&mut runners)?;
@@ -192,17 +303,7 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
             _ = check.tick() => {}
         }
         for service in services.iter_mut().chain(runners.iter_mut()) {
-            if let Some(status) = exited(service) {
-                if service.retiring {
-                    continue;
-                }
-                tracing::warn!(child = %service.name, %status, "child exited; restarting it");
-                service.child = spawn(&exe, common, &amqp_url_file, &service.args)
-                    .map_err(
-                        |err| tracing::error!(child = %service.name, "cannot restart: {err:#}"),
-                    )
-                    .ok();
-            }
+            service.supervise(&launch);
         }
         runners.retain(|r| !(r.retiring && r.child.is_none()));
         if let Some(manager) = manager.as_mut() {
@@ -234,21 +335,52 @@ pub async fn run(common: &Common, args: UpArgs, shutdown: CancellationToken) -> 
         }
     }
 
-    // Stop: SIGTERM everyone, wait, then SIGKILL stragglers.
+    // Stop: SIGTERM everyone and wait, then SIGKILL those left, when the
+    // grace is over or at once on a second signal.
     let mut everyone: Vec<Supervised> = runners.into_iter().chain(services).collect();
     for child in &everyone {
         signal(child, libc::SIGTERM);
     }
-    for supervised in &mut everyone {
-        if let Some(child) = supervised.child.as_mut() {
-            if tokio::time::timeout(STOP_GRACE, child.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(child = %supervised.name, "did not stop in time; killing it");
-                let _ = child.kill().await;
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let mut forced = false;
+    loop {
+        let mut running = Vec::new();
+        for supervised in &mut everyone {
+            if let Some(child) = supervised.child.as_mut() {
+                if matches!(child.try_wait(), Ok(None)) {
+                    running.push(supervised.name.clone());
+                }
             }
         }
+        if running.is_empty() {
+            break;
+        }
+        if again.is_cancelled() {
+            tracing::warn!(children = ?running, "second signal: killing every child now");
+            forced = true;
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(children = ?running, "did not stop in time; killing them");
+            break;
+        }
+        tokio::select! {
+            _ = again.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    for supervised in &mut everyone {
+        if let Some(child) = supervised.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+    for supervised in &mut everyone {
+        if let Some(child) = supervised.child.as_mut() {
+            let _ = child.wait().await;
+        }
+    }
+    if forced {
+        anyhow::bail!("stopped at once by a second signal; the children were killed");
     }
     println!("Warren stopped");
     Ok(())
@@ -354,36 +486,42 @@ impl Manager {
     }
 }
 
-/// Starts `warren ARGS` with the common settings passed in the environment,
-/// and the broker URL in the file `amqp_url_file` (so its password is in
-/// neither `ps` nor any process's environment). The child gets SIGTERM if
-/// this process dies, so nothing is left behind.
-fn spawn(
-    exe: &Path,
-    common: &Common,
-    amqp_url_file: &Path,
-    args: &[String],
-) -> anyhow::Result<Child> {
-    let mut command = Command::new(exe);
-    command
-        .args(args)
-        .env_remove("WARREN_AMQP_URL")
-        .env("WARREN_AMQP_URL_FILE", amqp_url_file)
-        .env("WARREN_NAMESPACE", &common.namespace)
-        .env("WARREN_DELIVERY_LIMIT", common.delivery_limit.to_string())
-        .env(
-            "WARREN_MAX_MESSAGE_BYTES",
-            common.max_message_bytes.to_string(),
-        )
-        .stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
+/// How `up` starts its children: this binary, the common settings, and
+/// the file holding the broker URL.
+struct Launch<'a> {
+    exe: &'a Path,
+    common: &'a Common,
+    amqp_url_file: &'a Path,
+}
+
+impl Launch<'_> {
+    /// Starts `warren ARGS` with the common settings passed in the
+    /// environment, and the broker URL in the file `amqp_url_file` (so its
+    /// password is in neither `ps` nor any process's environment). The
+    /// child gets SIGTERM if this process dies, so nothing is left behind.
+    fn spawn(&self, args: &[String]) -> anyhow::Result<Child> {
+        let common = self.common;
+        let mut command = Command::new(self.exe);
+        command
+            .args(args)
+            .env_remove("WARREN_AMQP_URL")
+            .env("WARREN_AMQP_URL_FILE", self.amqp_url_file)
+            .env("WARREN_NAMESPACE", &common.namespace)
+            .env("WARREN_DELIVERY_LIMIT", common.delivery_limit.to_string())
+            .env(
+                "WARREN_MAX_MESSAGE_BYTES",
+                common.max_message_bytes.to_string(),
+            )
+            .stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        Ok(command.spawn()?)
     }
-    Ok(command.spawn()?)
 }
 
 /// Writes `content` to `path`, readable by this user only (0600), in one
@@ -408,6 +546,41 @@ mod tests {
 
     fn names(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("runner-{i}")).collect()
+    }
+
+    #[test]
+    fn restarts_wait_twice_as_long_each_time_up_to_thirty_seconds() {
+        let mut backoff = Backoff::new();
+        let mut now = Instant::now();
+        let mut delays = Vec::new();
+        for _ in 0..9 {
+            backoff.started(now);
+            now += Duration::from_secs(1); // crashes a second after each start
+            let delay = backoff.exited(now);
+            delays.push(delay.as_secs_f64());
+            now += delay;
+        }
+        assert_eq!(delays, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]);
+        // A start that failed counts like an exit.
+        assert_eq!(backoff.exited(now), Backoff::MAX);
+    }
+
+    #[test]
+    fn a_minute_of_health_starts_the_pauses_over() {
+        let mut backoff = Backoff::new();
+        let start = Instant::now();
+        for _ in 0..4 {
+            backoff.started(start);
+            backoff.exited(start);
+        }
+        backoff.started(start);
+        let almost = start + Backoff::HEALTHY_AFTER - Duration::from_millis(1);
+        assert_eq!(backoff.exited(almost), Duration::from_secs(8));
+        backoff.started(almost);
+        let healthy = almost + Backoff::HEALTHY_AFTER;
+        assert_eq!(backoff.exited(healthy), Backoff::FIRST);
+        backoff.started(healthy);
+        assert_eq!(backoff.exited(healthy), Duration::from_secs(1));
     }
 
     #[test]

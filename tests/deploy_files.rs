@@ -655,6 +655,24 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
         (job_timeout + grace) * 1000.0 < timeout_ms as f64,
         "consumer_timeout {timeout_ms} ms must exceed job timeout {job_timeout} s + grace {grace} s"
     );
+    // An unreachable repository holds a job for three tries of its clone
+    // or fetch, each up to the git timeout.
+    let default_git = seconds(
+        &runner_help
+            .default_of("--git-timeout")
+            .expect("--git-timeout default"),
+    );
+    let git_timeout = environment(runner)
+        .get("WARREN_GIT_TIMEOUT")
+        .cloned()
+        .flatten()
+        .map(|v| seconds(&interpolate_defaults(&v)))
+        .unwrap_or(default_git)
+        .max(default_git);
+    assert!(
+        3.0 * git_timeout * 1000.0 < timeout_ms as f64,
+        "consumer_timeout {timeout_ms} ms must exceed 3 tries of the git timeout {git_timeout} s"
+    );
 
     // --- the broker's files: mounted from the repository where rabbitmq.conf expects them
     let mounts: BTreeMap<String, String> = strings(&broker["volumes"])

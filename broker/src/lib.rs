@@ -19,7 +19,7 @@ pub use consume::{dead_letter, header_string, Incoming};
 pub use lapin::message::Delivery;
 pub use lapin::Consumer;
 pub use names::Names;
-pub use publisher::Publisher;
+pub use publisher::{Confirm, Publisher};
 
 /// Errors from talking to RabbitMQ, with the operation that failed.
 #[derive(Debug, thiserror::Error)]

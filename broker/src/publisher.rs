@@ -1,9 +1,10 @@
 //! Publishing with publisher confirms: a publish returns only once the
-//! broker has taken responsibility for the message.
+//! broker has taken responsibility for the message, or hands back the
+//! confirm to wait for, so that a batch can be in flight at once.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde::Serialize;
 
 use crate::message::encode;
@@ -35,6 +36,20 @@ impl Publisher {
             .await
     }
 
+    /// Publishes `message` as persistent JSON without waiting for the
+    /// confirm, so that several publishes can be in flight at once (the
+    /// broker confirms a channel's publishes in order). The message is the
+    /// broker's only once [`Confirm::wait`] says so.
+    pub async fn publish_in_flight<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &T,
+    ) -> Result<Confirm> {
+        self.send(exchange, routing_key, &encode(message), Vec::new())
+            .await
+    }
+
     /// Publishes raw bytes with extra string headers and waits for the
     /// confirm.
     pub async fn publish_raw(
@@ -44,6 +59,19 @@ impl Publisher {
         body: &[u8],
         headers: Vec<(String, String)>,
     ) -> Result<()> {
+        self.send(exchange, routing_key, body, headers)
+            .await?
+            .wait()
+            .await
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: Vec<(String, String)>,
+    ) -> Result<Confirm> {
         let mut table = FieldTable::default();
         for (key, value) in headers {
             table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
@@ -52,7 +80,7 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(table);
-        self.publish_with(exchange, routing_key, body, properties)
+        self.send_with(exchange, routing_key, body, properties)
             .await
     }
 
@@ -65,7 +93,20 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<()> {
-        let confirm = self
+        self.send_with(exchange, routing_key, body, properties)
+            .await?
+            .wait()
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Confirm> {
+        let pending = self
             .channel
             .basic_publish(
                 exchange.into(),
@@ -75,17 +116,32 @@ impl Publisher {
                 properties,
             )
             .await
-            .map_err(BrokerError::amqp(format!("publishing to {exchange}")))?
-            .await
-            .map_err(BrokerError::amqp(format!(
-                "waiting for the confirm from {exchange}"
-            )))?;
-        if confirm.is_ack() {
+            .map_err(BrokerError::amqp(format!("publishing to {exchange}")))?;
+        Ok(Confirm {
+            pending,
+            exchange: exchange.to_string(),
+        })
+    }
+}
+
+/// The broker's answer to one publish, still to come.
+#[must_use = "a publish is not the broker's until its confirm is awaited"]
+pub struct Confirm {
+    pending: PublisherConfirm,
+    exchange: String,
+}
+
+impl Confirm {
+    /// Waits until the broker took the message (or refused it).
+    pub async fn wait(self) -> Result<()> {
+        let exchange = self.exchange;
+        let confirmation = self.pending.await.map_err(BrokerError::amqp(format!(
+            "waiting for the confirm from {exchange}"
+        )))?;
+        if confirmation.is_ack() {
             Ok(())
         } else {
-            Err(BrokerError::Nacked {
-                exchange: exchange.to_string(),
-            })
+            Err(BrokerError::Nacked { exchange })
         }
     }
 }

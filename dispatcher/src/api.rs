@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use broker::message::{validate_branch, validate_commit, validate_repo, Job};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{CommitMatch, JobQuery, JobRecord, Store, AMBIGUOUS_LISTED, STATUSES};
@@ -36,6 +36,11 @@ pub struct AppState {
     pub api_token: Option<String>,
     pub heartbeat: Duration,
     pub management_url: String,
+    /// How long the trigger's `git ls-remote` may take.
+    pub git_timeout: Duration,
+    /// Fires when the dispatcher stops: live-view streams end then, so the
+    /// server's graceful shutdown is not held up by open dashboards.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -273,11 +278,19 @@ async fn trigger(
             );
         }
         let reference = format!("refs/heads/{target}");
+        // No lock is held here: a slow server delays this request only.
         let listed = match git::Git::anywhere()
+            .with_timeout(state.git_timeout)
             .run(&["ls-remote", "--", &repo, &reference])
             .await
         {
             Ok(listed) => listed,
+            Err(e) if e.is_timeout() => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("cannot read {repo}: {e}"),
+                )
+            }
             Err(e) => return error(StatusCode::BAD_GATEWAY, format!("cannot read {repo}: {e}")),
         };
         let Some(commit) = listed
@@ -344,49 +357,28 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
-/// `GET /api/events`: server-sent events, one `job` event per change.
+/// `GET /api/events`: server-sent events, one `job` event per change. The
+/// stream is polled by the client's connection (no task of its own) and
+/// ends when the dispatcher stops.
 async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let mut updates = state.updates.subscribe();
-    let stream = async_stream(move |yielder| async move {
-        loop {
-            match updates.recv().await {
-                Ok(job) => {
-                    let data = serde_json::to_string(&JobView::from(job)).unwrap_or_default();
-                    if yielder
-                        .send(Ok(SseEvent::default().event("job").data(data)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Too slow a client: tell it to reload.
-                    let _ = yielder
-                        .send(Ok(SseEvent::default().event("reload").data("{}")))
-                        .await;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+    use tokio::sync::broadcast::error::RecvError;
+    let updates = state.updates.subscribe();
+    let stream = futures::stream::unfold(updates, |mut updates| async move {
+        let event = match updates.recv().await {
+            Ok(job) => {
+                let data = serde_json::to_string(&JobView::from(job)).unwrap_or_default();
+                SseEvent::default().event("job").data(data)
             }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
-/// A stream fed by a task through a small channel.
-fn async_stream<T, F, Fut>(produce: F) -> impl Stream<Item = T>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(produce(tx));
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+            // Too slow a client: tell it to reload.
+            Err(RecvError::Lagged(_)) => SseEvent::default().event("reload").data("{}"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), updates))
     })
+    .take_until(state.stopping.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -4,6 +4,11 @@
 //! leases on running jobs and acts when a runner freezes, and serves the
 //! JSON API and the dashboard. If it is down, jobs keep running and results
 //! wait in its durable queues.
+//!
+//! Every task it starts is tracked ([`tasks::Tasks`]) and awaited when it
+//! stops. One that should run as long as the dispatcher (the HTTP server,
+//! the notifier) and ends anyway stops it with an error, so that Compose or
+//! systemd restarts it, rather than leaving it running without that part.
 
 pub mod api;
 pub mod dashboard;
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use broker::{BrokerConfig, BrokerError};
+use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
 use crate::leases::Leases;
@@ -51,13 +57,20 @@ pub struct DispatcherConfig {
     pub webhook_secret: Option<String>,
     /// Token that state-changing API calls must carry, if set.
     pub api_token: Option<String>,
+    /// How long one git call (the trigger's `ls-remote`) may take.
+    pub git_timeout: Duration,
 }
+
+/// How long the dispatcher's tasks get to end once it stops (the whole
+/// stop must fit in 2 s).
+const STOP_TASKS_WITHIN: Duration = Duration::from_millis(1500);
 
 /// The broker connection while there is one, for the API's actions
 /// (rerun, trigger) and queue statistics.
 pub type BrokerSlot = Arc<RwLock<Option<Arc<broker::Broker>>>>;
 
-/// Runs the dispatcher until `shutdown` fires.
+/// Runs the dispatcher until `shutdown` fires, or until one of its
+/// lifetime tasks ends (an error).
 pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir).with_context(|| {
         format!(
@@ -81,12 +94,21 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             leases.grant(&job.id, runner, connection, now);
         }
     }
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen on --http {}", config.http))?;
+    let address = listener.local_addr().unwrap_or(config.http);
+
+    // Everything below stops on `stopping`: on shutdown, or when a lifetime
+    // task died.
+    let tasks = Tasks::new(&shutdown);
+    let stopping = tasks.stopping().clone();
     let (updates, _) = tokio::sync::broadcast::channel(1024);
     let notifier = notify::Notifier::start(
         config.webhooks.clone(),
         config.webhook_secret.clone(),
         store.clone(),
-        shutdown.clone(),
+        &tasks,
     );
     let recorder = Recorder {
         store: store.clone(),
@@ -97,13 +119,10 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         notifier,
         max_message_bytes: config.broker.max_message_bytes,
         settings: config.broker.settings,
+        tasks: tasks.clone(),
     };
     let broker_slot: BrokerSlot = Arc::new(RwLock::new(None));
 
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("cannot listen on --http {}", config.http))?;
-    let address = listener.local_addr().unwrap_or(config.http);
     tracing::info!("dashboard and API on http://{address}");
     let app = api::router(api::AppState {
         store: store.clone(),
@@ -112,28 +131,61 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         api_token: config.api_token.clone(),
         heartbeat: config.heartbeat,
         management_url: config.management_url.clone(),
+        git_timeout: config.git_timeout,
+        stopping: stopping.clone(),
     });
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
+    let http_stopping = stopping.clone();
+    tasks.lifetime("the HTTP server", async move {
+        // Waits for every connection to end; live-view streams end on
+        // `stopping` (see api::events).
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(http_stopping.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::error!("HTTP server: {err}");
+        }
     });
 
+    let recording = record(&config, &recorder, &broker_slot, &stopping);
+    tokio::pin!(recording);
+    let outcome = tokio::select! {
+        recorded = &mut recording => recorded,
+        died = tasks.died() => {
+            tracing::error!("{died} while the dispatcher was running; stopping it");
+            stopping.cancel();
+            // Finish what is in flight, as on a shutdown.
+            let _ = tokio::time::timeout(Duration::from_secs(5), recording).await;
+            Err(anyhow::anyhow!("{died}"))
+        }
+    };
+    tasks.stop(STOP_TASKS_WITHIN).await;
+    tracing::info!("dispatcher stopped");
+    outcome
+}
+
+/// Records what the broker delivers, reconnecting as needed, until
+/// `stopping` fires.
+async fn record(
+    config: &DispatcherConfig,
+    recorder: &Recorder,
+    broker_slot: &BrokerSlot,
+    stopping: &CancellationToken,
+) -> anyhow::Result<()> {
     let connection_name = format!("warren-dispatcher-{}", std::process::id());
-    while !shutdown.is_cancelled() {
+    while !stopping.is_cancelled() {
         let broker =
-            match broker::connect_with_retry(&config.broker, &connection_name, &shutdown).await {
+            match broker::connect_with_retry(&config.broker, &connection_name, stopping).await {
                 Ok(broker) => broker,
                 Err(BrokerError::Shutdown) => break,
                 Err(err) => return Err(err.into()),
             };
         let broker = Arc::new(broker);
-        set_broker(&broker_slot, Some(broker.clone()));
-        let ended = recorder.session(&broker, &shutdown).await;
-        set_broker(&broker_slot, None);
+        set_broker(broker_slot, Some(broker.clone()));
+        let ended = recorder.session(&broker, stopping).await;
+        set_broker(broker_slot, None);
+        let store_failed = matches!(ended, Err(RecordError::Store(_)));
         match ended {
-            Ok(()) if shutdown.is_cancelled() => {}
+            Ok(()) if stopping.is_cancelled() => {}
             Ok(()) => tracing::warn!("a consumer stopped; reconnecting"),
             Err(RecordError::Broker(err)) => {
                 tracing::warn!("lost the broker ({err}); reconnecting")
@@ -144,22 +196,17 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
                 tracing::error!(
                     "cannot write to the store ({err}); nothing is lost (unrecorded messages wait in the broker); retrying in {} s",
                     STORE_RETRY.as_secs()
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(STORE_RETRY) => {}
-                }
+                )
             }
         }
         broker.close().await;
+        if store_failed {
+            tokio::select! {
+                _ = stopping.cancelled() => {}
+                _ = tokio::time::sleep(STORE_RETRY) => {}
+            }
+        }
     }
-    shutdown.cancel();
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!("HTTP server: {err}"),
-        Err(err) => tracing::warn!("HTTP server task: {err}"),
-    }
-    tracing::info!("dispatcher stopped");
     Ok(())
 }
 

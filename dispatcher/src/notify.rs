@@ -16,7 +16,8 @@
 //!
 //! The notification queue lives in memory: a notification still queued or
 //! being retried when the dispatcher stops is not sent (a warning says how
-//! many).
+//! many). The tasks are the dispatcher's lifetime tasks: one that ends
+//! while the dispatcher runs stops it with an error.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
+use tasks::Tasks;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
@@ -212,14 +214,15 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the sender if any webhook is configured.
+    /// Starts the senders, as lifetime tasks of `tasks`, if any webhook is
+    /// configured.
     pub fn start(
         webhooks: Vec<String>,
         secret: Option<String>,
         store: Store,
-        shutdown: CancellationToken,
+        tasks: &Tasks,
     ) -> Notifier {
-        Notifier::start_with(webhooks, secret, store, Retry::default(), shutdown)
+        Notifier::start_with(webhooks, secret, store, Retry::default(), tasks)
     }
 
     /// [`Notifier::start`] with a retry policy of one's own.
@@ -228,7 +231,7 @@ impl Notifier {
         secret: Option<String>,
         store: Store,
         retry: Retry,
-        shutdown: CancellationToken,
+        tasks: &Tasks,
     ) -> Notifier {
         if webhooks.is_empty() {
             return Notifier { queue: None };
@@ -270,12 +273,19 @@ impl Notifier {
                     client: client.clone(),
                     retry,
                 };
-                tokio::spawn(webhook.run(rx, shutdown.clone()));
+                tasks.lifetime(
+                    format!("the sender to webhook {}", webhook.label),
+                    webhook.run(rx, tasks.stopping().clone()),
+                );
                 tx
             })
             .collect();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(decide_all(rx, senders, secret, store, shutdown));
+        let stopping = tasks.stopping().clone();
+        tasks.lifetime(
+            "the notifier",
+            decide_all(rx, senders, secret, store, stopping),
+        );
         Notifier { queue: Some(tx) }
     }
 
@@ -723,9 +733,8 @@ mod tests {
         // Recorded before this notifier started: a failure.
         let before = finish('a', Outcome::Failed);
         let (url, seen) = receiver(vec![200]).await;
-        let shutdown = CancellationToken::new();
-        let notifier =
-            Notifier::start_with(vec![url], None, store.clone(), quick(), shutdown.clone());
+        let tasks = Tasks::new(&CancellationToken::new());
+        let notifier = Notifier::start_with(vec![url], None, store.clone(), quick(), &tasks);
         for (commit, outcome) in [
             ('b', Outcome::Passed),
             ('c', Outcome::Timeout),
@@ -769,6 +778,6 @@ mod tests {
                 e("fixed", "e", "d")
             ]
         );
-        shutdown.cancel();
+        assert!(tasks.stop(Duration::from_secs(5)).await);
     }
 }

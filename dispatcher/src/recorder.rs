@@ -57,6 +57,9 @@ pub struct Recorder {
     /// The deployment's delivery limit, for the reason of a job the broker
     /// dead-lettered.
     pub settings: TopologySettings,
+    /// The dispatcher's tasks: lease expiries run there, tracked, and are
+    /// dropped when it stops.
+    pub tasks: tasks::Tasks,
 }
 
 impl Recorder {
@@ -400,13 +403,16 @@ impl Recorder {
                 tracing::warn!(job = %lease.job_id, runner = %lease.runner, "lease expired: the runner stopped sending heartbeats");
                 // Off the watcher's loop: finding the connection may take a
                 // few seconds (below).
-                tokio::spawn(expire(
-                    self.management.clone(),
-                    publisher.clone(),
-                    names.clone(),
-                    lease,
-                    job.to_job(),
-                ));
+                self.tasks.spawn(
+                    format!("the expiry of job {}'s lease", lease.job_id),
+                    expire(
+                        self.management.clone(),
+                        publisher.clone(),
+                        names.clone(),
+                        lease,
+                        job.to_job(),
+                    ),
+                );
             }
         }
     }

@@ -2,12 +2,15 @@
 //! watched branch into one job, oldest first.
 //!
 //! It remembers the last published commit per branch in a state file, and
-//! writes it only after the broker confirmed the publish, so a restart never
-//! skips a commit. A crash between the broker taking a publish and the
-//! state file recording it would repeat that commit; to close that window
-//! the state file also says when publishes are in flight, and a restart that
-//! finds them asks the broker's ledger (a bounded copy of every job
-//! published, see `Names::ledger_queue`) which commits it took.
+//! writes it only after the broker confirmed the publishes, so a restart
+//! never skips a commit. A poll's commits go out in batches: each batch's
+//! publishes are in flight together, their confirms awaited in order, and
+//! the state written once per batch, off the async runtime. A crash between
+//! the broker taking a publish and the state file recording it would repeat
+//! that commit; to close that window the state file also says when
+//! publishes are in flight, and a restart that finds them asks the broker's
+//! ledger (a bounded copy of every job published, see `Names::ledger_queue`)
+//! which commits it took.
 
 mod source;
 mod state;
@@ -20,8 +23,13 @@ use broker::message::{validate_branch, Job};
 use broker::{Broker, BrokerConfig, Publisher};
 use tokio_util::sync::CancellationToken;
 
-pub use source::RepoSource;
-pub use state::{State, StateError};
+pub use source::{NewCommit, RepoSource};
+pub use state::{State, StateError, StateFile};
+
+/// Publishes in flight at once, at most. Well below the ledger's 1,000
+/// entries, so that after a crash every publish whose fate is unknown is
+/// still in the ledger.
+const BATCH: usize = 256;
 
 /// Everything the observer needs.
 #[derive(Debug, Clone)]
@@ -33,21 +41,19 @@ pub struct ObserverConfig {
     pub branches: Vec<String>,
     pub interval: Duration,
     pub state_file: PathBuf,
+    /// How long one git call may take before it is killed.
+    pub git_timeout: Duration,
 }
 
 /// Runs the observer until `shutdown` fires.
 pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state_file = config.state_file.clone();
-    let mut state = State::load(&state_file)?;
-    let source = RepoSource::open(&config.repo, &state_file).await?;
+    let file = StateFile::new(config.state_file.clone());
+    let mut state = file.load().await?;
+    let source = RepoSource::open(&config.repo, &config.state_file, config.git_timeout).await?;
     state.check_repo(source.location())?;
-    let branches = if config.branches.is_empty() {
-        vec![source
-            .head_branch()
-            .await
-            .context("finding the repository's HEAD branch")?]
-    } else {
-        config.branches.clone()
+    let Some(branches) = watched_branches(&source, &config, &shutdown).await? else {
+        tracing::info!("observer stopped");
+        return Ok(());
     };
     for branch in &branches {
         validate_branch(branch).map_err(|e| anyhow::anyhow!("--branch {branch:?}: {e}"))?;
@@ -91,7 +97,7 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                 &source,
                 &branches,
                 &mut state,
-                &state_file,
+                &file,
                 broker,
                 config.broker.max_message_bytes,
             )
@@ -118,16 +124,17 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                 Err(PollError::State(err)) => return Err(err.into()),
             }
         }
-        match poll_once(
-            &source,
-            &branches,
-            &mut state,
-            &state_file,
-            broker,
-            publisher,
-        )
-        .await
-        {
+        // A fetch from a stalled server lasts up to --git-timeout: shutting
+        // down does not wait for it (dropping the call kills git).
+        let refreshed = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            refreshed = source.refresh() => refreshed,
+        };
+        let polled = match refreshed {
+            Ok(()) => poll_once(&source, &branches, &mut state, &file, broker, publisher).await,
+            Err(err) => Err(PollError::Repo(err)),
+        };
+        match polled {
             Ok(()) => {}
             Err(PollError::Broker(err)) => {
                 tracing::warn!("lost the broker while publishing ({err}); reconnecting");
@@ -136,7 +143,7 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                 // all confirmed, a restart must publish them again instead.
                 if state.publishing() && !state.broker_failed() {
                     state.set_broker_failed();
-                    state.save(&state_file)?;
+                    file.save(&state).await?;
                 }
                 if let Some((broker, _)) = session.take() {
                     broker.close().await;
@@ -158,6 +165,43 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
     Ok(())
 }
 
+/// The branches to watch: those configured, or the repository's HEAD
+/// branch. For a URL that takes the mirror, which the server may not give
+/// yet (down, or stalled until the git timeout): each failure is logged and
+/// tried again after an interval. `None`: shut down meanwhile.
+async fn watched_branches(
+    source: &RepoSource,
+    config: &ObserverConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Vec<String>>> {
+    if !config.branches.is_empty() {
+        return Ok(Some(config.branches.clone()));
+    }
+    loop {
+        let found = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            found = async {
+                source.refresh().await?;
+                source
+                    .head_branch()
+                    .await
+                    .context("finding the repository's HEAD branch")
+            } => found,
+        };
+        match found {
+            Ok(branch) => return Ok(Some(vec![branch])),
+            Err(err) if source.is_mirror() => {
+                tracing::warn!("cannot read the repository: {err:#}")
+            }
+            Err(err) => return Err(err),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(config.interval) => {}
+        }
+    }
+}
+
 enum PollError {
     Broker(broker::BrokerError),
     Repo(anyhow::Error),
@@ -171,7 +215,7 @@ async fn reconcile_with_ledger(
     source: &RepoSource,
     branches: &[String],
     state: &mut State,
-    state_file: &std::path::Path,
+    file: &StateFile,
     broker: &Broker,
     max_message_bytes: usize,
 ) -> Result<(), PollError> {
@@ -205,21 +249,23 @@ async fn reconcile_with_ledger(
         }
     }
     state.set_publishing(false);
-    state.save(state_file).map_err(PollError::State)?;
+    file.save(state).await.map_err(PollError::State)?;
     Ok(())
 }
 
-/// One poll: refresh the repository, then publish every new commit of every
-/// branch, oldest first, recording each after its confirm.
+/// One poll of a refreshed repository: publish every new commit of every
+/// branch, oldest first, in batches of at most [`BATCH`]. The state is
+/// written ahead (publishes in flight), then once per batch after its
+/// confirms, naming only commits the broker confirmed.
 async fn poll_once(
     source: &RepoSource,
     branches: &[String],
     state: &mut State,
-    state_file: &std::path::Path,
+    file: &StateFile,
     broker: &Broker,
     publisher: &Publisher,
 ) -> Result<(), PollError> {
-    source.refresh().await.map_err(PollError::Repo)?;
+    let mut new: Vec<(&str, NewCommit)> = Vec::new();
     for branch in branches {
         let Some(head) = source.branch_head(branch).await.map_err(PollError::Repo)? else {
             tracing::debug!(branch, "branch does not exist (yet)");
@@ -233,27 +279,207 @@ async fn poll_once(
             .new_commits(last.as_deref(), &head)
             .await
             .map_err(PollError::Repo)?;
-        if !commits.is_empty() && !state.publishing() {
-            // Written ahead: a crash from here on leaves the flag set.
-            state.set_publishing(true);
-            state.save(state_file).map_err(PollError::State)?;
-        }
-        for commit in commits {
-            let mut job = Job::for_commit(source.location(), branch, &commit.id);
-            job.subject = Some(commit.subject);
-            job.author = Some(commit.author);
-            publisher
-                .publish(&broker.names().jobs_exchange(), "", &job)
-                .await
-                .map_err(PollError::Broker)?;
-            state.set_last(branch, &commit.id);
-            state.save(state_file).map_err(PollError::State)?;
-            tracing::info!(job = %job.id, branch, commit = %commit.id, "job queued");
-        }
+        new.extend(commits.into_iter().map(|commit| (branch.as_str(), commit)));
     }
-    if state.publishing() {
-        state.set_publishing(false);
-        state.save(state_file).map_err(PollError::State)?;
+    if new.is_empty() {
+        // A poll cut short by the broker may have left the flag set.
+        if state.publishing() {
+            state.set_publishing(false);
+            file.save(state).await.map_err(PollError::State)?;
+        }
+        return Ok(());
+    }
+    if !state.publishing() {
+        // Written ahead: a crash from here on leaves the flag set.
+        state.set_publishing(true);
+        file.save(state).await.map_err(PollError::State)?;
+    }
+    let exchange = broker.names().jobs_exchange();
+    let batches = new.len().div_ceil(BATCH);
+    for (number, batch) in new.chunks(BATCH).enumerate() {
+        let mut in_flight = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for (branch, commit) in batch {
+            let mut job = Job::for_commit(source.location(), branch, &commit.id);
+            job.subject = Some(commit.subject.clone());
+            job.author = Some(commit.author.clone());
+            match publisher.publish_in_flight(&exchange, "", &job).await {
+                Ok(confirm) => in_flight.push((branch, commit, job.id, confirm)),
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        // Confirms come in publish order; the state moves to the end of the
+        // unbroken run of confirmed publishes and no further.
+        let mut confirmed = 0;
+        for (branch, commit, id, confirm) in in_flight {
+            if failed.is_some() {
+                break;
+            }
+            match confirm.wait().await {
+                Ok(()) => {
+                    state.set_last(branch, &commit.id);
+                    confirmed += 1;
+                    tracing::info!(job = %id, branch, commit = %commit.id, "job queued");
+                }
+                Err(err) => failed = Some(err),
+            }
+        }
+        let all_done = failed.is_none() && number + 1 == batches;
+        if all_done {
+            state.set_publishing(false);
+        }
+        if confirmed > 0 || all_done {
+            file.save(state).await.map_err(PollError::State)?;
+        }
+        if let Some(err) = failed {
+            return Err(PollError::Broker(err));
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// A repository whose `main` has `count` commits, made in one go by
+    /// `git fast-import`; returns them oldest first.
+    fn repo_with_commits(dir: &std::path::Path, count: usize) -> Vec<String> {
+        let git = |args: &[&str]| {
+            let mut command = Command::new("git");
+            command.arg("-C").arg(dir).args(args);
+            command
+        };
+        assert!(git(&["init", "-q", "-b", "main"])
+            .status()
+            .expect("init")
+            .success());
+        let mut stream = String::new();
+        for i in 1..=count {
+            let (message, content) = (format!("c{i}"), i.to_string());
+            stream.push_str(&format!(
+                "commit refs/heads/main\nmark :{i}\ncommitter T <t@e> {} +0000\ndata {}\n{message}\n",
+                1_700_000_000 + i,
+                message.len()
+            ));
+            if i > 1 {
+                stream.push_str(&format!("from :{}\n", i - 1));
+            }
+            stream.push_str(&format!(
+                "M 644 inline f\ndata {}\n{content}\n\n",
+                content.len()
+            ));
+        }
+        let mut import = git(&["fast-import", "--quiet"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("fast-import");
+        import
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stream.as_bytes())
+            .expect("write");
+        assert!(import.wait().expect("wait").success());
+        let listed = git(&["rev-list", "--reverse", "main"])
+            .output()
+            .expect("rev-list");
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Deletes the test's namespace, also when the test fails.
+    struct DeleteNamespace(BrokerConfig);
+
+    impl Drop for DeleteNamespace {
+        fn drop(&mut self) {
+            let config = self.0.clone();
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new().expect("runtime");
+                runtime.block_on(async {
+                    let never = CancellationToken::new();
+                    let delete = broker::delete_namespace(&config, &never);
+                    let _ = tokio::time::timeout(Duration::from_secs(20), delete).await;
+                });
+            })
+            .join();
+        }
+    }
+
+    /// Through the real broker on 127.0.0.1:5672 (as every test here is).
+    #[tokio::test]
+    async fn a_polls_commits_go_out_in_batches_with_one_state_write_each_after_the_confirms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("mkdir");
+        let commits = repo_with_commits(&repo, 1 + 300);
+        let config = BrokerConfig {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            names: broker::Names::new(format!(
+                "wt-observer-batches-{}-{}",
+                std::process::id(),
+                broker::now_ms()
+            )),
+            settings: Default::default(),
+            max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
+        };
+        let _cleanup = DeleteNamespace(config.clone());
+        let never = CancellationToken::new();
+        let broker = tokio::time::timeout(
+            Duration::from_secs(20),
+            broker::connect_with_retry(&config, "warren-observer-test", &never),
+        )
+        .await
+        .expect("the broker answers on 127.0.0.1:5672")
+        .expect("connect");
+        let publisher = broker.publisher().await.expect("publisher");
+        let source = RepoSource::open(
+            repo.to_str().expect("utf8"),
+            &dir.path().join("state.json"),
+            git::DEFAULT_TIMEOUT,
+        )
+        .await
+        .expect("open");
+        let file = StateFile::new(dir.path().join("state.json"));
+        let mut state = file.load().await.expect("load");
+        state.check_repo(source.location()).expect("repo");
+        state.set_last("main", &commits[0]);
+
+        let branches = ["main".to_string()];
+        let polled = poll_once(&source, &branches, &mut state, &file, &broker, &publisher).await;
+        assert!(polled.is_ok(), "the poll publishes everything");
+
+        let written = file.written.lock().expect("lock").clone();
+        let summary: Vec<(Option<&str>, bool)> = written
+            .iter()
+            .map(|s| (s.last("main"), s.publishing()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                // The in-flight flag, written ahead of the first publish.
+                (Some(commits[0].as_str()), true),
+                // Then once per batch: the first 256, then the last 44.
+                (Some(commits[256].as_str()), true),
+                (Some(commits[300].as_str()), false),
+            ]
+        );
+        // Each commit a write named, the broker had taken, once and in order.
+        let ledger = broker.recent_jobs(config.max_message_bytes).await;
+        let ledger: Vec<String> = ledger
+            .expect("ledger")
+            .into_iter()
+            .map(|j| j.commit)
+            .collect();
+        assert_eq!(ledger, commits[1..]);
+        assert_eq!(State::load(file.path()).expect("load"), state);
+        broker.close().await;
+    }
 }

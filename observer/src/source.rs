@@ -1,7 +1,10 @@
 //! Where the observer reads commits from: a local repository directly, or a
-//! mirror clone of a URL that it fetches on each poll.
+//! mirror clone of a URL that it fetches on each poll. Every git call has
+//! the `--git-timeout` deadline, and making the mirror is part of a poll, so
+//! a server that is down or stalls is retried, never fatal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use git::Git;
@@ -18,6 +21,7 @@ pub struct NewCommit {
 #[derive(Debug, Clone)]
 pub struct RepoSource {
     location: String,
+    /// Git in the repository (a local one, or the mirror).
     git: Git,
     mirrored: bool,
 }
@@ -30,24 +34,21 @@ fn is_url(repo: &str) -> bool {
 }
 
 impl RepoSource {
-    /// Opens a local repository, or clones a URL as a mirror next to the
-    /// state file.
-    pub async fn open(repo: &str, state_file: &Path) -> anyhow::Result<RepoSource> {
+    /// Opens a local repository, or names the mirror of a URL next to the
+    /// state file (made by the first [`RepoSource::refresh`] that reaches
+    /// the server).
+    pub async fn open(
+        repo: &str,
+        state_file: &Path,
+        git_timeout: Duration,
+    ) -> anyhow::Result<RepoSource> {
         if is_url(repo) {
             broker::message::validate_repo(repo).map_err(|e| anyhow!("REPO {repo:?}: {e}"))?;
             let mut mirror = state_file.as_os_str().to_owned();
             mirror.push(".mirror");
-            let mirror = std::path::PathBuf::from(mirror);
-            if !mirror.join("HEAD").exists() {
-                let target = mirror.to_string_lossy().into_owned();
-                Git::anywhere()
-                    .run(&["clone", "--mirror", "--quiet", "--", repo, &target])
-                    .await
-                    .with_context(|| format!("cloning {repo}"))?;
-            }
             return Ok(RepoSource {
                 location: repo.to_string(),
-                git: Git::new(mirror),
+                git: Git::new(PathBuf::from(mirror)).with_timeout(git_timeout),
                 mirrored: true,
             });
         }
@@ -58,7 +59,7 @@ impl RepoSource {
             .ok_or_else(|| anyhow!("repository path {path:?} is not UTF-8"))?
             .to_string();
         broker::message::validate_repo(&location).map_err(|e| anyhow!("REPO {repo:?}: {e}"))?;
-        let git = Git::new(&path);
+        let git = Git::new(&path).with_timeout(git_timeout);
         git.run(&["rev-parse", "--git-dir"])
             .await
             .with_context(|| format!("{location} is not a git repository"))?;
@@ -74,14 +75,51 @@ impl RepoSource {
         &self.location
     }
 
-    /// Brings a mirror up to date; a local repository needs nothing.
+    /// Whether this is a mirror of a URL (which may be unreachable for a
+    /// while) rather than a local repository.
+    pub fn is_mirror(&self) -> bool {
+        self.mirrored
+    }
+
+    /// Brings a mirror up to date, cloning it first if needed; a local
+    /// repository needs nothing.
     pub async fn refresh(&self) -> anyhow::Result<()> {
-        if self.mirrored {
+        if !self.mirrored {
+            return Ok(());
+        }
+        let mirror = self.git.dir().unwrap_or(Path::new("."));
+        if tokio::fs::try_exists(mirror.join("HEAD"))
+            .await
+            .unwrap_or(false)
+        {
             self.git
                 .run(&["fetch", "--prune", "--quiet", "origin"])
                 .await
                 .with_context(|| format!("fetching {}", self.location))?;
+            return Ok(());
         }
+        // Cloned beside it and renamed: a clone cut off half-way never
+        // passes for the mirror.
+        let mut partial = mirror.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let _ = tokio::fs::remove_dir_all(&partial).await;
+        let target = partial.to_string_lossy().into_owned();
+        Git::anywhere()
+            .with_timeout(self.git.timeout())
+            .run(&[
+                "clone",
+                "--mirror",
+                "--quiet",
+                "--",
+                &self.location,
+                &target,
+            ])
+            .await
+            .with_context(|| format!("cloning {}", self.location))?;
+        tokio::fs::rename(&partial, mirror)
+            .await
+            .with_context(|| format!("moving the new mirror to {}", mirror.display()))?;
         Ok(())
     }
 
@@ -237,9 +275,13 @@ mod tests {
             commit(&git, 3).await,
         ];
         let state = dir.path().join("state.json");
-        let source = RepoSource::open(dir.path().to_str().expect("utf8"), &state)
-            .await
-            .expect("open");
+        let source = RepoSource::open(
+            dir.path().to_str().expect("utf8"),
+            &state,
+            git::DEFAULT_TIMEOUT,
+        )
+        .await
+        .expect("open");
         (dir, source, commits)
     }
 
@@ -295,6 +337,39 @@ mod tests {
         assert_eq!(furthest.expect("ok"), Some(c2));
         let furthest = source.furthest_descendant(None, &[]).await;
         assert_eq!(furthest.expect("ok"), None);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_server_times_out_and_leaves_no_half_made_mirror() {
+        // Accepts connections and never answers.
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("git://{}/stalled.git", server.local_addr().expect("addr"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.json");
+        let source = RepoSource::open(&url, &state, Duration::from_millis(300))
+            .await
+            .expect("opening a URL does not reach the server");
+        for _ in 0..2 {
+            let err = format!("{:#}", source.refresh().await.expect_err("stalls"));
+            assert!(
+                err.contains("cloning") && err.contains("timed out"),
+                "{err}"
+            );
+            assert!(!dir.path().join("state.json.mirror").exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_url_is_mirrored_on_the_first_refresh() {
+        let (origin, _source, [_, _, c3]) = three_commits().await;
+        let url = format!("file://{}", origin.path().display());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = RepoSource::open(&url, &dir.path().join("s.json"), git::DEFAULT_TIMEOUT)
+            .await
+            .expect("open");
+        source.refresh().await.expect("clone");
+        assert_eq!(source.branch_head("main").await.expect("ok"), Some(c3));
+        source.refresh().await.expect("fetch");
     }
 
     #[test]

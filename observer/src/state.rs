@@ -1,5 +1,6 @@
 //! The observer's memory: the last published commit per branch, in a JSON
-//! file written atomically (temp file, fsync, rename).
+//! file written atomically (temp file, fsync, rename), off the async
+//! runtime ([`StateFile`]).
 //!
 //! A missing file means "first start"; an unreadable or corrupt one is an
 //! error, never a silent reset that would publish everything again.
@@ -156,6 +157,58 @@ impl State {
         if let Ok(dir) = std::fs::File::open(&dir) {
             let _ = dir.sync_all();
         }
+        Ok(())
+    }
+}
+
+/// The state file, read and written on the blocking pool: an fsync must
+/// not stall the runtime's workers.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+    /// Every state written, in order (tests check when and what).
+    #[cfg(test)]
+    pub(crate) written: std::sync::Arc<std::sync::Mutex<Vec<State>>>,
+}
+
+impl StateFile {
+    pub fn new(path: PathBuf) -> Self {
+        StateFile {
+            path,
+            #[cfg(test)]
+            written: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// [`State::load`], off the runtime.
+    pub async fn load(&self) -> Result<State, StateError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || State::load(&path))
+            .await
+            .map_err(|e| StateError::Read {
+                path: self.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
+    /// [`State::save`], off the runtime.
+    pub async fn save(&self, state: &State) -> Result<(), StateError> {
+        let (path, copy) = (self.path.clone(), state.clone());
+        tokio::task::spawn_blocking(move || copy.save(&path))
+            .await
+            .map_err(|e| StateError::Write {
+                path: self.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        #[cfg(test)]
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(state.clone());
         Ok(())
     }
 }

@@ -6,6 +6,11 @@
 //! runner from a slow test. If the broker goes away mid-test, the test runs
 //! on; the result is kept and delivered after reconnecting, and the
 //! redelivered job is then acked without running it again.
+//!
+//! The control watcher and the heartbeat sender are tasks of the broker
+//! session: tracked, stopped and awaited when it ends. If one of them ends
+//! first, the session ends too (logged) and the runner reconnects, rather
+//! than go on deaf to cancels or silent to the dispatcher.
 
 mod process;
 pub mod supervisor;
@@ -21,6 +26,7 @@ use broker::message::{
 };
 use broker::{Broker, BrokerConfig, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
+use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
 pub use process::{
@@ -53,6 +59,8 @@ pub struct RunnerConfig {
     /// The `warren` binary, whose `supervise` subcommand runs each test
     /// (see [`supervisor`]).
     pub supervisor: PathBuf,
+    /// How long one git call may take before it is killed.
+    pub git_timeout: Duration,
 }
 
 /// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
@@ -88,19 +96,15 @@ struct Current {
 
 type SharedCurrent = Arc<Mutex<Option<Current>>>;
 
-/// Aborts a background task when the session that owns it ends.
-struct TaskGuard(tokio::task::JoinHandle<()>);
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// How long a session's tasks get to end once it is over.
+const SESSION_TASKS_STOP: Duration = Duration::from_secs(2);
 
 /// How a broker session ended.
 enum SessionEnd {
     Shutdown,
     Lost,
+    /// A task of the session ended while the connection was up.
+    TaskEnded,
 }
 
 /// What to do after handling a job.
@@ -134,7 +138,7 @@ struct Runner {
 impl Runner {
     fn new(config: RunnerConfig) -> Self {
         Runner {
-            workspace: Workspace::new(config.workdir.clone()),
+            workspace: Workspace::new(config.workdir.clone()).with_git_timeout(config.git_timeout),
             host: host_name(),
             current: Arc::new(Mutex::new(None)),
             completed: VecDeque::new(),
@@ -170,6 +174,7 @@ impl Runner {
                     break;
                 }
                 Ok(SessionEnd::Lost) => tracing::warn!("lost the broker; reconnecting"),
+                Ok(SessionEnd::TaskEnded) => {}
                 Err(err) => tracing::warn!("lost the broker ({err}); reconnecting"),
             }
             // A channel may be gone (e.g. the broker's consumer timeout)
@@ -203,24 +208,64 @@ impl Runner {
             tracing::info!(job = %result.job.id, outcome = result.outcome.as_str(), "delivered a result kept while the broker was away");
         }
         let mut jobs = broker.consume(&broker.names().work_queue(), 1).await?;
-        let _control = TaskGuard(tokio::spawn(watch_control(
-            broker.consume_control().await?,
-            self.config.broker.max_message_bytes,
-            self.current.clone(),
-            self.config.id.clone(),
-        )));
-        let _heartbeat = TaskGuard(tokio::spawn(send_heartbeats(
-            publisher.clone(),
-            broker.names().events_exchange(),
-            info.clone(),
-            self.current.clone(),
-            self.config.heartbeat,
-            self.config.broker.max_message_bytes,
-        )));
+        let control = broker.consume_control().await?;
+        // Not stopped by `shutdown`: a job finishing within its grace
+        // period still sends heartbeats and still obeys a cancel. They stop
+        // with the session.
+        let tasks = Tasks::new(&CancellationToken::new());
+        tasks.lifetime(
+            "the control watcher",
+            watch_control(
+                control,
+                self.config.broker.max_message_bytes,
+                self.current.clone(),
+                self.config.id.clone(),
+                tasks.stopping().clone(),
+            ),
+        );
+        tasks.lifetime(
+            "the heartbeat sender",
+            send_heartbeats(
+                publisher.clone(),
+                broker.names().events_exchange(),
+                info.clone(),
+                self.current.clone(),
+                self.config.heartbeat,
+                self.config.broker.max_message_bytes,
+                tasks.stopping().clone(),
+            ),
+        );
+        let ended = self
+            .take_jobs(&mut jobs, &tasks, broker, &publisher, &info, shutdown)
+            .await;
+        tasks.stop(SESSION_TASKS_STOP).await;
+        ended
+    }
+
+    /// Takes jobs one at a time until shutdown, the connection is lost, or
+    /// a task of the session ends. A task that ends while a job runs is
+    /// seen once the job is done (meanwhile, without heartbeats, the
+    /// dispatcher's lease takes the job back if needed).
+    async fn take_jobs(
+        &mut self,
+        jobs: &mut broker::Consumer,
+        tasks: &Tasks,
+        broker: &Broker,
+        publisher: &Publisher,
+        info: &RunnerInfo,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
                 _ = broker.closed() => return Ok(SessionEnd::Lost),
+                died = tasks.died() => {
+                    if !broker.is_connected() {
+                        return Ok(SessionEnd::Lost);
+                    }
+                    tracing::error!("{died} while the connection is up; starting a new session");
+                    return Ok(SessionEnd::TaskEnded);
+                }
                 next = jobs.next() => match next {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(err)) => return Err(BrokerError::Amqp { context: "receiving a job".into(), source: err }),
@@ -228,7 +273,7 @@ impl Runner {
                 },
             };
             if let Next::Stop = self
-                .handle(delivery, broker, &publisher, &info, shutdown)
+                .handle(delivery, broker, publisher, info, shutdown)
                 .await?
             {
                 return Ok(SessionEnd::Shutdown);
@@ -534,6 +579,7 @@ async fn send_heartbeats(
     current: SharedCurrent,
     every: Duration,
     max_message_bytes: usize,
+    stopping: CancellationToken,
 ) {
     let chunk_max = LIVE_OUTPUT_CHUNK.min(max_message_bytes / 2).max(1);
     // The job whose output is being sent, and how many bytes of it went.
@@ -541,7 +587,10 @@ async fn send_heartbeats(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let running = current
             .lock()
             .ok()
@@ -569,10 +618,11 @@ async fn send_heartbeats(
             at_ms: broker::now_ms(),
             output,
         };
-        match publisher
-            .publish(&exchange, beat.routing_key(), &beat)
-            .await
-        {
+        let published = tokio::select! {
+            _ = stopping.cancelled() => return,
+            published = publisher.publish(&exchange, beat.routing_key(), &beat) => published,
+        };
+        match published {
             Ok(()) => {
                 if next_sent.is_some() {
                     sent = next_sent;
@@ -606,8 +656,18 @@ async fn watch_control(
     max_bytes: usize,
     current: SharedCurrent,
     me: String,
+    stopping: CancellationToken,
 ) {
-    while let Some(Ok(delivery)) = control.next().await {
+    loop {
+        let delivery = tokio::select! {
+            _ = stopping.cancelled() => return,
+            next = control.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                // The control queue's consumer is gone (the connection or
+                // the channel closed, or the queue was deleted).
+                _ => return,
+            },
+        };
         let message = Incoming::<Control>::decode(&delivery, max_bytes);
         ack(&delivery).await;
         if let Incoming::Refused(reason) = &message {

@@ -69,8 +69,15 @@ impl Workspace {
         }
     }
 
-    /// The one place the workspace's git is made: sealed, and with exactly
-    /// the environment the job's test gets (nothing of the runner's own).
+    /// Every git call is killed, with its process group, after `timeout`.
+    pub fn with_git_timeout(mut self, timeout: Duration) -> Self {
+        self.git = self.git.with_timeout(timeout);
+        self
+    }
+
+    /// The one place the workspace's git is made: sealed, with the git
+    /// timeout, and with exactly the environment the job's test gets
+    /// (nothing of the runner's own).
     fn git_for(&self, job: &Job) -> Git {
         self.git
             .clone()
@@ -134,7 +141,9 @@ impl Workspace {
                 clone.push("--shared");
             }
             clone.extend(["--", job.repo.as_str(), target.as_str()]);
-            remote(&anywhere, &job.repo, &clone).await?;
+            // A clone cut off (timed out) leaves a partial folder behind:
+            // each try starts without it.
+            remote(&anywhere, &job.repo, &clone, Some(&dir)).await?;
         }
         seal_git_dir(&dir, job, shared.as_deref()).map_err(PrepareError::Broken)?;
         let git = anywhere.in_dir(&dir);
@@ -144,8 +153,13 @@ impl Workspace {
         let mut fetch_ms = 0;
         if let Err(first) = checkout(&git, &job.commit).await {
             // Either the commit is new (fetch it) or the clone is broken.
-            if let Err(unreachable) =
-                remote(&git, &job.repo, &["fetch", "--quiet", "--prune", "origin"]).await
+            if let Err(unreachable) = remote(
+                &git,
+                &job.repo,
+                &["fetch", "--quiet", "--prune", "origin"],
+                None,
+            )
+            .await
             {
                 return Err(match self.classify(&git, &job.commit).await {
                     Ok(false) => unreachable,
@@ -358,11 +372,21 @@ fn shared_objects(repo: &str) -> Option<PathBuf> {
     (repo.join("objects").is_dir() && repo.join("HEAD").is_file()).then(|| repo.join("objects"))
 }
 
-/// Runs a remote operation up to [`REMOTE_TRIES`] times with a short backoff.
-async fn remote(git: &Git, repo: &str, args: &[&str]) -> Result<(), PrepareError> {
+/// Runs a remote operation up to [`REMOTE_TRIES`] times with a short
+/// backoff; a try that runs past the git timeout counts as a failed one.
+/// `scrap` is removed before each try (the target of a clone).
+async fn remote(
+    git: &Git,
+    repo: &str,
+    args: &[&str],
+    scrap: Option<&std::path::Path>,
+) -> Result<(), PrepareError> {
     let mut delay = Duration::from_millis(300);
     let mut last = String::new();
     for attempt in 1..=REMOTE_TRIES {
+        if let Some(scrap) = scrap {
+            let _ = tokio::fs::remove_dir_all(scrap).await;
+        }
         match git.run(args).await {
             Ok(_) => return Ok(()),
             Err(err) => {
@@ -675,5 +699,24 @@ mod tests {
             "the symlink's target is untouched"
         );
         assert!(!elsewhere.join("a").exists());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_server_is_unreachable_after_three_timed_out_tries() {
+        // Accepts connections and never answers.
+        let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("git://{}/stalled.git", server.local_addr().expect("addr"));
+        let work = tempfile::tempdir().expect("tempdir");
+        let ws =
+            Workspace::new(work.path().to_path_buf()).with_git_timeout(Duration::from_millis(300));
+        let job = Job::for_commit(&url, "main", &"e".repeat(40));
+        let err = ws.checkout(&job).await.expect_err("stalled");
+        let reason = err.to_string();
+        assert!(matches!(err, PrepareError::Unreachable { .. }), "{reason}");
+        assert!(
+            reason.contains("git clone") && reason.contains("timed out after 0.3 s"),
+            "{reason}"
+        );
+        assert!(reason.ends_with("(after 3 tries)"), "{reason}");
     }
 }

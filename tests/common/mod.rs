@@ -674,3 +674,56 @@ pub fn publish_raw(ns: &Namespace, messages: &[(String, String, Vec<u8>)]) {
         }
     });
 }
+
+/// A git server that accepts connections and never answers a byte: the
+/// stalled server of issue 12. A thread accepts and holds every connection
+/// until the server is dropped.
+pub struct StalledServer {
+    /// `git://127.0.0.1:PORT/stalled.git`
+    pub url: String,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StalledServer {
+    pub fn start() -> StalledServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for connection in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(connection) = connection {
+                    held.push(connection);
+                }
+            }
+        });
+        StalledServer {
+            url: format!("git://{addr}/stalled.git"),
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StalledServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the thread blocked in accept.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How many times `needle` occurs in a process's log so far.
+pub fn log_count(proc: &Proc, needle: &str) -> usize {
+    proc.log_text().matches(needle).count()
+}

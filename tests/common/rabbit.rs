@@ -447,6 +447,15 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// Runs `rabbitmqctl ARGS...` against the shared node on 127.0.0.1:5672,
+/// for what only the broker's own tool can do (e.g. delete an exclusive
+/// queue of another connection).
+pub fn shared_ctl(args: &[&str]) -> Output {
+    let mut command = Command::new("rabbitmqctl");
+    command.args(args).stdin(Stdio::null());
+    run_with_deadline(command, NODE_DEADLINE)
+}
+
 /// Runs a command to completion, killing it after `within`.
 fn run_with_deadline(mut command: Command, within: Duration) -> Output {
     if command
