@@ -157,7 +157,7 @@ impl Git {
             // abandoned) is killed with the helpers it started.
             .process_group(0)
             .kill_on_drop(true);
-        let shown = args.join(" ");
+        let shown = shown_command(args);
         let child = command.spawn().map_err(|source| GitError::Spawn {
             args: shown.clone(),
             source,
@@ -204,6 +204,16 @@ impl Git {
             Err(err) => Err(err),
         }
     }
+}
+
+/// The command as errors show it: without leading `-c key=value` config
+/// overrides, so that a reason reads "git clone … timed out".
+fn shown_command(args: &[&str]) -> String {
+    let mut rest = args;
+    while let ["-c", _, tail @ ..] = rest {
+        rest = tail;
+    }
+    rest.join(" ")
 }
 
 /// Kills a git call's process group when the call is abandoned: it ran
