@@ -13,6 +13,7 @@ use broker::topology::{Topology, TopologySettings};
 use broker::{BrokerConfig, Names};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
+use model::{BranchName, RunnerId};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -209,8 +210,8 @@ pub struct ObserverArgs {
     pub interval: Duration,
 
     /// Branch to watch; repeat for several [default: the repository's HEAD branch]
-    #[arg(long = "branch", env = "WARREN_BRANCH", value_delimiter = ',')]
-    pub branches: Vec<String>,
+    #[arg(long = "branch", env = "WARREN_BRANCH", value_delimiter = ',', value_parser = parse_branch)]
+    pub branches: Vec<BranchName>,
 
     /// File where the last published commit per branch is kept
     #[arg(
@@ -260,7 +261,7 @@ pub struct RunnerArgs {
 
     /// Runner id shown in results [default: host name and pid]
     #[arg(long, env = "WARREN_RUNNER_ID", value_parser = parse_id)]
-    pub id: Option<String>,
+    pub id: Option<RunnerId>,
 
     /// Seconds between heartbeats while a job runs
     #[arg(long, env = "WARREN_HEARTBEAT", default_value = "2", value_parser = parse_seconds)]
@@ -614,10 +615,13 @@ fn parse_namespace(value: &str) -> Result<String, String> {
     }
 }
 
-fn parse_id(value: &str) -> Result<String, String> {
-    broker::message::validate_id("id", value)
-        .map(|()| value.to_string())
+fn parse_id(value: &str) -> Result<RunnerId, String> {
+    RunnerId::parse(value)
         .map_err(|_| format!("expected 1 to 128 letters, digits, '-', '_' or '.', got {value:?}"))
+}
+
+fn parse_branch(value: &str) -> Result<BranchName, String> {
+    BranchName::parse(value).map_err(|e| format!("{value:?}: {}", e.reason))
 }
 
 /// The clap command, for tests that check compose.yaml's flags.

@@ -114,7 +114,7 @@ fn passed(job: &Value) -> ExitCode {
 
 /// Path segment for a job id or commit (they are plain words; refuse others).
 fn job_path(job: &str) -> anyhow::Result<String> {
-    broker::message::validate_id("JOB", job)
+    model::JobId::parse(job)
         .map_err(|_| anyhow!("JOB: expected a job id or commit id, got {job:?}"))?;
     Ok(format!("/api/jobs/{job}"))
 }
@@ -126,7 +126,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         path.push_str(&format!("&status={status}"));
     }
     if let Some(branch) = &args.branch {
-        broker::message::validate_branch(branch).map_err(|e| anyhow!("--branch: {e}"))?;
+        model::BranchName::parse(branch).map_err(|e| anyhow!("--branch: {e}"))?;
         path.push_str(&format!("&branch={branch}"));
     }
     let jobs = client.get_json(&path).await?;

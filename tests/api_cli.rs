@@ -237,7 +237,7 @@ fn every_api_error_is_json_with_the_status_that_says_what_went_wrong() {
         &commits
             .iter()
             .map(|c| {
-                let job = broker::message::Job::for_commit("/srv/repo", "main", c);
+                let job = model::Job::try_new("/srv/repo", "main", c).expect("a valid job");
                 (
                     names.jobs_exchange(),
                     String::new(),

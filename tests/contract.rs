@@ -9,8 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use broker::message::Job;
 use common::*;
+use model::Job;
 use serde_json::Value;
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/outside_client.py");
@@ -94,7 +94,8 @@ fn a_client_that_knows_only_the_documentation_queues_jobs_and_reads_dead_letters
     // the same commit, and runs.
     let composed = client(&["publish-job", &ns.name, repo.path_str(), "main", &good]);
     let id = composed["id"].as_str().expect("id").to_string();
-    assert_eq!(id, Job::for_commit(repo.path_str(), "main", &good).id);
+    let made = Job::try_new(repo.path_str(), "main", &good).expect("a valid job");
+    assert_eq!(id, made.id.as_str());
     let jobs = api.wait_terminal(std::slice::from_ref(&good), Duration::from_secs(60));
     let job = one_job(&jobs, &good);
     assert_eq!(

@@ -294,7 +294,7 @@ fn restart_after_the_window(test: &str, broker_failed: bool) -> (Vec<String>, Ve
     let taken: Vec<(String, String, Vec<u8>)> = commits[1..3]
         .iter()
         .map(|c| {
-            let job = broker::message::Job::for_commit(location, "main", c);
+            let job = model::Job::try_new(location, "main", c).expect("a valid job");
             (
                 names.jobs_exchange(),
                 String::new(),
@@ -325,7 +325,10 @@ fn restart_after_the_window(test: &str, broker_failed: bool) -> (Vec<String>, Ve
             .expect("work queue");
         (ledger, depth)
     });
-    let published: Vec<String> = ledger.into_iter().map(|job| job.commit).collect();
+    let published: Vec<String> = ledger
+        .into_iter()
+        .map(|job| job.commit.into_string())
+        .collect();
     assert_eq!(
         work_depth as usize,
         published.len(),

@@ -12,10 +12,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use broker::message::{encode, Job, SCHEMA_VERSION};
+use broker::message::encode;
 use broker::Names;
 use common::*;
 use futures::StreamExt;
+use model::{Job, SCHEMA_VERSION};
 
 /// A message in the namespace's dead-letter queue.
 #[derive(Debug)]
@@ -85,7 +86,7 @@ fn malformed_messages_on_every_queue_are_dead_lettered_with_a_reason_and_work_go
             .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
     });
 
-    let job = Job::for_commit("/srv/repo", "main", &"a".repeat(40));
+    let job = Job::try_new("/srv/repo", "main", &"a".repeat(40)).expect("a valid job");
     let mut wrong_version = serde_json::to_value(&job).expect("json");
     wrong_version["v"] = serde_json::json!(99);
     let mut missing = serde_json::to_value(&job).expect("json");
@@ -226,18 +227,31 @@ fn option_like_and_shell_like_values_do_nothing_but_fail_cleanly() {
     let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
     let _runner = runner(&ns, &scratch, "r1", &["--test-command", "true"]);
     let names = Names::new(ns.name.clone());
-    let mut bad_commit = Job::for_commit(repo.path_str(), "main", &commit);
-    bad_commit.commit = format!("--upload-pack=touch {}", pwned.display());
-    let mut bad_branch = Job::for_commit(repo.path_str(), "main", &commit);
-    bad_branch.branch = format!("x{touch}");
-    let shell_repo = Job::for_commit(&format!("/nonexistent{touch}"), "main", &commit);
-    let mut option_repo = Job::for_commit(repo.path_str(), "main", &commit);
-    option_repo.repo = "--upload-pack=touch /tmp/x".into();
+    // The model's types cannot hold such values: the bad ones are edited
+    // into the JSON of a good job.
+    let good =
+        serde_json::to_value(Job::try_new(repo.path_str(), "main", &commit).expect("a valid job"))
+            .expect("json");
+    let with = |field: &str, value: String| {
+        let mut job = good.clone();
+        job[field] = serde_json::Value::String(value);
+        job
+    };
+    let bad_commit = with("commit", format!("--upload-pack=touch {}", pwned.display()));
+    let bad_branch = with("branch", format!("x{touch}"));
+    let option_repo = with("repo", "--upload-pack=touch /tmp/x".into());
+    let shell_repo =
+        Job::try_new(&format!("/nonexistent{touch}"), "main", &commit).expect("a valid job");
     publish_raw(
         &ns,
-        &[bad_commit, bad_branch, shell_repo.clone(), option_repo]
+        &[bad_commit, bad_branch, option_repo]
             .iter()
             .map(|job| (names.jobs_exchange(), String::new(), encode(job)))
+            .chain(std::iter::once((
+                names.jobs_exchange(),
+                String::new(),
+                encode(&shell_repo),
+            )))
             .collect::<Vec<_>>(),
     );
     let jobs = dispatcher
@@ -673,7 +687,7 @@ fn wait_for_a_runner(api: &Api) {
 
 /// Publishes a job for `commit` of `repo` and waits for its outcome.
 fn run_job(ns: &Namespace, api: &Api, repo: &Repo, commit: &str) -> serde_json::Value {
-    let job = Job::for_commit(repo.path_str(), "main", commit);
+    let job = Job::try_new(repo.path_str(), "main", commit).expect("a valid job");
     let names = Names::new(ns.name.clone());
     publish_raw(ns, &[(names.jobs_exchange(), String::new(), encode(&job))]);
     let jobs = api.wait_terminal(&[commit.to_string()], Duration::from_secs(60));

@@ -13,7 +13,7 @@ use common::*;
 
 /// Publishes jobs straight to the namespace's jobs exchange, as an
 /// observer would.
-fn publish_jobs(ns: &Namespace, jobs: &[broker::message::Job]) {
+fn publish_jobs(ns: &Namespace, jobs: &[model::Job]) {
     let exchange = broker::Names::new(ns.name.clone()).jobs_exchange();
     let messages: Vec<(String, String, Vec<u8>)> = jobs
         .iter()
@@ -44,11 +44,7 @@ fn a_stalled_git_server_ends_the_job_as_error_and_the_runner_takes_the_next() {
     let clock = Instant::now();
     publish_jobs(
         &ns,
-        &[broker::message::Job::for_commit(
-            &server.url,
-            "main",
-            &stalled_commit,
-        )],
+        &[model::Job::try_new(&server.url, "main", &stalled_commit).expect("a valid job")],
     );
     let api = dispatcher.api();
     let jobs = api.wait_terminal(
@@ -75,11 +71,7 @@ fn a_stalled_git_server_ends_the_job_as_error_and_the_runner_takes_the_next() {
     let good = repo.commit("a normal commit");
     publish_jobs(
         &ns,
-        &[broker::message::Job::for_commit(
-            repo.path_str(),
-            "main",
-            &good,
-        )],
+        &[model::Job::try_new(repo.path_str(), "main", &good).expect("a valid job")],
     );
     let jobs = api.wait_terminal(std::slice::from_ref(&good), Duration::from_secs(60));
     let job = one_job(&jobs, &good);

@@ -4,8 +4,9 @@
 //! field is not (the example without it still decodes), and every queue
 //! and exchange the page names exists.
 
-use broker::message::{decode, Control, Event, Job, JobResult, Message, RunnerInfo};
+use broker::message::decode;
 use broker::Names;
+use model::{Control, Event, Job, JobResult, Message, RunnerInfo};
 use serde_json::Value;
 
 const PAGE: &str = include_str!("../MESSAGES.md");
@@ -125,8 +126,9 @@ fn the_id_rule_example_is_the_id_the_code_makes() {
         .expect("a Job section")
         .example;
     let field = |name: &str| job[name].as_str().expect("a string").to_string();
-    let made = Job::for_commit(&field("repo"), &field("branch"), &field("commit"));
-    assert_eq!(made.id, field("id"));
+    let made =
+        Job::try_new(&field("repo"), &field("branch"), &field("commit")).expect("a valid job");
+    assert_eq!(made.id.as_str(), field("id"));
 }
 
 #[test]

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use broker::message::Job;
 use broker::topology::TopologySettings;
 use broker::{Broker, BrokerConfig, Names, Publisher};
+use model::Job;
 
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -57,10 +57,15 @@ impl Bus {
 
     /// A job for `commit` on `main` of `repo`, shaped like the observer's.
     pub fn job(repo: &str, commit: &str) -> Job {
-        let mut job = Job::for_commit(repo, "main", commit);
+        let mut job = Job::try_new(repo, "main", commit).expect("a valid job");
         job.subject = Some("benchmark commit".into());
         job.author = Some("Warren Bench".into());
         job
+    }
+
+    /// The id of the observer's job for `commit` on `main` of `repo`.
+    pub fn job_id(repo: &str, commit: &str) -> String {
+        Bus::job(repo, commit).id.into_string()
     }
 
     /// Publishes `jobs` to the jobs exchange, up to 64 awaiting their

@@ -13,9 +13,10 @@ use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use crate::message::{decode, Job};
+use crate::message::decode;
 use crate::topology::{self, Topology, TopologySettings, LEDGER_MAX};
 use crate::{BrokerError, Names, Publisher, Result};
+use model::Job;
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -7,8 +7,9 @@ use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, LongString};
 use lapin::BasicProperties;
 
-use crate::message::{decode, DecodeError, Message};
+use crate::message::{decode, DecodeError};
 use crate::{BrokerError, Names, Publisher, Result};
+use model::Message;
 
 /// Header that carries why Warren dead-lettered a message.
 pub const REASON_HEADER: &str = "x-warren-reason";

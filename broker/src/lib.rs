@@ -53,10 +53,4 @@ impl BrokerError {
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
 
-/// Milliseconds since the Unix epoch: the one clock format in messages.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use model::now_ms;

@@ -2,17 +2,18 @@
 //! valid messages, and whatever they accept passes validation. Bounded
 //! (proptest's default 256 cases per property; `PROPTEST_CASES` raises it).
 
-use proptest::prelude::*;
-use warren_broker::message::{
-    decode, encode, Control, Event, Job, JobResult, Outcome, RunnerInfo, SCHEMA_VERSION,
+use model::{
+    Control, Event, Job, JobResult, Message, Outcome, RunnerId, RunnerInfo, SCHEMA_VERSION,
 };
+use proptest::prelude::*;
+use warren_broker::message::{decode, encode};
 
 const CAP: usize = 64 * 1024;
 
 fn sample_result() -> JobResult {
     JobResult {
         v: SCHEMA_VERSION,
-        job: Job::for_commit("/srv/repo", "main", &"ab".repeat(20)),
+        job: Job::try_new("/srv/repo", "main", &"ab".repeat(20)).expect("job"),
         outcome: Outcome::Failed,
         exit_code: Some(1),
         started_at_ms: 1,
@@ -21,7 +22,7 @@ fn sample_result() -> JobResult {
         output: "out".into(),
         truncated: false,
         runner: RunnerInfo {
-            id: "r1".into(),
+            id: RunnerId::parse("r1").expect("id"),
             host: "h".into(),
             connection: "c".into(),
         },
@@ -103,7 +104,7 @@ proptest! {
         value["repo"] = serde_json::json!(repo);
         value["id"] = serde_json::json!(id);
         if let Ok(job) = decode::<Job>(&encode(&value), CAP) {
-            prop_assert!(job.commit.len() == 40 || job.commit.len() == 64);
+            prop_assert!(job.commit.as_str().len() == 40 || job.commit.as_str().len() == 64);
             prop_assert!(!job.branch.starts_with('-') && !job.branch.contains(' '));
             prop_assert!(!job.id.contains('/') && job.id != "..");
             prop_assert!(job.repo.starts_with('/') || job.repo.contains("://") || job.repo.contains('@'));

@@ -19,8 +19,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use broker::message::{validate_branch, validate_commit, validate_repo, Job};
 use futures::{Stream, StreamExt};
+use model::{BranchName, CommitId, Job, RepoUrl};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{CommitMatch, JobQuery, JobRecord, Store, AMBIGUOUS_LISTED, STATUSES};
@@ -198,9 +198,10 @@ async fn rerun(
         Ok(job) => job,
         Err(response) => return response,
     };
-    let job = original
-        .to_job()
-        .again(&format!("rerun-{}", broker::now_ms()));
+    let job = match original.to_job() {
+        Ok(job) => job.again(&format!("rerun-{}", broker::now_ms())),
+        Err(err) => return internal(err),
+    };
     if let Err(response) = publish_job(&state, &job).await {
         return response;
     }
@@ -244,34 +245,39 @@ async fn trigger(
         Ok(jobs) => jobs.into_iter().next(),
         Err(err) => return internal(err),
     };
-    let Some(repo) = request
-        .repo
-        .clone()
-        .or_else(|| newest.as_ref().map(|j| j.repo.clone()))
-    else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "no repository known yet; pass repo",
-        );
+    let repo = match request.repo.as_deref() {
+        Some(repo) => match RepoUrl::parse(repo) {
+            Ok(repo) => repo,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        None => match newest.as_ref() {
+            Some(job) => match RepoUrl::parse(&job.repo) {
+                Ok(repo) => repo,
+                Err(e) => return internal(e),
+            },
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "no repository known yet; pass repo",
+                )
+            }
+        },
     };
-    if let Err(e) = validate_repo(&repo) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
-    }
     let target = request.target.trim().to_string();
-    let (commit, branch) = if validate_commit(&target).is_ok() {
+    let (commit, branch) = if let Ok(commit) = CommitId::parse(&target) {
         let branch = request
             .branch
             .clone()
             .or_else(|| {
                 newest
                     .as_ref()
-                    .filter(|j| j.repo == repo)
+                    .filter(|j| j.repo == repo.as_str())
                     .map(|j| j.branch.clone())
             })
             .unwrap_or_else(|| "main".to_string());
-        (target, branch)
+        (commit, branch)
     } else {
-        if let Err(e) = validate_branch(&target) {
+        if let Err(e) = BranchName::parse(&target) {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("target is neither a full commit id nor a branch: {e}"),
@@ -296,18 +302,19 @@ async fn trigger(
         let Some(commit) = listed
             .split_whitespace()
             .next()
-            .filter(|c| validate_commit(c).is_ok())
+            .and_then(|c| CommitId::parse(c).ok())
         else {
             return error(
                 StatusCode::NOT_FOUND,
                 format!("no branch {target:?} in {repo}"),
             );
         };
-        (commit.to_string(), request.branch.clone().unwrap_or(target))
+        (commit, request.branch.clone().unwrap_or(target))
     };
-    if let Err(e) = validate_branch(&branch) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
-    }
+    let branch = match BranchName::parse(&branch) {
+        Ok(branch) => branch,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let job =
         Job::for_commit(&repo, &branch, &commit).again(&format!("manual-{}", broker::now_ms()));
     if let Err(response) = publish_job(&state, &job).await {

@@ -61,13 +61,13 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use broker::message::{Job, JobResult, Outcome, RunnerInfo, SCHEMA_VERSION};
+    use model::{Job, JobResult, Outcome, RunnerId, RunnerInfo, SCHEMA_VERSION};
 
     #[test]
     fn renders_counts_and_histograms() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let job = Job::for_commit("/r", "main", &"a".repeat(40));
+        let job = Job::try_new("/r", "main", &"a".repeat(40)).expect("a valid job");
         store.record_queued(&job).expect("queued");
         let result = JobResult {
             v: SCHEMA_VERSION,
@@ -80,7 +80,7 @@ mod tests {
             output: String::new(),
             truncated: false,
             runner: RunnerInfo {
-                id: "r".into(),
+                id: RunnerId::parse("r").expect("id"),
                 host: "h".into(),
                 connection: "c".into(),
             },
@@ -88,7 +88,7 @@ mod tests {
         };
         store.record_result(&result).expect("result");
         store
-            .record_queued(&Job::for_commit("/r", "main", &"b".repeat(40)))
+            .record_queued(&Job::try_new("/r", "main", &"b".repeat(40)).expect("a valid job"))
             .expect("queued");
         let text = render(&store, 10_000).expect("render");
         assert!(text.contains("warren_jobs{status=\"passed\"} 1"), "{text}");

@@ -702,13 +702,14 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_restart_the_store_says_what_came_before() {
-        use broker::message::{Job, JobResult, Outcome, RunnerInfo, SCHEMA_VERSION};
+        use model::{Job, JobResult, Outcome, RunnerId, RunnerInfo, SCHEMA_VERSION};
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let mut at = 100;
         let mut finish = |commit: char, outcome: Outcome| {
             at += 10;
-            let job = Job::for_commit("/r", "main", &commit.to_string().repeat(40));
+            let job =
+                Job::try_new("/r", "main", &commit.to_string().repeat(40)).expect("a valid job");
             store
                 .record_result(&JobResult {
                     v: SCHEMA_VERSION,
@@ -721,7 +722,7 @@ mod tests {
                     output: String::new(),
                     truncated: false,
                     runner: RunnerInfo {
-                        id: "r1".into(),
+                        id: RunnerId::parse("r1").expect("id"),
                         host: "h".into(),
                         connection: "c".into(),
                     },

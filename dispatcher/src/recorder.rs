@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker::consume::REASON_HEADER;
-use broker::message::{Control, Event, Job, JobResult, SCHEMA_VERSION};
 use broker::topology::TopologySettings;
 use broker::{header_string, Broker, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
+use model::{Control, Event, Job, JobId, JobResult, RunnerId, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::leases::Leases;
@@ -272,7 +272,7 @@ impl Recorder {
                 tracing::info!(job = %job_id, runner = %runner_id, outcome = outcome.as_str(), "job finished");
                 self.finished(&job_id).await?;
                 let holders = self.lock_leases().release(&job_id);
-                if holders.iter().any(|r| r != &runner_id) {
+                if holders.iter().any(|r| r.as_str() != runner_id.as_str()) {
                     self.cancel(publisher, names, &job_id, Some(runner_id))
                         .await?;
                 }
@@ -356,12 +356,12 @@ impl Recorder {
         &self,
         publisher: &Publisher,
         names: &broker::Names,
-        job_id: &str,
-        except_runner: Option<String>,
+        job_id: &JobId,
+        except_runner: Option<RunnerId>,
     ) -> Result<(), BrokerError> {
         let control = Control::Cancel {
             v: SCHEMA_VERSION,
-            job_id: job_id.to_string(),
+            job_id: job_id.clone(),
             except_runner,
             reason: "the job's result is already recorded".into(),
         };
@@ -403,6 +403,13 @@ impl Recorder {
                 tracing::warn!(job = %lease.job_id, runner = %lease.runner, "lease expired: the runner stopped sending heartbeats");
                 // Off the watcher's loop: finding the connection may take a
                 // few seconds (below).
+                let job = match job.to_job() {
+                    Ok(job) => job,
+                    Err(err) => {
+                        tracing::error!(job = %lease.job_id, "the store holds a job that is not valid ({err}); cannot republish it");
+                        continue;
+                    }
+                };
                 self.tasks.spawn(
                     format!("the expiry of job {}'s lease", lease.job_id),
                     expire(
@@ -410,7 +417,7 @@ impl Recorder {
                         publisher.clone(),
                         names.clone(),
                         lease,
-                        job.to_job(),
+                        job,
                     ),
                 );
             }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use broker::message::{Job, JobResult, RunnerInfo};
+use model::{Job, JobResult, RunnerInfo};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
@@ -68,18 +68,18 @@ impl JobRecord {
     }
 
     /// The job message this record came from (for republishing).
-    pub fn to_job(&self) -> Job {
-        Job {
-            v: broker::message::SCHEMA_VERSION,
-            id: self.id.clone(),
-            repo: self.repo.clone(),
-            branch: self.branch.clone(),
-            commit: self.commit.clone(),
+    pub fn to_job(&self) -> Result<Job, model::IdError> {
+        Ok(Job {
+            v: model::SCHEMA_VERSION,
+            id: self.id.parse()?,
+            repo: self.repo.parse()?,
+            branch: self.branch.parse()?,
+            commit: self.commit.parse()?,
             enqueued_at_ms: self.enqueued_at_ms.unwrap_or_default() as u64,
             subject: self.subject.clone(),
             author: self.author.clone(),
             salt: self.salt.clone(),
-        }
+        })
     }
 }
 
@@ -225,7 +225,7 @@ fn insert_job(db: &Connection, job: &Job, status: &str) -> rusqlite::Result<()> 
     db.execute(
         "INSERT OR IGNORE INTO jobs (id, repo, branch, commit_id, subject, author, status, enqueued_at_ms, salt)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![job.id, job.repo, job.branch, job.commit, job.subject, job.author, status, job.enqueued_at_ms as i64, job.salt],
+        params![job.id.as_str(), job.repo.as_str(), job.branch.as_str(), job.commit.as_str(), job.subject, job.author, status, job.enqueued_at_ms as i64, job.salt],
     )?;
     Ok(())
 }
@@ -274,7 +274,7 @@ impl Store {
     }
 
     pub fn log_path(&self, job_id: &str) -> Option<PathBuf> {
-        broker::message::validate_id("id", job_id).ok()?;
+        model::JobId::parse(job_id).ok()?;
         Some(self.logs.join(format!("{job_id}.log")))
     }
 
@@ -295,7 +295,7 @@ impl Store {
             // not another attempt.
             let same_execution: bool = tx.query_row(
                 "SELECT runner = ?2 AND started_at_ms = ?3 FROM jobs WHERE id = ?1",
-                params![job.id, runner.id, at_ms as i64],
+                params![job.id.as_str(), runner.id.as_str(), at_ms as i64],
                 |row| Ok(row.get::<_, Option<bool>>(0)?.unwrap_or(false)),
             )?;
             tx.execute(
@@ -305,16 +305,16 @@ impl Store {
                     connection = CASE WHEN status IN ('queued', 'running') THEN ?3 ELSE connection END,
                     started_at_ms = CASE WHEN status IN ('queued', 'running') THEN ?4 ELSE started_at_ms END
                  WHERE id = ?1",
-                params![job.id, runner.id, runner.connection, at_ms as i64, same_execution],
+                params![job.id.as_str(), runner.id.as_str(), runner.connection, at_ms as i64, same_execution],
             )?;
             tx.execute(
                 "INSERT INTO runners (id, host, connection, current_job, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET host = ?2, connection = ?3, current_job = ?4, last_seen_ms = ?5",
-                params![runner.id, runner.host, runner.connection, job.id, at_ms as i64],
+                params![runner.id.as_str(), runner.host, runner.connection, job.id.as_str(), at_ms as i64],
             )?;
             let record = tx.query_row(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                params![job.id],
+                params![job.id.as_str()],
                 job_from_row,
             )?;
             tx.commit()?;
@@ -331,13 +331,13 @@ impl Store {
             insert_job(&tx, &result.job, "queued")?;
             let status: String = tx.query_row(
                 "SELECT status FROM jobs WHERE id = ?1",
-                params![result.job.id],
+                params![result.job.id.as_str()],
                 |row| row.get(0),
             )?;
             if TERMINAL.contains(&status.as_str()) {
                 tx.execute(
                     "UPDATE jobs SET duplicates = duplicates + 1 WHERE id = ?1",
-                    params![result.job.id],
+                    params![result.job.id.as_str()],
                 )?;
                 tx.commit()?;
                 return Ok(Recorded::Duplicate);
@@ -351,9 +351,9 @@ impl Store {
                     attempts = MAX(attempts, 1)
                  WHERE id = ?1",
                 params![
-                    result.job.id,
+                    result.job.id.as_str(),
                     result.outcome.as_str(),
-                    result.runner.id,
+                    result.runner.id.as_str(),
                     result.started_at_ms as i64,
                     result.finished_at_ms as i64,
                     result.duration_ms as i64,
@@ -366,7 +366,7 @@ impl Store {
                 "UPDATE runners SET jobs_done = jobs_done + 1,
                     current_job = CASE WHEN current_job = ?2 THEN NULL ELSE current_job END
                  WHERE id = ?1",
-                params![result.runner.id, result.job.id],
+                params![result.runner.id.as_str(), result.job.id.as_str()],
             )?;
             tx.commit()?;
             Ok(Recorded::New)
@@ -384,7 +384,7 @@ impl Store {
             let changed = tx.execute(
                 "UPDATE jobs SET status = 'error', reason = ?2, finished_at_ms = ?3
                  WHERE id = ?1 AND status NOT IN ('passed', 'failed', 'error', 'timeout')",
-                params![job.id, reason, broker::now_ms() as i64],
+                params![job.id.as_str(), reason, broker::now_ms() as i64],
             )?;
             if changed == 0 {
                 tx.commit()?;
@@ -450,7 +450,7 @@ impl Store {
             db.execute(
                 "INSERT INTO runners (id, host, connection, current_job, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET host = ?2, connection = ?3, current_job = ?4, last_seen_ms = ?5",
-                params![runner.id, runner.host, runner.connection, job_id, at_ms as i64],
+                params![runner.id.as_str(), runner.host, runner.connection, job_id, at_ms as i64],
             )?;
             Ok(())
         })
@@ -632,9 +632,9 @@ impl Store {
                          ORDER BY finished_at_ms DESC, seq DESC LIMIT 1"
                     ),
                     params![
-                        job.repo,
-                        job.branch,
-                        job.id,
+                        job.repo.as_str(),
+                        job.branch.as_str(),
+                        job.id.as_str(),
                         job.finished_at_ms.unwrap_or(i64::MAX),
                         job.seq
                     ],
@@ -659,11 +659,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use broker::message::{Outcome, SCHEMA_VERSION};
+    use model::{Outcome, RunnerId, SCHEMA_VERSION};
 
     fn runner(id: &str) -> RunnerInfo {
         RunnerInfo {
-            id: id.into(),
+            id: RunnerId::parse(id).expect("id"),
             host: "h".into(),
             connection: format!("conn-{id}"),
         }
@@ -689,7 +689,7 @@ mod tests {
     fn one_outcome_per_job_and_duplicates_are_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let job = Job::for_commit("/r", "main", &"a".repeat(40));
+        let job = Job::try_new("/r", "main", &"a".repeat(40)).expect("a valid job");
         store.record_queued(&job).expect("queued");
         store
             .record_started(&job, &runner("r1"), 10)
@@ -736,7 +736,7 @@ mod tests {
     fn live_output_grows_the_log_until_the_result_replaces_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let job = Job::for_commit("/r", "main", &"e".repeat(40));
+        let job = Job::try_new("/r", "main", &"e".repeat(40)).expect("a valid job");
         let log = || std::fs::read_to_string(store.log_path(&job.id).expect("path")).ok();
         // Unknown jobs get nothing.
         store
@@ -780,7 +780,7 @@ mod tests {
     fn a_started_event_that_arrives_after_its_own_result_is_not_another_attempt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let job = Job::for_commit("/r", "main", &"d".repeat(40));
+        let job = Job::try_new("/r", "main", &"d".repeat(40)).expect("a valid job");
         // result() says started_at_ms = 1.
         store
             .record_result(&result(&job, Outcome::Passed, "r1"))
@@ -796,7 +796,7 @@ mod tests {
     fn results_before_the_queued_copy_and_dead_letters_are_recorded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let job = Job::for_commit("/r", "main", &"b".repeat(40));
+        let job = Job::try_new("/r", "main", &"b".repeat(40)).expect("a valid job");
         assert_eq!(
             store
                 .record_result(&result(&job, Outcome::Failed, "r1"))
@@ -808,7 +808,7 @@ mod tests {
             store.job(&job.id).expect("job").expect("exists").status,
             "failed"
         );
-        let poison = Job::for_commit("/r", "main", &"c".repeat(40));
+        let poison = Job::try_new("/r", "main", &"c".repeat(40)).expect("a valid job");
         assert_eq!(
             store.record_dead(&poison, "delivery limit").expect("dead"),
             Recorded::New
@@ -827,7 +827,9 @@ mod tests {
         for i in 0..5 {
             let branch = if i % 2 == 0 { "main" } else { "dev" };
             store
-                .record_queued(&Job::for_commit("/r", branch, &format!("{i:040x}")))
+                .record_queued(
+                    &Job::try_new("/r", branch, &format!("{i:040x}")).expect("a valid job"),
+                )
                 .expect("queued");
         }
         let all = store
@@ -870,12 +872,12 @@ mod tests {
             store.record_result(&r).expect("result");
             store.job(&job.id).expect("job").expect("exists")
         };
-        let a = Job::for_commit("/r", "main", &"1".repeat(40));
-        let b = Job::for_commit("/r", "main", &"2".repeat(40));
-        let c = Job::for_commit("/r", "main", &"3".repeat(40));
-        let other_branch = Job::for_commit("/r", "dev", &"4".repeat(40));
-        let other_repo = Job::for_commit("/s", "main", &"5".repeat(40));
-        let queued = Job::for_commit("/r", "main", &"6".repeat(40));
+        let a = Job::try_new("/r", "main", &"1".repeat(40)).expect("a valid job");
+        let b = Job::try_new("/r", "main", &"2".repeat(40)).expect("a valid job");
+        let c = Job::try_new("/r", "main", &"3".repeat(40)).expect("a valid job");
+        let other_branch = Job::try_new("/r", "dev", &"4".repeat(40)).expect("a valid job");
+        let other_repo = Job::try_new("/s", "main", &"5".repeat(40)).expect("a valid job");
+        let queued = Job::try_new("/r", "main", &"6".repeat(40)).expect("a valid job");
         store.record_queued(&queued).expect("queued");
         let a = finish(&a, Outcome::Passed, 100);
         assert_eq!(store.finished_before(&a).expect("query"), None);
@@ -896,7 +898,7 @@ mod tests {
         );
         // The same finish time: the smaller seq is earlier.
         let d = finish(
-            &Job::for_commit("/r", "main", &"7".repeat(40)),
+            &Job::try_new("/r", "main", &"7".repeat(40)).expect("a valid job"),
             Outcome::Passed,
             300,
         );

@@ -76,6 +76,14 @@ macro_rules! identifier {
             }
         }
 
+        /// Read-only: an identifier reads as the text it is.
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0

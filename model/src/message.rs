@@ -79,6 +79,15 @@ impl Job {
         }
     }
 
+    /// The job of a commit given as text: each value is checked.
+    pub fn try_new(repo: &str, branch: &str, commit: &str) -> Result<Job, crate::IdError> {
+        Ok(Job::for_commit(
+            &RepoUrl::parse(repo)?,
+            &BranchName::parse(branch)?,
+            &CommitId::parse(commit)?,
+        ))
+    }
+
     /// Another job of the same commit (a rerun, a manual trigger): `salt`
     /// gives it an id of its own; enqueued now.
     pub fn again(&self, salt: &str) -> Job {

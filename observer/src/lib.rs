@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::message::{validate_branch, Job};
 use broker::{Broker, BrokerConfig, Publisher};
+use model::{BranchName, CommitId, Job};
 use tokio_util::sync::CancellationToken;
 
 pub use source::{NewCommit, RepoSource};
@@ -38,7 +38,7 @@ pub struct ObserverConfig {
     /// A local path or a git URL.
     pub repo: String,
     /// Branches to watch; empty means the repository's HEAD branch.
-    pub branches: Vec<String>,
+    pub branches: Vec<BranchName>,
     pub interval: Duration,
     pub state_file: PathBuf,
     /// How long one git call may take before it is killed.
@@ -55,11 +55,8 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
         tracing::info!("observer stopped");
         return Ok(());
     };
-    for branch in &branches {
-        validate_branch(branch).map_err(|e| anyhow::anyhow!("--branch {branch:?}: {e}"))?;
-    }
     tracing::info!(
-        repo = source.location(),
+        repo = %source.location(),
         branches = ?branches,
         interval_secs = config.interval.as_secs_f64(),
         "observer started"
@@ -173,7 +170,7 @@ async fn watched_branches(
     source: &RepoSource,
     config: &ObserverConfig,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Vec<String>>> {
+) -> anyhow::Result<Option<Vec<BranchName>>> {
     if !config.branches.is_empty() {
         return Ok(Some(config.branches.clone()));
     }
@@ -213,7 +210,7 @@ enum PollError {
 /// it, so what the broker already took is not published again.
 async fn reconcile_with_ledger(
     source: &RepoSource,
-    branches: &[String],
+    branches: &[BranchName],
     state: &mut State,
     file: &StateFile,
     broker: &Broker,
@@ -226,23 +223,23 @@ async fn reconcile_with_ledger(
     for branch in branches {
         // Only plain per-commit jobs: reruns and manual triggers carry a
         // salted id and say nothing about what the observer published.
-        let published: Vec<String> = ledger
+        let published: Vec<CommitId> = ledger
             .iter()
             .filter(|job| {
-                job.repo == source.location() && job.branch == *branch && job.is_first_of_commit()
+                job.repo == *source.location() && job.branch == *branch && job.is_first_of_commit()
             })
             .map(|job| job.commit.clone())
             .collect();
-        let saved = state.last(branch).map(str::to_string);
+        let saved = state.last(branch).cloned();
         let furthest = source
-            .furthest_descendant(saved.as_deref(), &published)
+            .furthest_descendant(saved.as_ref(), &published)
             .await
             .map_err(PollError::Repo)?;
         if let Some(commit) = furthest.filter(|c| Some(c) != saved.as_ref()) {
             tracing::info!(
-                branch,
-                saved = saved.as_deref().unwrap_or("none"),
-                commit,
+                %branch,
+                saved = saved.as_ref().map_or("none", |c| c.as_str()),
+                %commit,
                 "the broker took commits the state file had not recorded; resuming after them"
             );
             state.set_last(branch, &commit);
@@ -259,27 +256,27 @@ async fn reconcile_with_ledger(
 /// confirms, naming only commits the broker confirmed.
 async fn poll_once(
     source: &RepoSource,
-    branches: &[String],
+    branches: &[BranchName],
     state: &mut State,
     file: &StateFile,
     broker: &Broker,
     publisher: &Publisher,
 ) -> Result<(), PollError> {
-    let mut new: Vec<(&str, NewCommit)> = Vec::new();
+    let mut new: Vec<(&BranchName, NewCommit)> = Vec::new();
     for branch in branches {
         let Some(head) = source.branch_head(branch).await.map_err(PollError::Repo)? else {
-            tracing::debug!(branch, "branch does not exist (yet)");
+            tracing::debug!(%branch, "branch does not exist (yet)");
             continue;
         };
-        let last = state.last(branch).map(str::to_string);
-        if last.as_deref() == Some(head.as_str()) {
+        let last = state.last(branch).cloned();
+        if last.as_ref() == Some(&head) {
             continue;
         }
         let commits = source
-            .new_commits(last.as_deref(), &head)
+            .new_commits(last.as_ref(), &head)
             .await
             .map_err(PollError::Repo)?;
-        new.extend(commits.into_iter().map(|commit| (branch.as_str(), commit)));
+        new.extend(commits.into_iter().map(|commit| (branch, commit)));
     }
     if new.is_empty() {
         // A poll cut short by the broker may have left the flag set.
@@ -322,7 +319,7 @@ async fn poll_once(
                 Ok(()) => {
                     state.set_last(branch, &commit.id);
                     confirmed += 1;
-                    tracing::info!(job = %id, branch, commit = %commit.id, "job queued");
+                    tracing::info!(job = %id, %branch, commit = %commit.id, "job queued");
                 }
                 Err(err) => failed = Some(err),
             }
@@ -349,7 +346,7 @@ mod tests {
 
     /// A repository whose `main` has `count` commits, made in one go by
     /// `git fast-import`; returns them oldest first.
-    fn repo_with_commits(dir: &std::path::Path, count: usize) -> Vec<String> {
+    fn repo_with_commits(dir: &std::path::Path, count: usize) -> Vec<CommitId> {
         let git = |args: &[&str]| {
             let mut command = Command::new("git");
             command.arg("-C").arg(dir).args(args);
@@ -391,7 +388,7 @@ mod tests {
             .expect("rev-list");
         String::from_utf8_lossy(&listed.stdout)
             .lines()
-            .map(str::to_string)
+            .map(|id| CommitId::parse(id).expect("a commit id"))
             .collect()
     }
 
@@ -450,30 +447,31 @@ mod tests {
         let file = StateFile::new(dir.path().join("state.json"));
         let mut state = file.load().await.expect("load");
         state.check_repo(source.location()).expect("repo");
-        state.set_last("main", &commits[0]);
+        let main = BranchName::parse("main").expect("branch");
+        state.set_last(&main, &commits[0]);
 
-        let branches = ["main".to_string()];
+        let branches = [main.clone()];
         let polled = poll_once(&source, &branches, &mut state, &file, &broker, &publisher).await;
         assert!(polled.is_ok(), "the poll publishes everything");
 
         let written = file.written.lock().expect("lock").clone();
-        let summary: Vec<(Option<&str>, bool)> = written
+        let summary: Vec<(Option<&CommitId>, bool)> = written
             .iter()
-            .map(|s| (s.last("main"), s.publishing()))
+            .map(|s| (s.last(&main), s.publishing()))
             .collect();
         assert_eq!(
             summary,
             vec![
                 // The in-flight flag, written ahead of the first publish.
-                (Some(commits[0].as_str()), true),
+                (Some(&commits[0]), true),
                 // Then once per batch: the first 256, then the last 44.
-                (Some(commits[256].as_str()), true),
-                (Some(commits[300].as_str()), false),
+                (Some(&commits[256]), true),
+                (Some(&commits[300]), false),
             ]
         );
         // Each commit a write named, the broker had taken, once and in order.
         let ledger = broker.recent_jobs(config.max_message_bytes).await;
-        let ledger: Vec<String> = ledger
+        let ledger: Vec<CommitId> = ledger
             .expect("ledger")
             .into_iter()
             .map(|j| j.commit)

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use git::Git;
+use model::{BranchName, CommitId, RepoUrl};
 
 /// A commit to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCommit {
-    pub id: String,
+    pub id: CommitId,
     pub author: String,
     pub subject: String,
 }
@@ -20,7 +21,7 @@ pub struct NewCommit {
 /// The repository being watched.
 #[derive(Debug, Clone)]
 pub struct RepoSource {
-    location: String,
+    location: RepoUrl,
     /// Git in the repository (a local one, or the mirror).
     git: Git,
     mirrored: bool,
@@ -43,11 +44,11 @@ impl RepoSource {
         git_timeout: Duration,
     ) -> anyhow::Result<RepoSource> {
         if is_url(repo) {
-            broker::message::validate_repo(repo).map_err(|e| anyhow!("REPO {repo:?}: {e}"))?;
+            let location = RepoUrl::parse(repo).map_err(|e| anyhow!("REPO {repo:?}: {e}"))?;
             let mut mirror = state_file.as_os_str().to_owned();
             mirror.push(".mirror");
             return Ok(RepoSource {
-                location: repo.to_string(),
+                location,
                 git: Git::new(PathBuf::from(mirror)).with_timeout(git_timeout),
                 mirrored: true,
             });
@@ -56,9 +57,8 @@ impl RepoSource {
             std::fs::canonicalize(repo).with_context(|| format!("repository path {repo:?}"))?;
         let location = path
             .to_str()
-            .ok_or_else(|| anyhow!("repository path {path:?} is not UTF-8"))?
-            .to_string();
-        broker::message::validate_repo(&location).map_err(|e| anyhow!("REPO {repo:?}: {e}"))?;
+            .ok_or_else(|| anyhow!("repository path {path:?} is not UTF-8"))?;
+        let location = RepoUrl::parse(location).map_err(|e| anyhow!("REPO {repo:?}: {e}"))?;
         let git = Git::new(&path).with_timeout(git_timeout);
         git.run(&["rev-parse", "--git-dir"])
             .await
@@ -71,7 +71,7 @@ impl RepoSource {
     }
 
     /// The location put into jobs: an absolute path or the URL.
-    pub fn location(&self) -> &str {
+    pub fn location(&self) -> &RepoUrl {
         &self.location
     }
 
@@ -124,17 +124,18 @@ impl RepoSource {
     }
 
     /// The branch HEAD points to.
-    pub async fn head_branch(&self) -> anyhow::Result<String> {
-        Ok(self
+    pub async fn head_branch(&self) -> anyhow::Result<BranchName> {
+        let name = self
             .git
             .run(&["symbolic-ref", "--quiet", "--short", "HEAD"])
-            .await?)
+            .await?;
+        Ok(BranchName::parse(&name)?)
     }
 
     /// The commit a branch points to, if the branch exists.
-    pub async fn branch_head(&self, branch: &str) -> anyhow::Result<Option<String>> {
+    pub async fn branch_head(&self, branch: &BranchName) -> anyhow::Result<Option<CommitId>> {
         let reference = format!("refs/heads/{branch}^{{commit}}");
-        Ok(self
+        let head = self
             .git
             .try_run(&[
                 "rev-parse",
@@ -143,7 +144,8 @@ impl RepoSource {
                 "--end-of-options",
                 &reference,
             ])
-            .await?)
+            .await?;
+        Ok(head.map(|id| CommitId::parse(&id)).transpose()?)
     }
 
     /// Commits to publish, oldest first: those after `last` up to `head`,
@@ -151,8 +153,8 @@ impl RepoSource {
     /// force push and garbage collection).
     pub async fn new_commits(
         &self,
-        last: Option<&str>,
-        head: &str,
+        last: Option<&CommitId>,
+        head: &CommitId,
     ) -> anyhow::Result<Vec<NewCommit>> {
         let format = "--format=%H%x1f%an%x1f%s";
         let known_last = match last {
@@ -174,8 +176,8 @@ impl RepoSource {
             None => {
                 if let Some(last) = last {
                     tracing::warn!(
-                        last,
-                        head,
+                        %last,
+                        %head,
                         "last published commit is gone; publishing the head only"
                     );
                 }
@@ -188,8 +190,7 @@ impl RepoSource {
             .lines()
             .filter_map(|line| {
                 let mut parts = line.splitn(3, '\u{1f}');
-                let id = parts.next()?.to_string();
-                broker::message::validate_commit(&id).ok()?;
+                let id = CommitId::parse(parts.next()?).ok()?;
                 Some(NewCommit {
                     id,
                     author: parts.next().unwrap_or_default().to_string(),
@@ -200,7 +201,7 @@ impl RepoSource {
     }
 
     /// Whether the repository has `commit` (a validated commit id).
-    async fn has_commit(&self, commit: &str) -> anyhow::Result<bool> {
+    async fn has_commit(&self, commit: &CommitId) -> anyhow::Result<bool> {
         let object = format!("{commit}^{{commit}}");
         Ok(self
             .git
@@ -215,12 +216,12 @@ impl RepoSource {
     /// or that sit behind the choice, are passed over.
     pub async fn furthest_descendant(
         &self,
-        known: Option<&str>,
-        candidates: &[String],
-    ) -> anyhow::Result<Option<String>> {
-        let mut choice = known.map(str::to_string);
+        known: Option<&CommitId>,
+        candidates: &[CommitId],
+    ) -> anyhow::Result<Option<CommitId>> {
+        let mut choice = known.cloned();
         for candidate in candidates {
-            if choice.as_deref() == Some(candidate.as_str()) {
+            if choice.as_ref() == Some(candidate) {
                 continue;
             }
             if !self.has_commit(candidate).await? {
@@ -246,7 +247,11 @@ impl RepoSource {
 mod tests {
     use super::*;
 
-    async fn commit(git: &Git, n: u32) -> String {
+    fn branch(name: &str) -> BranchName {
+        BranchName::parse(name).expect("a branch name")
+    }
+
+    async fn commit(git: &Git, n: u32) -> CommitId {
         std::fs::write(git.dir().expect("a repository").join("f"), n.to_string()).expect("write");
         git.run(&["add", "f"]).await.expect("add");
         git.run(&[
@@ -261,11 +266,12 @@ mod tests {
         ])
         .await
         .expect("commit");
-        git.run(&["rev-parse", "HEAD"]).await.expect("rev-parse")
+        let head = git.run(&["rev-parse", "HEAD"]).await.expect("rev-parse");
+        CommitId::parse(&head).expect("a commit id")
     }
 
     /// A repository with three commits on `main`, opened as a source.
-    async fn three_commits() -> (tempfile::TempDir, RepoSource, [String; 3]) {
+    async fn three_commits() -> (tempfile::TempDir, RepoSource, [CommitId; 3]) {
         let dir = tempfile::tempdir().expect("tempdir");
         let git = Git::new(dir.path());
         git.run(&["init", "-q", "-b", "main"]).await.expect("init");
@@ -290,11 +296,11 @@ mod tests {
         let (_dir, source, [c1, c2, c3]) = three_commits().await;
         assert_eq!(source.head_branch().await.expect("head"), "main");
         assert_eq!(
-            source.branch_head("main").await.expect("ok"),
+            source.branch_head(&branch("main")).await.expect("ok"),
             Some(c3.clone())
         );
-        assert_eq!(source.branch_head("nope").await.expect("ok"), None);
-        let first: Vec<String> = source
+        assert_eq!(source.branch_head(&branch("nope")).await.expect("ok"), None);
+        let first: Vec<CommitId> = source
             .new_commits(None, &c3)
             .await
             .expect("first")
@@ -309,7 +315,7 @@ mod tests {
         );
         assert_eq!(later[1].subject, "c3");
         assert_eq!(later[1].author, "T");
-        let gone = "f".repeat(40);
+        let gone = CommitId::parse(&"f".repeat(40)).expect("commit");
         let fallback = source
             .new_commits(Some(&gone), &c3)
             .await
@@ -320,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn the_furthest_descendant_skips_older_and_unknown_commits() {
         let (_dir, source, [c1, c2, c3]) = three_commits().await;
-        let unknown = "e".repeat(40);
+        let unknown = CommitId::parse(&"e".repeat(40)).expect("commit");
         // The broker took c2 and c3 after the saved c1, then an old c1 again.
         let ledger = [c2.clone(), c3.clone(), c1.clone()];
         let furthest = source.furthest_descendant(Some(&c1), &ledger).await;
@@ -368,7 +374,10 @@ mod tests {
             .await
             .expect("open");
         source.refresh().await.expect("clone");
-        assert_eq!(source.branch_head("main").await.expect("ok"), Some(c3));
+        assert_eq!(
+            source.branch_head(&branch("main")).await.expect("ok"),
+            Some(c3)
+        );
         source.refresh().await.expect("fetch");
     }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use model::{BranchName, CommitId};
 use serde::{Deserialize, Serialize};
 
 const STATE_VERSION: u32 = 1;
@@ -45,7 +46,7 @@ pub struct State {
     #[serde(skip)]
     path: PathBuf,
     /// Branch name to the last commit published for it.
-    branches: BTreeMap<String, String>,
+    branches: BTreeMap<String, CommitId>,
     /// Set (and saved) before a poll's first publish and cleared after its
     /// last confirm: if a restart finds it set, the observer died with
     /// publishes in flight and asks the broker's ledger what it took.
@@ -85,10 +86,6 @@ impl State {
         if state.version != STATE_VERSION {
             return Err(corrupt(format!("unknown version {}", state.version)));
         }
-        for (branch, commit) in &state.branches {
-            broker::message::validate_commit(commit)
-                .map_err(|e| corrupt(format!("branch {branch:?}: {e}")))?;
-        }
         state.path = path.to_path_buf();
         Ok(state)
     }
@@ -109,12 +106,12 @@ impl State {
         }
     }
 
-    pub fn last(&self, branch: &str) -> Option<&str> {
-        self.branches.get(branch).map(String::as_str)
+    pub fn last(&self, branch: &BranchName) -> Option<&CommitId> {
+        self.branches.get(branch.as_str())
     }
 
-    pub fn set_last(&mut self, branch: &str, commit: &str) {
-        self.branches.insert(branch.to_string(), commit.to_string());
+    pub fn set_last(&mut self, branch: &BranchName, commit: &CommitId) {
+        self.branches.insert(branch.to_string(), commit.clone());
     }
 
     /// Whether the last run stopped with publishes in flight.
@@ -219,19 +216,27 @@ mod tests {
 
     const C1: &str = "0123456789abcdef0123456789abcdef01234567";
 
+    fn main_branch() -> BranchName {
+        BranchName::parse("main").expect("branch")
+    }
+
+    fn c1() -> CommitId {
+        CommitId::parse(C1).expect("commit")
+    }
+
     #[test]
     fn a_missing_file_is_a_first_start_and_saves_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub/state.json");
         let mut state = State::load(&path).expect("empty");
-        assert_eq!(state.last("main"), None);
+        assert_eq!(state.last(&main_branch()), None);
         state.check_repo("/r").expect("adopt");
-        state.set_last("main", C1);
+        state.set_last(&main_branch(), &c1());
         state.set_publishing(true);
         state.set_broker_failed();
         state.save(&path).expect("save");
         let mut again = State::load(&path).expect("load");
-        assert_eq!(again.last("main"), Some(C1));
+        assert_eq!(again.last(&main_branch()), Some(&c1()));
         assert!(again.publishing() && again.broker_failed());
         again.set_publishing(false);
         assert!(!again.broker_failed(), "cleared with the in-flight flag");

@@ -21,11 +21,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker::message::{
-    Control, Event, Job, JobResult, Outcome, OutputChunk, RunnerInfo, SCHEMA_VERSION,
-};
 use broker::{Broker, BrokerConfig, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
+use model::{
+    Control, Event, Job, JobId, JobResult, Outcome, OutputChunk, RunnerId, RunnerInfo,
+    SCHEMA_VERSION,
+};
 use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +52,7 @@ pub struct RunnerConfig {
     /// Overrides the default test command (a repository's file wins).
     pub test_command: Option<String>,
     pub job_timeout: Duration,
-    pub id: String,
+    pub id: RunnerId,
     pub heartbeat: Duration,
     pub output_cap: usize,
     /// How long a running job may take to finish after SIGTERM.
@@ -64,7 +65,7 @@ pub struct RunnerConfig {
 }
 
 /// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
-pub fn default_runner_id() -> String {
+pub fn default_runner_id() -> RunnerId {
     let id: String = format!("{}-{}", host_name(), std::process::id())
         .chars()
         .map(|c| {
@@ -76,7 +77,9 @@ pub fn default_runner_id() -> String {
         })
         .take(128)
         .collect();
-    id
+    // Only letters, digits, '-', '_' and '.' remain, and the pid makes it
+    // neither empty nor a dot.
+    RunnerId::parse(&id).unwrap_or_else(|_| unreachable!("a sanitised id is valid"))
 }
 
 fn host_name() -> String {
@@ -89,7 +92,7 @@ fn host_name() -> String {
 
 /// The job a runner is executing, and how to stop it.
 struct Current {
-    job_id: String,
+    job_id: JobId,
     cancel: CancellationToken,
     output: LiveOutput,
 }
@@ -130,7 +133,7 @@ struct Runner {
     host: String,
     current: SharedCurrent,
     /// Results published and confirmed, newest last.
-    completed: VecDeque<String>,
+    completed: VecDeque<JobId>,
     /// A result not yet confirmed by the broker; delivered after reconnect.
     pending: Option<JobResult>,
 }
@@ -583,7 +586,7 @@ async fn send_heartbeats(
 ) {
     let chunk_max = LIVE_OUTPUT_CHUNK.min(max_message_bytes / 2).max(1);
     // The job whose output is being sent, and how many bytes of it went.
-    let mut sent: Option<(String, usize)> = None;
+    let mut sent: Option<(JobId, usize)> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -655,7 +658,7 @@ async fn watch_control(
     mut control: broker::Consumer,
     max_bytes: usize,
     current: SharedCurrent,
-    me: String,
+    me: RunnerId,
     stopping: CancellationToken,
 ) {
     loop {
@@ -682,7 +685,7 @@ async fn watch_control(
                 reason,
                 ..
             }) => {
-                if except_runner.as_deref() == Some(me.as_str()) {
+                if except_runner.as_ref() == Some(&me) {
                     continue;
                 }
                 if let Ok(guard) = current.lock() {
@@ -718,13 +721,13 @@ mod tests {
     #[test]
     fn results_are_shrunk_to_fit_the_message_cap() {
         let runner = RunnerInfo {
-            id: "r".into(),
+            id: RunnerId::parse("r").expect("id"),
             host: "h".into(),
             connection: "c".into(),
         };
         let mut result = JobResult {
             v: SCHEMA_VERSION,
-            job: Job::for_commit("/r", "main", &"a".repeat(40)),
+            job: Job::try_new("/r", "main", &"a".repeat(40)).expect("a valid job"),
             outcome: Outcome::Passed,
             exit_code: Some(0),
             started_at_ms: 0,

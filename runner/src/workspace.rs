@@ -18,8 +18,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use broker::message::Job;
 use git::Git;
+use model::{CommitId, Job, RepoUrl};
 use sha2::{Digest, Sha256};
 
 use crate::process::scrubbed_env;
@@ -45,9 +45,9 @@ const FORBIDDEN_IN_GIT_DIR: [&str; 7] = [
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error("repository {repo} cannot be reached: {reason}")]
-    Unreachable { repo: String, reason: String },
+    Unreachable { repo: RepoUrl, reason: String },
     #[error("commit {commit} does not exist in {repo} (not found after fetching)")]
-    MissingCommit { repo: String, commit: String },
+    MissingCommit { repo: RepoUrl, commit: CommitId },
     #[error("the workspace is broken: {0}")]
     Broken(String),
 }
@@ -359,7 +359,7 @@ fn remove_any(path: &Path) {
 /// `repo` is a repository on this machine: `<repo>/.git/objects` for one
 /// with a work tree, `<repo>/objects` for a bare one. Other repositories
 /// (URLs, or paths laid out otherwise) are copied, not shared. Jobs carry
-/// absolute paths or URLs (see `broker::message::validate_repo`).
+/// absolute paths or URLs (see `model::RepoUrl`).
 fn shared_objects(repo: &str) -> Option<PathBuf> {
     if !repo.starts_with('/') {
         return None;
@@ -377,7 +377,7 @@ fn shared_objects(repo: &str) -> Option<PathBuf> {
 /// `scrap` is removed before each try (the target of a clone).
 async fn remote(
     git: &Git,
-    repo: &str,
+    repo: &RepoUrl,
     args: &[&str],
     scrap: Option<&std::path::Path>,
 ) -> Result<(), PrepareError> {
@@ -391,7 +391,7 @@ async fn remote(
             Ok(_) => return Ok(()),
             Err(err) => {
                 last = err.to_string();
-                tracing::debug!(attempt, repo, %last, "remote git operation failed");
+                tracing::debug!(attempt, %repo, %last, "remote git operation failed");
             }
         }
         if attempt < REMOTE_TRIES {
@@ -400,7 +400,7 @@ async fn remote(
         }
     }
     Err(PrepareError::Unreachable {
-        repo: repo.to_string(),
+        repo: repo.clone(),
         reason: format!("{last} (after {REMOTE_TRIES} tries)"),
     })
 }
@@ -444,7 +444,8 @@ mod tests {
     #[tokio::test]
     async fn checks_out_the_commit_and_cleans_untracked_files() {
         let (repo, head, _work, ws) = fixture().await;
-        let job = Job::for_commit(repo.path().to_str().expect("utf8"), "main", &head);
+        let job =
+            Job::try_new(repo.path().to_str().expect("utf8"), "main", &head).expect("a valid job");
         let dir = ws.checkout(&job).await.expect("checkout");
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
         std::fs::write(dir.join("junk"), "x").expect("junk");
@@ -457,7 +458,7 @@ mod tests {
         let (repo, head, _work, ws) = fixture().await;
         let location = repo.path().to_str().expect("utf8");
         let dir = ws
-            .checkout(&Job::for_commit(location, "main", &head))
+            .checkout(&Job::try_new(location, "main", &head).expect("a valid job"))
             .await
             .expect("checkout");
         assert_eq!(
@@ -466,7 +467,7 @@ mod tests {
         );
         let next = commit_in(repo.path(), "2", &[]).await;
         let dir = ws
-            .checkout(&Job::for_commit(location, "main", &next))
+            .checkout(&Job::try_new(location, "main", &next).expect("a valid job"))
             .await
             .expect("checkout without fetch");
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "2");
@@ -482,7 +483,7 @@ mod tests {
     async fn a_shared_clone_whose_objects_were_pruned_is_cloned_again() {
         let (repo, head, _work, ws) = fixture().await;
         let location = repo.path().to_str().expect("utf8");
-        ws.checkout(&Job::for_commit(location, "main", &head))
+        ws.checkout(&Job::try_new(location, "main", &head).expect("a valid job"))
             .await
             .expect("checkout");
         // Rewrite history and prune: the clone's HEAD commit is gone.
@@ -495,7 +496,7 @@ mod tests {
             .await
             .expect("gc");
         let dir = ws
-            .checkout(&Job::for_commit(location, "main", &amended))
+            .checkout(&Job::try_new(location, "main", &amended).expect("a valid job"))
             .await
             .expect("checkout after the prune");
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "3");
@@ -504,12 +505,14 @@ mod tests {
     #[tokio::test]
     async fn a_missing_commit_and_an_unreachable_repo_are_errors() {
         let (repo, _, _work, ws) = fixture().await;
-        let job = Job::for_commit(repo.path().to_str().expect("utf8"), "main", &"e".repeat(40));
+        let job = Job::try_new(repo.path().to_str().expect("utf8"), "main", &"e".repeat(40))
+            .expect("a valid job");
         assert!(matches!(
             ws.checkout(&job).await,
             Err(PrepareError::MissingCommit { .. })
         ));
-        let job = Job::for_commit("/nonexistent/warren-repo", "main", &"e".repeat(40));
+        let job =
+            Job::try_new("/nonexistent/warren-repo", "main", &"e".repeat(40)).expect("a valid job");
         assert!(matches!(
             ws.checkout(&job).await,
             Err(PrepareError::Unreachable { .. })
@@ -586,14 +589,14 @@ mod tests {
         let (repo, first, work, ws) = fixture().await;
         let location = repo.path().to_str().expect("utf8");
         let dir = ws
-            .checkout(&Job::for_commit(location, "main", &first))
+            .checkout(&Job::try_new(location, "main", &first).expect("a valid job"))
             .await
             .expect("first checkout");
         let second = commit_in(repo.path(), "2", &[]).await;
         let marker = work.path().join("fired");
         plant(&dir, &marker, &second, &first).await;
 
-        let job = Job::for_commit(location, "main", &second);
+        let job = Job::try_new(location, "main", &second).expect("a valid job");
         let dir = ws.checkout(&job).await.expect("checkout after the plant");
         assert!(
             !marker.exists(),
@@ -655,7 +658,7 @@ mod tests {
     async fn a_git_dir_replaced_by_a_symlink_or_a_gitdir_file_is_cloned_again() {
         let (repo, head, work, ws) = fixture().await;
         let location = repo.path().to_str().expect("utf8");
-        let job = Job::for_commit(location, "main", &head);
+        let job = Job::try_new(location, "main", &head).expect("a valid job");
         // An empty repository elsewhere that git would otherwise use.
         let elsewhere = work.path().join("elsewhere");
         std::fs::create_dir_all(&elsewhere).expect("mkdir");
@@ -709,7 +712,7 @@ mod tests {
         let work = tempfile::tempdir().expect("tempdir");
         let ws =
             Workspace::new(work.path().to_path_buf()).with_git_timeout(Duration::from_millis(300));
-        let job = Job::for_commit(&url, "main", &"e".repeat(40));
+        let job = Job::try_new(&url, "main", &"e".repeat(40)).expect("a valid job");
         let err = ws.checkout(&job).await.expect_err("stalled");
         let reason = err.to_string();
         assert!(matches!(err, PrepareError::Unreachable { .. }), "{reason}");

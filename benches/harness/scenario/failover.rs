@@ -60,7 +60,7 @@ fn takeover(
             warren.wait_runner_line("job running", &job.id, at, Duration::from_secs(60));
         assert_ne!(taker, victim, "another runner took the job");
         samples.running_elsewhere.push(line.at_ms - at);
-        warren.wait_recorded(std::slice::from_ref(&job.id), Duration::from_secs(60));
+        warren.wait_recorded(&[job.id.to_string()], Duration::from_secs(60));
         if freeze {
             let lines = logs::read(&warren.dispatcher_log());
             let when = |message: &str| {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use broker::message::job_id;
+use crate::harness::bus::Bus;
 
 use crate::harness::fixture::{Setup, Warren};
 use crate::harness::logs;
@@ -24,7 +24,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         // runner's clone, so the measured jobs only fetch.
         let head = crate::common::git(&repo.path, &["rev-parse", "HEAD"]);
         warren.wait_recorded(
-            &[job_id(&repo_location, "main", &head, "")],
+            &[Bus::job_id(&repo_location, &head)],
             Duration::from_secs(60),
         );
 
@@ -50,7 +50,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
             // branch moves shortly before git returns).
             let committed_at = committed.started;
             git_commit.push(committed.returned - committed.started);
-            let id = job_id(&repo_location, "main", &commit, "");
+            let id = Bus::job_id(&repo_location, &commit);
             let recorded =
                 warren.wait_recorded(std::slice::from_ref(&id), Duration::from_secs(60))[&id];
             let job = warren

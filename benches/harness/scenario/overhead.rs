@@ -136,7 +136,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         Bus::job(&url_location, &head),
     ];
     warren.bus.publish(&warmups);
-    let warmup_ids: Vec<String> = warmups.iter().map(|j| j.id.clone()).collect();
+    let warmup_ids: Vec<String> = warmups.iter().map(|j| j.id.to_string()).collect();
     warren.wait_recorded(&warmup_ids, Duration::from_secs(60));
 
     // A: one job at a time, each for a new commit, by path and by URL.
@@ -146,8 +146,9 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
                 let (commit, _) = commit_now(&repo, &format!("overhead {label} {i}"));
                 let job = Bus::job(location, &commit);
                 warren.bus.publish(std::slice::from_ref(&job));
-                warren.wait_recorded(std::slice::from_ref(&job.id), Duration::from_secs(60));
-                job.id
+                let id = job.id.to_string();
+                warren.wait_recorded(std::slice::from_ref(&id), Duration::from_secs(60));
+                id
             })
             .collect()
     };
@@ -159,7 +160,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let commits = add_commits(&repo.path, sizes.overhead_warm + 1, "warm");
     let jobs: Vec<_> = commits.iter().map(|c| Bus::job(&url_location, c)).collect();
     warren.bus.publish(&jobs);
-    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
     warren.wait_recorded(&ids, Duration::from_secs(120));
 
     let lines = warren.all_runner_lines();

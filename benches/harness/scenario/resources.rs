@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use broker::message::job_id;
+use crate::harness::bus::Bus;
 
 use crate::harness::fixture::{Setup, Warren};
 use crate::harness::report::{Row, Target, Unit};
@@ -24,7 +24,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     warren.start_observer(&repo_location, "5");
     let head = crate::common::git(&repo.path, &["rev-parse", "HEAD"]);
     warren.wait_recorded(
-        &[job_id(&repo_location, "main", &head, "")],
+        &[Bus::job_id(&repo_location, &head)],
         Duration::from_secs(60),
     );
     std::thread::sleep(Duration::from_secs(1));

@@ -7,9 +7,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use broker::message::job_id;
-
 use crate::harness::bus::Bus;
+
 use crate::harness::fixture::{Setup, Warren};
 use crate::harness::logs;
 use crate::harness::report::{Row, Target, Unit};
@@ -133,11 +132,11 @@ fn drain_with_runners(
         .map(|c| Bus::job(repo_location, c))
         .collect();
     warren.bus.publish(&warm);
-    let warm_ids: Vec<String> = warm.iter().map(|j| j.id.clone()).collect();
+    let warm_ids: Vec<String> = warm.iter().map(|j| j.id.to_string()).collect();
     warren.wait_recorded(&warm_ids, Duration::from_secs(120));
 
     let jobs: Vec<_> = commits.iter().map(|c| Bus::job(repo_location, c)).collect();
-    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
     let meter = Meter::start(&warren);
     let started_ms = now_ms();
     let publish_seconds = warren.bus.publish(&jobs).as_secs_f64();
@@ -158,7 +157,7 @@ fn drain_through_observer(jobs: usize, runners: usize) -> Drain {
     warren.start_observer(&repo_location, "1");
     let head = crate::common::git(&repo.path, &["rev-parse", "HEAD"]);
     warren.wait_recorded(
-        &[job_id(&repo_location, "main", &head, "")],
+        &[Bus::job_id(&repo_location, &head)],
         Duration::from_secs(60),
     );
     let meter = Meter::start(&warren);
@@ -166,7 +165,7 @@ fn drain_through_observer(jobs: usize, runners: usize) -> Drain {
     let commits = add_commits(&repo.path, jobs, "burst");
     let ids: Vec<String> = commits
         .iter()
-        .map(|c| job_id(&repo_location, "main", c, ""))
+        .map(|c| Bus::job_id(&repo_location, c))
         .collect();
     let recorded = warren.wait_recorded(&ids, Duration::from_secs(600));
     let queued: Vec<f64> = warren
