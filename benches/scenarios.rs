@@ -57,8 +57,14 @@ fn main() {
     );
     if all {
         let path = root.join("BENCHMARKS.md");
-        std::fs::write(&path, harness::markdown::render(&report, &run))
-            .expect("write BENCHMARKS.md");
+        let previous = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| harness::report::Previous::parse(&text));
+        std::fs::write(
+            &path,
+            harness::markdown::render(&report, &run, previous.as_ref()),
+        )
+        .expect("write BENCHMARKS.md");
         println!("wrote {}", path.display());
     } else {
         for id in &selected {

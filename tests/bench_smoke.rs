@@ -107,20 +107,32 @@ fn scenario_5_idle_memory_and_cpu() {
 fn scenario_6_api_with_a_full_store() {
     let report = smoke(6, &[5, 6]);
     assert_eq!(report.sections[5].rows.len(), 8);
-    let markdown = harness::markdown::render(
-        &report,
-        &harness::markdown::Run {
-            machine: harness::system::machine(),
-            commit: "test".into(),
-            started: harness::markdown::utc_now(),
-            seconds: 1.0,
-            load: (0.0, 0.0),
-        },
-    );
+    let run = harness::markdown::Run {
+        machine: harness::system::machine(),
+        commit: "0123456789abcdef".into(),
+        started: harness::markdown::utc_now(),
+        seconds: 1.0,
+        load: (0.0, 0.0),
+    };
+    let markdown = harness::markdown::render(&report, &run, None);
     assert!(
         markdown.contains("| 6 | GET /api/jobs (first page"),
         "{markdown}"
     );
+    // The next run reads this one back and shows its medians beside its own.
+    let previous = harness::report::Previous::parse(&markdown).expect("a previous run");
+    assert_eq!(previous.commit, "0123456789abcdef");
+    let next = harness::markdown::render(&report, &run, Some(&previous));
+    assert!(next.contains("| before (0123456) |"), "{next}");
+    for row in &report.sections[5].rows {
+        let median = row.summary().expect("samples").median;
+        let written = format!("{} {}", row.unit.format(median), row.unit.suffix());
+        assert_eq!(previous.median(6, &row.metric), Some(written.as_str()));
+        assert!(
+            next.contains(&format!("| {written} | {written} |")),
+            "the before column holds the previous median: {next}"
+        );
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::harness::report::Report;
+use crate::harness::report::{Previous, Report};
 use crate::harness::system::Machine;
 
 /// Facts about one benchmark run.
@@ -40,7 +40,9 @@ pub fn utc_now() -> String {
     )
 }
 
-pub fn render(report: &Report, run: &Run) -> String {
+/// BENCHMARKS.md for this run; `previous` is the run the file held
+/// before, whose medians are shown beside the new ones.
+pub fn render(report: &Report, run: &Run, previous: Option<&Previous>) -> String {
     let m = &run.machine;
     let mut out = String::new();
     let _ = write!(
@@ -83,7 +85,15 @@ pub fn render(report: &Report, run: &Run) -> String {
         run.load.0,
         run.load.1,
     );
-    let _ = write!(out, "## Results\n\n{}\n", report.markdown_table());
+    if let Some(previous) = previous {
+        let _ = write!(
+            out,
+            "The **before** column is the median of the same metric in the previous run of this \
+             file (commit {}), so every run shows what changed since.\n\n",
+            previous.commit
+        );
+    }
+    let _ = write!(out, "## Results\n\n{}\n", report.markdown_table(previous));
     let _ = write!(out, "{}", crate::harness::analysis::render(report));
     for section in &report.sections {
         let _ = write!(

@@ -260,11 +260,18 @@ impl Report {
         out
     }
 
-    /// The results table in Markdown.
-    pub fn markdown_table(&self) -> String {
-        let mut out = String::from(
-            "| # | metric | n | median | p95 | max | target | |\n|---|---|--:|--:|--:|--:|---|---|\n",
-        );
+    /// The results table in Markdown, with the median of the same metric
+    /// in the previous run beside each, when there was one.
+    pub fn markdown_table(&self, previous: Option<&Previous>) -> String {
+        let mut out = match previous {
+            Some(previous) => format!(
+                "| # | metric | n | median | before ({}) | p95 | max | target | |\n|---|---|--:|--:|--:|--:|--:|---|---|\n",
+                previous.short_commit()
+            ),
+            None => String::from(
+                "| # | metric | n | median | p95 | max | target | |\n|---|---|--:|--:|--:|--:|---|---|\n",
+            ),
+        };
         for (section, row) in self.all_rows() {
             let s = row.summary();
             let cell = |f: fn(&Summary) -> f64| {
@@ -276,13 +283,20 @@ impl Report {
                 "MISSED" => "**missed**",
                 other => other,
             };
+            let before = previous.map(|previous| {
+                format!(
+                    " {} |",
+                    previous.median(section.id, &row.metric).unwrap_or("–")
+                )
+            });
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} |{} {} | {} | {} | {} |",
                 section.id,
                 row.metric,
                 s.map(|s| s.n).unwrap_or(0),
                 cell(|s| s.median),
+                before.unwrap_or_default(),
                 cell(|s| s.p95),
                 cell(|s| s.max),
                 row.target.as_ref().map(|t| t.text.as_str()).unwrap_or(""),
@@ -290,6 +304,53 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// The figures of the run BENCHMARKS.md held before this one: its commit
+/// and the median of each metric, as written, so that a run shows what it
+/// changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Previous {
+    pub commit: String,
+    /// (scenario, metric) → the median cell as written (value and unit).
+    medians: std::collections::HashMap<(u8, String), String>,
+}
+
+impl Previous {
+    /// Reads the previous run from the text of BENCHMARKS.md: the measured
+    /// commit, and the results table's median column (which follows the
+    /// `n` column whatever other columns the table had).
+    pub fn parse(markdown: &str) -> Option<Previous> {
+        let commit = markdown
+            .lines()
+            .find_map(|line| line.strip_prefix("| measured commit | "))?
+            .trim_end_matches(" |")
+            .trim()
+            .to_string();
+        let results = markdown.split("## Results").nth(1)?;
+        let medians = results
+            .lines()
+            .skip_while(|line| !line.starts_with("| # |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let id: u8 = cells.get(1)?.parse().ok()?;
+                Some(((id, cells.get(2)?.to_string()), cells.get(4)?.to_string()))
+            })
+            .collect();
+        Some(Previous { commit, medians })
+    }
+
+    pub fn short_commit(&self) -> &str {
+        self.commit.get(..7).unwrap_or(&self.commit)
+    }
+
+    pub fn median(&self, scenario: u8, metric: &str) -> Option<&str> {
+        self.medians
+            .get(&(scenario, metric.to_string()))
+            .map(String::as_str)
     }
 }
 
