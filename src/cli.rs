@@ -88,6 +88,8 @@ pub enum Command {
     Up(UpArgs),
     /// Print or delete the namespace's RabbitMQ topology
     Topology(TopologyArgs),
+    /// Apply the store's schema migrations, or with --check only report them
+    Migrate(MigrateArgs),
     /// Recent jobs as a table
     Status(StatusArgs),
     /// One job (by id or commit); exits non-zero unless it passed
@@ -120,6 +122,53 @@ pub struct Server {
     /// The dispatcher's address
     #[arg(long, env = "WARREN_SERVER", default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
     pub server: String,
+}
+
+/// Where the dispatcher keeps jobs, outcomes and logs.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Folder for the default SQLite store
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
+    pub data_dir: PathBuf,
+
+    /// The store: sqlite:PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// for several dispatchers; may be read from the file named by
+    /// WARREN_STORE_FILE [default: sqlite:<--data-dir>/warren.db]
+    #[arg(long, env = "WARREN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+}
+
+impl StoreArgs {
+    /// The store's URL: `--store`, else the SQLite file in `--data-dir`.
+    pub fn url(&self) -> anyhow::Result<store::StoreUrl> {
+        match &self.store {
+            Some(url) => store::StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("--store: {e}")),
+            None => Ok(store::StoreUrl::sqlite(self.data_dir.join("warren.db"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Only report which migrations are applied and which are pending
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `warren migrate`: applies the pending migrations (or reports them).
+/// Exits non-zero when `--check` finds some pending, so scripts can ask.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let url = args.store.url()?;
+    let report = store::migrate(&url, args.check).await?;
+    print!("{report}");
+    Ok(if args.check && !report.pending.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The deadline of every git call, for the components that run git.
@@ -303,9 +352,8 @@ impl RunnerArgs {
 #[derive(Debug, Clone, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct DispatcherArgs {
-    /// Folder for the SQLite store and the job logs
-    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Address of the dashboard and JSON API
     #[arg(long, env = "WARREN_HTTP", default_value = "127.0.0.1:8080")]
@@ -351,10 +399,10 @@ pub struct DispatcherArgs {
 }
 
 impl DispatcherArgs {
-    pub fn into_config(self, broker: BrokerConfig) -> dispatcher::DispatcherConfig {
-        dispatcher::DispatcherConfig {
+    pub fn into_config(self, broker: BrokerConfig) -> anyhow::Result<dispatcher::DispatcherConfig> {
+        Ok(dispatcher::DispatcherConfig {
             broker,
-            data_dir: self.data_dir,
+            store: self.store.url()?,
             http: self.http,
             management_url: self.management_url,
             lease: self.heartbeat * self.lease_missed,
@@ -363,7 +411,7 @@ impl DispatcherArgs {
             webhook_secret: self.webhook_secret,
             api_token: self.api_token,
             git_timeout: self.git.git_timeout,
-        }
+        })
     }
 }
 
@@ -565,6 +613,18 @@ fn resolve_flag_secret(
     Ok(())
 }
 
+/// The store's URL may hold a password: the flag wins, else
+/// `WARREN_STORE` or the file `WARREN_STORE_FILE` names.
+fn resolve_store_secret(store: &mut StoreArgs, sub: Option<&ArgMatches>) -> Result<(), String> {
+    if sub.and_then(|m| m.value_source("store")) == Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    if let Some(url) = secret("WARREN_STORE")? {
+        store.store = Some(url);
+    }
+    Ok(())
+}
+
 /// Fills in every secret of `cli` from the command line, the environment
 /// or the files the `*_FILE` variables name. `matches` are the ones `cli`
 /// was parsed from.
@@ -578,9 +638,11 @@ pub fn resolve_secrets(cli: &mut Cli, matches: &ArgMatches) -> Result<(), String
     match &mut cli.command {
         // Started by the runner with a scrubbed environment: no secrets.
         Command::Supervise(_) => return Ok(()),
+        Command::Migrate(args) => resolve_store_secret(&mut args.store, sub)?,
         Command::Dispatcher(args) => {
             let source = sub.and_then(|m| m.value_source("management_url"));
             resolve_flag_secret(&mut args.management_url, source, "WARREN_MANAGEMENT_URL")?;
+            resolve_store_secret(&mut args.store, sub)?;
             args.webhook_secret = secret("WARREN_WEBHOOK_SECRET")?;
             args.api_token = secret("WARREN_API_TOKEN")?;
         }

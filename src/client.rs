@@ -1,12 +1,16 @@
 //! The client commands (`status`, `show`, `log`, `rerun`, `trigger`,
-//! `runners`): thin callers of the dispatcher's HTTP API. `show` and `log`
-//! exit non-zero unless the job passed, so scripts can use them.
+//! `runners`): thin callers of the dispatcher's HTTP API, reading and
+//! writing the same types the dispatcher serves (`model::api`). `show` and
+//! `log` exit non-zero unless the job passed, so scripts can use them.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::Value;
+use model::api::{ErrorBody, JobView, Queued, RunnerView, TriggerRequest};
+use model::{BranchName, JobStatus};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::cli::{
     secret, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
@@ -47,14 +51,17 @@ impl Client {
             return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| body.trim().to_string());
+        let message = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(error) => match error.commits {
+                Some(commits) => format!("{} ({})", error.error, commits.join(", ")),
+                None => error.error,
+            },
+            Err(_) => body.trim().to_string(),
+        };
         bail!("{status}: {message}")
     }
 
-    async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self
             .request(self.http.get(format!("{}{path}", self.base)))
             .await?;
@@ -71,7 +78,11 @@ impl Client {
         Ok(response.text().await?)
     }
 
-    async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let response = self
             .request(self.http.post(format!("{}{path}", self.base)).json(body))
             .await?;
@@ -82,30 +93,19 @@ impl Client {
     }
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+fn or_dash(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-fn duration(job: &Value) -> String {
-    job["duration_ms"]
-        .as_i64()
+fn duration(job: &JobView) -> String {
+    job.record
+        .duration_ms
         .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
         .unwrap_or_else(|| "-".into())
 }
 
-fn short(commit: &Value) -> String {
-    commit
-        .as_str()
-        .map(|c| c.chars().take(10).collect())
-        .unwrap_or_default()
-}
-
-fn passed(job: &Value) -> ExitCode {
-    if job["status"] == "passed" {
+fn passed(job: &JobView) -> ExitCode {
+    if job.record.status == JobStatus::Passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -126,10 +126,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         path.push_str(&format!("&status={status}"));
     }
     if let Some(branch) = &args.branch {
-        model::BranchName::parse(branch).map_err(|e| anyhow!("--branch: {e}"))?;
+        BranchName::parse(branch).map_err(|e| anyhow!("--branch: {e}"))?;
         path.push_str(&format!("&branch={branch}"));
     }
-    let jobs = client.get_json(&path).await?;
+    let jobs: Vec<JobView> = client.get(&path).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(ExitCode::SUCCESS);
@@ -138,17 +138,18 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "{:<17} {:<8} {:<16} {:<10} {:>8} {:<8} {:<20} SUBJECT",
         "JOB", "STATUS", "BRANCH", "COMMIT", "TIME", "ATTEMPTS", "RUNNER"
     );
-    for job in jobs.as_array().into_iter().flatten() {
+    for job in &jobs {
+        let record = &job.record;
         println!(
             "{:<17} {:<8} {:<16} {:<10} {:>8} {:<8} {:<20} {}",
-            text(&job["id"]),
-            text(&job["status"]),
-            text(&job["branch"]),
-            short(&job["commit"]),
+            record.id,
+            record.status,
+            record.branch,
+            &record.commit[..10],
             duration(job),
-            text(&job["attempts"]),
-            text(&job["runner"]),
-            job["subject"].as_str().unwrap_or(""),
+            record.attempts,
+            or_dash(record.runner.as_ref()),
+            record.subject.as_deref().unwrap_or(""),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -156,33 +157,35 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let job = client.get_json(&job_path(&args.job)?).await?;
+    let job: JobView = client.get(&job_path(&args.job)?).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&job)?);
-    } else {
-        for key in [
-            "id",
-            "status",
-            "repo",
-            "branch",
-            "commit",
-            "subject",
-            "author",
-            "runner",
-            "attempts",
-            "duplicates",
-            "enqueued_at",
-            "started_at",
-            "finished_at",
-            "exit_code",
-            "reason",
-            "truncated",
-        ] {
-            println!("{key:<12} {}", text(&job[key]));
-        }
-        println!("{:<12} {}", "duration", duration(&job));
-        println!("{:<12} {}{}", "log", client.base, text(&job["log_url"]));
+        return Ok(passed(&job));
     }
+    let record = &job.record;
+    let rows: [(&str, String); 16] = [
+        ("id", record.id.to_string()),
+        ("status", record.status.to_string()),
+        ("repo", record.repo.to_string()),
+        ("branch", record.branch.to_string()),
+        ("commit", record.commit.to_string()),
+        ("subject", or_dash(record.subject.as_ref())),
+        ("author", or_dash(record.author.as_ref())),
+        ("runner", or_dash(record.runner.as_ref())),
+        ("attempts", record.attempts.to_string()),
+        ("duplicates", record.duplicates.to_string()),
+        ("enqueued_at", or_dash(job.enqueued_at.as_ref())),
+        ("started_at", or_dash(job.started_at.as_ref())),
+        ("finished_at", or_dash(job.finished_at.as_ref())),
+        ("exit_code", or_dash(record.exit_code)),
+        ("reason", or_dash(record.reason.as_ref())),
+        ("truncated", record.truncated.to_string()),
+    ];
+    for (key, value) in rows {
+        println!("{key:<12} {value}");
+    }
+    println!("{:<12} {}", "duration", duration(&job));
+    println!("{:<12} {}{}", "log", client.base, job.log_url);
     Ok(passed(&job))
 }
 
@@ -190,7 +193,7 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
     let path = job_path(&args.job)?;
     let log_path = format!("{path}/log");
-    let mut job = client.get_json(&path).await?;
+    let mut job: JobView = client.get(&path).await?;
     if !args.follow {
         print!("{}", client.get_text(&log_path).await?);
         return Ok(passed(&job));
@@ -200,7 +203,7 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     // the recorded log adds to that.
     let mut printed = String::new();
     loop {
-        let running = matches!(job["status"].as_str(), Some("queued" | "running"));
+        let running = !job.record.status.is_terminal();
         let log = client.get_text(&log_path).await?;
         match log.strip_prefix(printed.as_str()) {
             Some(new) => print!("{new}"),
@@ -221,40 +224,43 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
             return Ok(passed(&job));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        job = client.get_json(&path).await?;
+        job = client.get(&path).await?;
     }
 }
 
 pub async fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let answer = client
-        .post_json(&format!("{}/rerun", job_path(&args.job)?), &Value::Null)
+    let answer: Queued = client
+        .post(&format!("{}/rerun", job_path(&args.job)?), &())
         .await?;
     println!(
         "queued job {} (rerun of {})",
-        text(&answer["id"]),
-        text(&answer["rerun_of"])
+        answer.id,
+        or_dash(answer.rerun_of)
     );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let body =
-        serde_json::json!({ "target": args.target, "branch": args.branch, "repo": args.repo });
-    let answer = client.post_json("/api/trigger", &body).await?;
+    let request = TriggerRequest {
+        target: args.target,
+        branch: args.branch,
+        repo: args.repo,
+    };
+    let answer: Queued = client.post("/api/trigger", &request).await?;
     println!(
         "queued job {} for {} on {}",
-        text(&answer["id"]),
-        text(&answer["commit"]),
-        text(&answer["branch"])
+        answer.id,
+        or_dash(answer.commit),
+        or_dash(answer.branch)
     );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn runners(args: RunnersArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let runners = client.get_json("/api/runners").await?;
+    let runners: Vec<RunnerView> = client.get("/api/runners").await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runners)?);
         return Ok(ExitCode::SUCCESS);
@@ -263,19 +269,15 @@ pub async fn runners(args: RunnersArgs) -> anyhow::Result<ExitCode> {
         "{:<24} {:<8} {:<20} {:<17} {:>9} LAST SEEN",
         "RUNNER", "STATE", "HOST", "CURRENT JOB", "JOBS DONE"
     );
-    for runner in runners.as_array().into_iter().flatten() {
+    for runner in &runners {
         println!(
             "{:<24} {:<8} {:<20} {:<17} {:>9} {}",
-            text(&runner["id"]),
-            if runner["online"] == true {
-                "online"
-            } else {
-                "offline"
-            },
-            text(&runner["host"]),
-            text(&runner["current_job"]),
-            text(&runner["jobs_done"]),
-            text(&runner["last_seen"]),
+            runner.record.id,
+            if runner.online { "online" } else { "offline" },
+            runner.record.host,
+            or_dash(runner.record.current_job.as_ref()),
+            runner.record.jobs_done,
+            or_dash(runner.last_seen.as_ref()),
         );
     }
     Ok(ExitCode::SUCCESS)

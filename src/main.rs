@@ -89,8 +89,9 @@ async fn run_command(cli: Cli, signals: &Signals) -> anyhow::Result<ExitCode> {
             runner::run(args.into_config(broker), shutdown).await?;
         }
         Command::Dispatcher(args) => {
-            dispatcher::run(args.into_config(broker), shutdown).await?;
+            dispatcher::run(args.into_config(broker)?, shutdown).await?;
         }
+        Command::Migrate(args) => return cli::migrate(args).await,
         Command::Up(args) => {
             up::run(&cli.common, args, shutdown, signals.again.clone()).await?;
         }

@@ -1,16 +1,35 @@
 //! Leases on running jobs. A runner renews its lease with every heartbeat;
 //! a lease that goes unrenewed for too long means the runner is frozen or
 //! cut off while its TCP connection may still look alive, so the dispatcher
-//! acts instead of waiting for the broker's own heartbeat timeout.
+//! acts instead of waiting for the broker's own heartbeat timeout: it
+//! closes the runner's connection through the management API (the broker
+//! then requeues the job), or, without one, republishes the job.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use broker::Publisher;
+use model::{Job, JobId, RunnerId};
+use store::{Store, StoreError};
+use tasks::Tasks;
+use tokio_util::sync::CancellationToken;
+
+use crate::management::{Closed, Management};
+
+/// How often expired leases are looked for.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// How many times (a second apart) to look for an expired runner's
+/// connection: the management API lists a new connection only after its
+/// next statistics emission (every 5 s by default).
+const CONNECTION_LOOKUPS: u32 = 8;
 
 /// A runner's hold on a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub job_id: String,
-    pub runner: String,
+    pub job_id: JobId,
+    pub runner: RunnerId,
     /// The runner's AMQP connection name (to close it).
     pub connection: String,
     renewed: Instant,
@@ -20,7 +39,7 @@ pub struct Lease {
 #[derive(Debug)]
 pub struct Leases {
     ttl: Duration,
-    leases: HashMap<(String, String), Lease>,
+    leases: HashMap<(JobId, RunnerId), Lease>,
 }
 
 impl Leases {
@@ -32,12 +51,12 @@ impl Leases {
     }
 
     /// A runner started (or was found running) a job.
-    pub fn grant(&mut self, job_id: &str, runner: &str, connection: &str, now: Instant) {
+    pub fn grant(&mut self, job_id: &JobId, runner: &RunnerId, connection: &str, now: Instant) {
         self.leases.insert(
-            (job_id.to_string(), runner.to_string()),
+            (job_id.clone(), runner.clone()),
             Lease {
-                job_id: job_id.to_string(),
-                runner: runner.to_string(),
+                job_id: job_id.clone(),
+                runner: runner.clone(),
                 connection: connection.to_string(),
                 renewed: now,
             },
@@ -45,21 +64,21 @@ impl Leases {
     }
 
     /// A heartbeat from `runner` naming `job_id`.
-    pub fn renew(&mut self, job_id: &str, runner: &str, connection: &str, now: Instant) {
+    pub fn renew(&mut self, job_id: &JobId, runner: &RunnerId, connection: &str, now: Instant) {
         self.grant(job_id, runner, connection, now);
     }
 
     /// The job's outcome is recorded: its leases end. Returns the runners
     /// that held one.
-    pub fn release(&mut self, job_id: &str) -> Vec<String> {
-        let holders: Vec<String> = self
+    pub fn release(&mut self, job_id: &JobId) -> Vec<RunnerId> {
+        let holders: Vec<RunnerId> = self
             .leases
             .keys()
             .filter(|(job, _)| job == job_id)
             .map(|(_, runner)| runner.clone())
             .collect();
         for runner in &holders {
-            self.leases.remove(&(job_id.to_string(), runner.clone()));
+            self.leases.remove(&(job_id.clone(), runner.clone()));
         }
         holders
     }
@@ -67,7 +86,7 @@ impl Leases {
     /// Removes and returns the leases not renewed within the TTL.
     pub fn take_expired(&mut self, now: Instant) -> Vec<Lease> {
         let ttl = self.ttl;
-        let expired: Vec<(String, String)> = self
+        let expired: Vec<(JobId, RunnerId)> = self
             .leases
             .iter()
             .filter(|(_, lease)| now.duration_since(lease.renewed) > ttl)
@@ -80,24 +99,139 @@ impl Leases {
     }
 }
 
+/// What acting on an expired lease needs: the management API (if usable)
+/// and the dispatcher's tasks, where each expiry runs (finding the
+/// connection may take a few seconds).
+#[derive(Clone)]
+pub struct Expiry {
+    pub management: Option<Management>,
+    pub tasks: Tasks,
+}
+
+/// Every half second until `shutdown`, acts on the leases that expired
+/// while their job still has no outcome.
+pub async fn watch(
+    leases: Arc<Mutex<Leases>>,
+    store: Arc<dyn Store>,
+    expiry: Expiry,
+    publisher: Publisher,
+    names: broker::Names,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let expired = leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take_expired(Instant::now());
+        for lease in expired {
+            let Some(job) = store.job(&lease.job_id).await? else {
+                continue;
+            };
+            if job.is_terminal() {
+                continue;
+            }
+            tracing::warn!(job = %lease.job_id, runner = %lease.runner, "lease expired: the runner stopped sending heartbeats");
+            expiry.tasks.spawn(
+                format!("the expiry of job {}'s lease", lease.job_id),
+                expire(
+                    expiry.management.clone(),
+                    publisher.clone(),
+                    names.clone(),
+                    lease,
+                    job.to_job(),
+                ),
+            );
+        }
+    }
+}
+
+/// Acts on an expired lease: close the runner's connection so the broker
+/// requeues its job, or republish the job when the management API cannot
+/// be used.
+async fn expire(
+    management: Option<Management>,
+    publisher: Publisher,
+    names: broker::Names,
+    lease: Lease,
+    job: Job,
+) {
+    let reason = "warren: lease expired (runner frozen or cut off)";
+    let mut outcome = Err(());
+    if let Some(management) = &management {
+        for attempt in 1..=CONNECTION_LOOKUPS {
+            match management.close_connection(&lease.connection, reason).await {
+                Ok(Closed::NotFound) if attempt < CONNECTION_LOOKUPS => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok(found) => {
+                    outcome = Ok(found);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!("cannot close the runner's connection: {err}");
+                    break;
+                }
+            }
+        }
+    }
+    match outcome {
+        Ok(Closed::Closed) => {
+            tracing::info!(job = %lease.job_id, runner = %lease.runner, "closed the frozen runner's connection; the broker requeues its job")
+        }
+        Ok(Closed::NotFound) => {
+            tracing::info!(job = %lease.job_id, runner = %lease.runner, "the runner's connection is already gone; the broker requeued its job")
+        }
+        Err(()) => {
+            let body = broker::message::encode(&job);
+            match publisher
+                .publish_raw("", &names.work_queue(), &body, Vec::new())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(job = %lease.job_id, "republished the job (management API unavailable)")
+                }
+                Err(err) => tracing::warn!(job = %lease.job_id, "cannot republish the job: {err}"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(id: &str) -> JobId {
+        JobId::parse(id).expect("id")
+    }
+
+    fn runner(id: &str) -> RunnerId {
+        RunnerId::parse(id).expect("id")
+    }
 
     #[test]
     fn leases_expire_unless_renewed_and_end_with_the_outcome() {
         let start = Instant::now();
         let mut leases = Leases::new(Duration::from_secs(10));
-        leases.grant("j1", "r1", "c1", start);
-        leases.grant("j2", "r2", "c2", start);
-        leases.renew("j1", "r1", "c1", start + Duration::from_secs(8));
+        leases.grant(&job("j1"), &runner("r1"), "c1", start);
+        leases.grant(&job("j2"), &runner("r2"), "c2", start);
+        leases.renew(
+            &job("j1"),
+            &runner("r1"),
+            "c1",
+            start + Duration::from_secs(8),
+        );
         let expired = leases.take_expired(start + Duration::from_secs(11));
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].job_id, "j2");
+        assert_eq!(expired[0].job_id, job("j2"));
         assert!(leases
             .take_expired(start + Duration::from_secs(11))
             .is_empty());
-        assert_eq!(leases.release("j1"), vec!["r1".to_string()]);
+        assert_eq!(leases.release(&job("j1")), vec![runner("r1")]);
         assert!(leases
             .take_expired(start + Duration::from_secs(100))
             .is_empty());

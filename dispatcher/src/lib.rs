@@ -1,38 +1,50 @@
 //! The dispatcher: thin, and not on the path from commit to test.
 //!
-//! It records every job and its one outcome (SQLite plus log files), holds
-//! leases on running jobs and acts when a runner freezes, and serves the
-//! JSON API and the dashboard. If it is down, jobs keep running and results
-//! wait in its durable queues.
+//! It records every job and its one outcome in the store, holds leases on
+//! running jobs and acts when a runner freezes, and serves the JSON API and
+//! the dashboard. If it is down, jobs keep running and results wait in its
+//! durable queues.
+//!
+//! Split by responsibility, around one channel of job events:
+//!
+//! - [`recorder`] reads the broker and says what each message means;
+//! - [`jobs`] is the one place a job's state changes (a store transition,
+//!   then an event on the [`events`] bus);
+//! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
+//! - [`notify`] and [`metrics`] follow the events; [`http`] serves the API,
+//!   the pages and the live feed (also from the events).
 //!
 //! Every task it starts is tracked ([`tasks::Tasks`]) and awaited when it
 //! stops. One that should run as long as the dispatcher (the HTTP server,
-//! the notifier) and ends anyway stops it with an error, so that Compose or
-//! systemd restarts it, rather than leaving it running without that part.
+//! the notifier, the metrics) and ends anyway stops it with an error, so
+//! that Compose or systemd restarts it, rather than leaving it running
+//! without that part.
 
-pub mod api;
-pub mod dashboard;
+pub mod events;
+pub mod http;
+pub mod jobs;
 pub mod leases;
 pub mod management;
 pub mod metrics;
 pub mod notify;
 pub mod recorder;
-pub mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use broker::{BrokerConfig, BrokerError};
+use store::{StoreSettings, StoreUrl};
 use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
-use crate::leases::Leases;
+use crate::events::EventBus;
+use crate::jobs::Jobs;
+use crate::leases::{Expiry, Leases};
 use crate::management::Management;
+use crate::metrics::Metrics;
 use crate::recorder::{RecordError, Recorder};
-use crate::store::Store;
 
 /// How long to wait before trying again after the store failed to write
 /// (a full disk): the broker keeps the unrecorded messages meanwhile.
@@ -42,7 +54,8 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     pub broker: BrokerConfig,
-    pub data_dir: PathBuf,
+    /// Where jobs, outcomes and logs are kept (`--store`).
+    pub store: StoreUrl,
     pub http: SocketAddr,
     /// Management API URL (may hold credentials; never logged).
     pub management_url: String,
@@ -69,15 +82,18 @@ const STOP_TASKS_WITHIN: Duration = Duration::from_millis(1500);
 /// (rerun, trigger) and queue statistics.
 pub type BrokerSlot = Arc<RwLock<Option<Arc<broker::Broker>>>>;
 
+/// How recently a runner must have been seen to count as online: within
+/// three heartbeats, and at least 10 s.
+pub fn online_within_ms(heartbeat: Duration) -> i64 {
+    (heartbeat.as_millis() as i64 * 3).max(10_000)
+}
+
 /// Runs the dispatcher until `shutdown` fires, or until one of its
 /// lifetime tasks ends (an error).
 pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = Store::open(&config.data_dir).with_context(|| {
-        format!(
-            "opening the store in --data-dir {}",
-            config.data_dir.display()
-        )
-    })?;
+    let store = store::open(&config.store, StoreSettings::default())
+        .await
+        .with_context(|| format!("opening the store {}", config.store))?;
     let management = match Management::new(&config.management_url) {
         Ok(management) => Some(management),
         Err(err) => {
@@ -89,11 +105,16 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
     };
     let mut leases = Leases::new(config.lease);
     let now = Instant::now();
-    for job in store.running().context("reading running jobs")? {
+    for job in store.running().await.context("reading running jobs")? {
         if let (Some(runner), Some(connection)) = (&job.runner, &job.connection) {
             leases.grant(&job.id, runner, connection, now);
         }
     }
+    let metrics = Arc::new(
+        Metrics::load(store.as_ref())
+            .await
+            .context("reading the store's figures for /metrics")?,
+    );
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on --http {}", config.http))?;
@@ -103,31 +124,46 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
     // task died.
     let tasks = Tasks::new(&shutdown);
     let stopping = tasks.stopping().clone();
-    let (updates, _) = tokio::sync::broadcast::channel(1024);
-    let notifier = notify::Notifier::start(
+    let bus = EventBus::new();
+    let jobs = Jobs::new(store.clone(), bus.clone());
+    notify::Notifier::start(
         config.webhooks.clone(),
         config.webhook_secret.clone(),
         store.clone(),
+        bus.subscribe(),
         &tasks,
     );
+    tasks.lifetime(
+        "the metrics' event follower",
+        metrics::follow(metrics.clone(), bus.subscribe(), stopping.clone()),
+    );
+    let online_within_ms = online_within_ms(config.heartbeat);
+    tasks.lifetime(
+        "the metrics' sampler",
+        metrics::sample(
+            metrics.clone(),
+            store.clone(),
+            online_within_ms,
+            stopping.clone(),
+        ),
+    );
     let recorder = Recorder {
-        store: store.clone(),
+        jobs: jobs.clone(),
         leases: Arc::new(Mutex::new(leases)),
-        management,
-        updates: updates.clone(),
-        announcing: Arc::default(),
-        notifier,
+        expiry: Expiry {
+            management,
+            tasks: tasks.clone(),
+        },
         max_message_bytes: config.broker.max_message_bytes,
         settings: config.broker.settings,
-        tasks: tasks.clone(),
     };
     let broker_slot: BrokerSlot = Arc::new(RwLock::new(None));
 
-    tracing::info!("dashboard and API on http://{address}");
-    let app = api::router(api::AppState {
-        store: store.clone(),
+    tracing::info!(store = %config.store, "dashboard and API on http://{address}");
+    let app = http::router(http::AppState {
+        jobs,
         broker: broker_slot.clone(),
-        updates,
+        metrics,
         api_token: config.api_token.clone(),
         heartbeat: config.heartbeat,
         management_url: config.management_url.clone(),
@@ -137,7 +173,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
     let http_stopping = stopping.clone();
     tasks.lifetime("the HTTP server", async move {
         // Waits for every connection to end; live-view streams end on
-        // `stopping` (see api::events).
+        // `stopping` (see http::live).
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(http_stopping.cancelled_owned())
             .await;
@@ -159,6 +195,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         }
     };
     tasks.stop(STOP_TASKS_WITHIN).await;
+    store.close().await;
     tracing::info!("dispatcher stopped");
     outcome
 }

@@ -29,8 +29,13 @@ use tasks::Tasks;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::JobView;
-use crate::store::{JobRecord, Store};
+use std::sync::Arc;
+
+use model::api::JobView;
+use model::{BranchName, CommitId, JobId, JobRecord, JobStatus, RepoUrl};
+use store::Store;
+
+use crate::events::{Change, JobEvent};
 
 /// `sha256=<hex HMAC-SHA256 of the exact body, keyed with the secret>`.
 pub const SIGNATURE_HEADER: &str = "X-Warren-Signature";
@@ -62,8 +67,8 @@ impl Event {
 
 /// `failed`, `error` and `timeout` all mean the commit is not known to be
 /// good, so all three are failures.
-pub fn is_failure(status: &str) -> bool {
-    matches!(status, "failed" | "error" | "timeout")
+fn is_failure(status: JobStatus) -> bool {
+    status.is_failure()
 }
 
 /// Whether an outcome (`current`) is worth a notification, given the
@@ -71,11 +76,11 @@ pub fn is_failure(status: &str) -> bool {
 /// one seen). Only changes are announced: a failure after a pass or as the
 /// first outcome, and a pass after a failure. A failure after a failure
 /// (whatever the kind) and a pass after a pass stay quiet.
-pub fn decide(previous: Option<&str>, current: &str) -> Option<Event> {
+pub fn decide(previous: Option<JobStatus>, current: JobStatus) -> Option<Event> {
     let previous_failed = previous.map(is_failure);
     if is_failure(current) {
         (previous_failed != Some(true)).then_some(Event::Failed)
-    } else if current == "passed" {
+    } else if current == JobStatus::Passed {
         (previous_failed == Some(true)).then_some(Event::Fixed)
     } else {
         None
@@ -99,9 +104,9 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 /// The job an event compares with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Previous {
-    pub id: String,
-    pub commit: String,
-    pub status: String,
+    pub id: JobId,
+    pub commit: CommitId,
+    pub status: JobStatus,
 }
 
 impl From<&JobRecord> for Previous {
@@ -109,7 +114,7 @@ impl From<&JobRecord> for Previous {
         Previous {
             id: job.id.clone(),
             commit: job.commit.clone(),
-            status: job.status.clone(),
+            status: job.status,
         }
     }
 }
@@ -207,34 +212,35 @@ fn origin(url: &str) -> String {
     }
 }
 
-/// Hands finished jobs to the background sender.
-#[derive(Clone)]
-pub struct Notifier {
-    queue: Option<UnboundedSender<JobRecord>>,
-}
+/// Turns outcomes into webhook notifications, off the recording path: it
+/// follows the job events (see `events`) and has a task and a queue per
+/// webhook.
+pub struct Notifier;
 
 impl Notifier {
     /// Starts the senders, as lifetime tasks of `tasks`, if any webhook is
-    /// configured.
+    /// configured; `events` are every job event from now on.
     pub fn start(
         webhooks: Vec<String>,
         secret: Option<String>,
-        store: Store,
+        store: Arc<dyn Store>,
+        events: UnboundedReceiver<JobEvent>,
         tasks: &Tasks,
-    ) -> Notifier {
-        Notifier::start_with(webhooks, secret, store, Retry::default(), tasks)
+    ) {
+        Notifier::start_with(webhooks, secret, store, events, Retry::default(), tasks)
     }
 
     /// [`Notifier::start`] with a retry policy of one's own.
     pub fn start_with(
         webhooks: Vec<String>,
         secret: Option<String>,
-        store: Store,
+        store: Arc<dyn Store>,
+        events: UnboundedReceiver<JobEvent>,
         retry: Retry,
         tasks: &Tasks,
-    ) -> Notifier {
+    ) {
         if webhooks.is_empty() {
-            return Notifier { queue: None };
+            return;
         }
         if secret.is_some() {
             tracing::info!(
@@ -259,7 +265,7 @@ impl Notifier {
                     "cannot build the webhook client: {}; notifications are off",
                     err.without_url()
                 );
-                return Notifier { queue: None };
+                return;
             }
         };
         let senders = webhooks
@@ -280,20 +286,11 @@ impl Notifier {
                 tx
             })
             .collect();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let stopping = tasks.stopping().clone();
         tasks.lifetime(
             "the notifier",
-            decide_all(rx, senders, secret, store, stopping),
+            decide_all(events, senders, secret, store, stopping),
         );
-        Notifier { queue: Some(tx) }
-    }
-
-    /// A job has its outcome (never blocks).
-    pub fn finished(&self, job: JobRecord) {
-        if let Some(queue) = &self.queue {
-            let _ = queue.send(job);
-        }
     }
 }
 
@@ -304,30 +301,30 @@ impl Notifier {
 /// time a branch comes up after a start, the store says which job finished
 /// on it before this one.
 async fn decide_all(
-    mut jobs: UnboundedReceiver<JobRecord>,
+    mut events: UnboundedReceiver<JobEvent>,
     webhooks: Vec<UnboundedSender<Notification>>,
     secret: Option<String>,
-    store: Store,
+    store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    let mut last: HashMap<(String, String), Previous> = HashMap::new();
+    let mut last: HashMap<(RepoUrl, BranchName), Previous> = HashMap::new();
     loop {
-        let job = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => return,
-            job = jobs.recv() => match job {
-                Some(job) => job,
+            event = events.recv() => match event {
+                Some(event) => event,
                 None => return,
             },
         };
-        if !job.is_terminal() {
-            continue;
-        }
+        let job = match event.change {
+            Change::Finished { .. } => event.job,
+            _ => continue,
+        };
         let key = (job.repo.clone(), job.branch.clone());
         let previous = match last.get(&key) {
             Some(previous) => Some(previous.clone()),
             None => {
-                let current = job.clone();
-                match store.call(move |s| s.finished_before(&current)).await {
+                match store.finished_before(&job).await {
                     Ok(found) => found.as_ref().map(Previous::from),
                     Err(err) => {
                         tracing::warn!(job = %job.id, "cannot read the branch's previous outcome ({err}); deciding as if there were none");
@@ -337,7 +334,7 @@ async fn decide_all(
             }
         };
         last.insert(key, Previous::from(&job));
-        let Some(event) = decide(previous.as_ref().map(|p| p.status.as_str()), &job.status) else {
+        let Some(event) = decide(previous.as_ref().map(|p| p.status), job.status) else {
             continue;
         };
         let job_id = job.id.clone();

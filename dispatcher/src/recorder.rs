@@ -1,6 +1,8 @@
 //! Consuming what the other components publish and recording it: the jobs
 //! copy (queued), runner events (running, attempts, leases), results (the
-//! one outcome) and dead letters (poison jobs become `error`).
+//! one outcome) and dead letters (poison jobs become `error`). Every change
+//! goes through [`Jobs`], which announces it; this module only reads the
+//! broker and says what each message means.
 //!
 //! The dispatcher is also the one consumer that dead-letters: every message
 //! Warren routes reaches one of its queues (the jobs and control exchanges
@@ -14,18 +16,18 @@
 //! its durable queues.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use broker::consume::REASON_HEADER;
 use broker::topology::TopologySettings;
 use broker::{header_string, Broker, BrokerError, Delivery, Incoming, Publisher};
 use futures::StreamExt;
 use model::{Control, Event, Job, JobId, JobResult, RunnerId, SCHEMA_VERSION};
+use store::{Recorded, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::leases::Leases;
-use crate::management::{Closed, Management};
-use crate::store::{Recorded, Store, StoreError};
+use crate::jobs::Jobs;
+use crate::leases::{Expiry, Leases};
 
 /// Deliveries each dispatcher queue may have unacked at once.
 const PREFETCH: u16 = 64;
@@ -41,25 +43,15 @@ pub enum RecordError {
 /// What a session needs, shared by its consumer tasks.
 #[derive(Clone)]
 pub struct Recorder {
-    pub store: Store,
+    pub jobs: Jobs,
     pub leases: Arc<Mutex<Leases>>,
-    pub management: Option<Management>,
-    /// Every change of a job, for the dashboard's live view.
-    pub updates: tokio::sync::broadcast::Sender<crate::store::JobRecord>,
-    /// Held while a job's record is read and sent to `updates`, so the
-    /// consumers (jobs, events, results run concurrently) send in the order
-    /// they read: a page never sees a job go back from `running` to
-    /// `queued`, or from its outcome to `running`.
-    pub announcing: Arc<tokio::sync::Mutex<()>>,
-    pub notifier: crate::notify::Notifier,
+    /// What to do when a lease expires.
+    pub expiry: Expiry,
     /// Larger messages are dead-lettered.
     pub max_message_bytes: usize,
     /// The deployment's delivery limit, for the reason of a job the broker
     /// dead-lettered.
     pub settings: TopologySettings,
-    /// The dispatcher's tasks: lease expiries run there, tracked, and are
-    /// dropped when it stops.
-    pub tasks: tasks::Tasks,
 }
 
 impl Recorder {
@@ -91,15 +83,15 @@ impl Recorder {
                     .await
             });
         }
-        let recorder = self.clone();
-        let lease_publisher = publisher.clone();
-        let lease_names = names.clone();
-        let lease_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            recorder
-                .watch_leases(lease_publisher, lease_names, lease_shutdown)
-                .await
-        });
+        let watcher = crate::leases::watch(
+            self.leases.clone(),
+            self.jobs.store().clone(),
+            self.expiry.clone(),
+            publisher.clone(),
+            names.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { watcher.await.map_err(RecordError::from) });
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // Each task stops between messages: in-flight stores and
@@ -167,6 +159,12 @@ impl Recorder {
                 Ok(Some(reason)) => {
                     broker::dead_letter(&publisher, &names, &queue, &delivery, &reason).await?
                 }
+                Err(RecordError::Store(StoreError::Collision { .. })) => {
+                    // Not reachable through the id rule (every consumer
+                    // checks it), but a store must not take it silently.
+                    let reason = "the job's id already names another job in the store";
+                    broker::dead_letter(&publisher, &names, &queue, &delivery, reason).await?
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -178,9 +176,7 @@ impl Recorder {
             Incoming::Valid(job) => job,
             Incoming::Refused(reason) => return Ok(Some(reason.to_string())),
         };
-        let id = job.id.clone();
-        self.store.call(move |s| s.record_queued(&job)).await?;
-        self.announce(&id).await?;
+        self.jobs.queued(&job).await?;
         Ok(None)
     }
 
@@ -198,27 +194,20 @@ impl Recorder {
             Event::Started {
                 job, runner, at_ms, ..
             } => {
-                let (job_id, runner_id, connection) =
-                    (job.id.clone(), runner.id.clone(), runner.connection.clone());
-                let started = self
-                    .store
-                    .call(move |s| s.record_started(&job, &runner, at_ms))
-                    .await?;
-                let record = &started.record;
+                let started = self.jobs.started(&job, &runner, at_ms).await?;
                 if started.same_execution {
                     // The late announcement of the execution already recorded.
                 } else if started.is_duplicate_execution() {
-                    tracing::info!(job = %job_id, runner = %runner_id, "duplicate execution of a finished job; telling the runner to stop");
-                    self.cancel(publisher, names, &job_id, None).await?;
+                    tracing::info!(job = %job.id, runner = %runner.id, "duplicate execution of a finished job; telling the runner to stop");
+                    self.cancel(publisher, names, &job.id, None).await?;
                 } else {
-                    if record.attempts > 1 {
-                        tracing::info!(job = %job_id, runner = %runner_id, attempts = record.attempts, "job running again");
+                    if started.record.attempts > 1 {
+                        tracing::info!(job = %job.id, runner = %runner.id, attempts = started.record.attempts, "job running again");
                     } else {
-                        tracing::info!(job = %job_id, runner = %runner_id, "job running");
+                        tracing::info!(job = %job.id, runner = %runner.id, "job running");
                     }
                     self.lock_leases()
-                        .grant(&job_id, &runner_id, &connection, Instant::now());
-                    self.announce(&job_id).await?;
+                        .grant(&job.id, &runner.id, &runner.connection, Instant::now());
                 }
             }
             Event::Heartbeat {
@@ -232,19 +221,15 @@ impl Recorder {
                     self.lock_leases()
                         .renew(job, &runner.id, &runner.connection, Instant::now());
                     if let Some(chunk) = output {
-                        let id = job.clone();
-                        let appended = self
-                            .store
-                            .call(move |s| s.append_live_output(&id, chunk.offset, &chunk.text))
-                            .await;
                         // Best effort: the whole output comes with the result.
-                        if let Err(err) = appended {
+                        if let Err(err) = self.jobs.output(job, chunk.offset, &chunk.text).await {
                             tracing::warn!(job = %job, "cannot keep the live output: {err}");
                         }
                     }
                 }
-                self.store
-                    .call(move |s| s.record_heartbeat(&runner, job_id.as_deref(), at_ms))
+                self.jobs
+                    .store()
+                    .runner_seen(&runner, job_id.as_ref(), at_ms)
                     .await?;
             }
         }
@@ -261,24 +246,18 @@ impl Recorder {
             Incoming::Valid(result) => result,
             Incoming::Refused(reason) => return Ok(Some(reason.to_string())),
         };
-        let (job_id, runner_id, outcome) = (
-            result.job.id.clone(),
-            result.runner.id.clone(),
-            result.outcome,
-        );
-        let recorded = self.store.call(move |s| s.record_result(&result)).await?;
-        match recorded {
-            Recorded::New => {
-                tracing::info!(job = %job_id, runner = %runner_id, outcome = outcome.as_str(), "job finished");
-                self.finished(&job_id).await?;
-                let holders = self.lock_leases().release(&job_id);
-                if holders.iter().any(|r| r.as_str() != runner_id.as_str()) {
-                    self.cancel(publisher, names, &job_id, Some(runner_id))
+        let (job, runner, outcome) = (&result.job.id, &result.runner.id, result.outcome);
+        match self.jobs.finished(&result).await? {
+            Recorded::New(_) => {
+                tracing::info!(job = %job, runner = %runner, %outcome, "job finished");
+                let holders = self.lock_leases().release(job);
+                if holders.iter().any(|holder| holder != runner) {
+                    self.cancel(publisher, names, job, Some(runner.clone()))
                         .await?;
                 }
             }
-            Recorded::Duplicate => {
-                tracing::info!(job = %job_id, runner = %runner_id, outcome = outcome.as_str(), "duplicate result discarded; the job already has its outcome");
+            Recorded::Duplicate(_) => {
+                tracing::info!(job = %job, runner = %runner, %outcome, "duplicate result discarded; the job already has its outcome");
             }
         }
         Ok(None)
@@ -314,42 +293,15 @@ impl Recorder {
         // The job's recorded reason is the dead letter's, word for word.
         let reason = header_string(delivery, REASON_HEADER)
             .unwrap_or_else(|| self.rejected_reason(delivery));
-        let job_id = job.id.clone();
-        let shown = reason.clone();
-        if self
-            .store
-            .call(move |s| s.record_dead(&job, &reason))
-            .await?
-            == Recorded::New
-        {
-            tracing::warn!(job = %job_id, reason = %shown, "job recorded as error");
-            let holders = self.lock_leases().release(&job_id);
-            self.finished(&job_id).await?;
+        if self.jobs.dead(&job, &reason).await?.is_new() {
+            tracing::warn!(job = %job.id, %reason, "job recorded as error");
+            let holders = self.lock_leases().release(&job.id);
             if !holders.is_empty() {
                 // Runners still on it (e.g. past the consumer timeout) stop.
-                self.cancel(publisher, names, &job_id, None).await?;
+                self.cancel(publisher, names, &job.id, None).await?;
             }
         }
         Ok(None)
-    }
-
-    /// Tells the dashboard about a job's new state.
-    async fn announce(&self, job_id: &str) -> Result<Option<crate::store::JobRecord>, RecordError> {
-        let _order = self.announcing.lock().await;
-        let id = job_id.to_string();
-        let record = self.store.call(move |s| s.job(&id)).await?;
-        if let Some(record) = &record {
-            let _ = self.updates.send(record.clone());
-        }
-        Ok(record)
-    }
-
-    /// A job got its outcome: tell the dashboard and the notifier.
-    async fn finished(&self, job_id: &str) -> Result<(), RecordError> {
-        if let Some(record) = self.announce(job_id).await? {
-            self.notifier.finished(record);
-        }
-        Ok(())
     }
 
     async fn cancel(
@@ -375,54 +327,6 @@ impl Recorder {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
-    /// Every half second, acts on expired leases: close the runner's broker
-    /// connection (the broker then requeues its job), or, without a
-    /// management API, republish the job.
-    async fn watch_leases(
-        self,
-        publisher: Publisher,
-        names: broker::Names,
-        shutdown: CancellationToken,
-    ) -> Result<(), RecordError> {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            let expired = self.lock_leases().take_expired(Instant::now());
-            for lease in expired {
-                let job_id = lease.job_id.clone();
-                let still_running = self
-                    .store
-                    .call(move |s| s.job(&job_id))
-                    .await?
-                    .filter(|job| !job.is_terminal());
-                let Some(job) = still_running else { continue };
-                tracing::warn!(job = %lease.job_id, runner = %lease.runner, "lease expired: the runner stopped sending heartbeats");
-                // Off the watcher's loop: finding the connection may take a
-                // few seconds (below).
-                let job = match job.to_job() {
-                    Ok(job) => job,
-                    Err(err) => {
-                        tracing::error!(job = %lease.job_id, "the store holds a job that is not valid ({err}); cannot republish it");
-                        continue;
-                    }
-                };
-                self.tasks.spawn(
-                    format!("the expiry of job {}'s lease", lease.job_id),
-                    expire(
-                        self.management.clone(),
-                        publisher.clone(),
-                        names.clone(),
-                        lease,
-                        job,
-                    ),
-                );
-            }
-        }
-    }
 }
 
 /// The dispatcher's copy of a control message: nothing to do with a valid
@@ -431,61 +335,5 @@ fn on_control(delivery: &Delivery, max_message_bytes: usize) -> Option<String> {
     match Incoming::<Control>::decode(delivery, max_message_bytes) {
         Incoming::Valid(_) => None,
         Incoming::Refused(reason) => Some(reason.to_string()),
-    }
-}
-
-/// How many times (a second apart) to look for an expired runner's
-/// connection: the management API lists a new connection only after its
-/// next statistics emission (every 5 s by default).
-const CONNECTION_LOOKUPS: u32 = 8;
-
-/// Acts on an expired lease: close the runner's connection so the broker
-/// requeues its job, or republish the job when the management API cannot
-/// be used.
-async fn expire(
-    management: Option<Management>,
-    publisher: Publisher,
-    names: broker::Names,
-    lease: crate::leases::Lease,
-    job: Job,
-) {
-    let reason = "warren: lease expired (runner frozen or cut off)";
-    let mut outcome = Err(());
-    if let Some(management) = &management {
-        for attempt in 1..=CONNECTION_LOOKUPS {
-            match management.close_connection(&lease.connection, reason).await {
-                Ok(Closed::NotFound) if attempt < CONNECTION_LOOKUPS => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Ok(found) => {
-                    outcome = Ok(found);
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!("cannot close the runner's connection: {err}");
-                    break;
-                }
-            }
-        }
-    }
-    match outcome {
-        Ok(Closed::Closed) => {
-            tracing::info!(job = %lease.job_id, runner = %lease.runner, "closed the frozen runner's connection; the broker requeues its job")
-        }
-        Ok(Closed::NotFound) => {
-            tracing::info!(job = %lease.job_id, runner = %lease.runner, "the runner's connection is already gone; the broker requeued its job")
-        }
-        Err(()) => {
-            let body = broker::message::encode(&job);
-            match publisher
-                .publish_raw("", &names.work_queue(), &body, Vec::new())
-                .await
-            {
-                Ok(()) => {
-                    tracing::info!(job = %lease.job_id, "republished the job (management API unavailable)")
-                }
-                Err(err) => tracing::warn!(job = %lease.job_id, "cannot republish the job: {err}"),
-            }
-        }
     }
 }

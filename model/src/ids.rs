@@ -165,6 +165,14 @@ impl CommitId {
     }
 }
 
+impl BranchName {
+    /// `main`, the branch a manual job of a commit is filed under when
+    /// nothing says otherwise.
+    pub fn main() -> BranchName {
+        BranchName("main".to_string())
+    }
+}
+
 impl RepoUrl {
     /// Whether it names a folder on this machine rather than a URL.
     pub fn is_local_path(&self) -> bool {

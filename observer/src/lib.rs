@@ -12,6 +12,7 @@
 //! ledger (a bounded copy of every job published, see `Names::ledger_queue`)
 //! which commits it took.
 
+pub mod producer;
 mod source;
 mod state;
 

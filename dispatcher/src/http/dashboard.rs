@@ -25,43 +25,43 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::{find_job, AppState};
+use super::{find_job, AppState};
 
-const JOBS_PAGE: &str = include_str!("../assets/index.html");
-const JOB_PAGE: &str = include_str!("../assets/job.html");
-const RUNNERS_PAGE: &str = include_str!("../assets/runners.html");
+const JOBS_PAGE: &str = include_str!("../../assets/index.html");
+const JOB_PAGE: &str = include_str!("../../assets/job.html");
+const RUNNERS_PAGE: &str = include_str!("../../assets/runners.html");
 
 /// `(name, content type, body)` of every asset under `/assets/`.
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "warren.css",
         "text/css; charset=utf-8",
-        include_str!("../assets/warren.css"),
+        include_str!("../../assets/warren.css"),
     ),
     (
         "common.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/common.js"),
+        include_str!("../../assets/common.js"),
     ),
     (
         "jobs.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/jobs.js"),
+        include_str!("../../assets/jobs.js"),
     ),
     (
         "job.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/job.js"),
+        include_str!("../../assets/job.js"),
     ),
     (
         "runners.js",
         "text/javascript; charset=utf-8",
-        include_str!("../assets/runners.js"),
+        include_str!("../../assets/runners.js"),
     ),
     (
         "favicon.svg",
         "image/svg+xml",
-        include_str!("../assets/favicon.svg"),
+        include_str!("../../assets/favicon.svg"),
     ),
 ];
 
@@ -109,7 +109,7 @@ fn page(status: StatusCode, html: &'static str) -> Response {
 /// job, 409 for an ambiguous commit, so that links to it fail visibly for
 /// scripts too.
 async fn job_page(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match find_job(&state.store, id).await {
+    match find_job(state.store().as_ref(), &id).await {
         Ok(_) => page(StatusCode::OK, JOB_PAGE),
         // The page says why, from the same API call.
         Err(response) => page(response.status(), JOB_PAGE),
