@@ -1,0 +1,1268 @@
+//! The one implementation of [`Store`], for both databases.
+//!
+//! Each query is written once, with `$N` placeholders (SQLite reads them
+//! as numbered parameters too), in SQL both databases speak, and run on
+//! whichever backend the URL chose through [`on!`], which compiles the
+//! same body for a SQLite and a PostgreSQL connection. Typed pools rather
+//! than sqlx's `Any` driver keep each backend's connect options (WAL and
+//! `busy_timeout`, `statement_timeout`).
+//!
+//! Every change of a job is one transaction that begins by recording the
+//! job if unknown and locking its row (a no-op update that returns it:
+//! PostgreSQL holds the row lock to the end of the transaction; SQLite's
+//! `BEGIN IMMEDIATE` holds the write lock from the start), and whose
+//! writes are conditional on the job's status, so concurrent dispatchers
+//! cannot both record an outcome.
+
+use std::borrow::Cow;
+use std::fmt::{Display, Write as _};
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use model::{
+    CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Outcome, RunnerInfo,
+    RunnerRecord,
+};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode, Postgres};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
+
+use crate::url::{Kind, PostgresTarget, SslMode};
+use crate::{
+    CommitMatch, Histogram, Queued, Recorded, Started, Store, StoreError, StoreSettings, StoreUrl,
+    Totals, AMBIGUOUS_LISTED,
+};
+
+/// A connection of either backend, borrowed for one statement.
+pub(crate) enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+/// Runs `$body` with `$c` bound to the `&mut` connection of whichever
+/// backend `$conn` (a [`Conn`]) is: the body is written once and compiled
+/// for each. Both arms must give one type, so a bare statement ends in
+/// `.rows_affected()` rather than each backend's own query result.
+macro_rules! on {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::sql::Conn::Sqlite($c) => $body,
+            $crate::sql::Conn::Postgres($c) => $body,
+        }
+    };
+}
+pub(crate) use on;
+
+/// One connection of its own (migrations, checks), outside any pool.
+pub(crate) enum Single {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl Single {
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Single::Sqlite(c) => Conn::Sqlite(c),
+            Single::Postgres(c) => Conn::Postgres(c),
+        }
+    }
+
+    pub(crate) async fn begin(&mut self) -> Result<Tx<'_>, sqlx::Error> {
+        Ok(match self {
+            Single::Sqlite(c) => Tx::Sqlite(c.begin_with(SQLITE_BEGIN).await?),
+            Single::Postgres(c) => Tx::Postgres(c.begin().await?),
+        })
+    }
+
+    pub(crate) async fn close(self) {
+        // Closing politely is best effort: the server ends the session
+        // when the socket closes anyway.
+        let _ = match self {
+            Single::Sqlite(c) => c.close().await,
+            Single::Postgres(c) => c.close().await,
+        };
+    }
+}
+
+/// SQLite transactions that write take the write lock at once (waiting
+/// up to `busy_timeout`), rather than failing when a read turns into a
+/// write while another connection writes.
+const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
+
+/// A transaction of either backend; rolled back if dropped uncommitted.
+pub(crate) enum Tx<'c> {
+    Sqlite(Transaction<'c, Sqlite>),
+    Postgres(Transaction<'c, Postgres>),
+}
+
+impl Tx<'_> {
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Sqlite(tx) => Conn::Sqlite(tx),
+            Tx::Postgres(tx) => Conn::Postgres(tx),
+        }
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A pooled connection of either backend (reads).
+enum Held {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Held {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Held::Sqlite(c) => Conn::Sqlite(c),
+            Held::Postgres(c) => Conn::Postgres(c),
+        }
+    }
+}
+
+impl Pool {
+    async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
+        Ok(match self {
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with(SQLITE_BEGIN).await?),
+            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    async fn acquire(&self) -> Result<Held, sqlx::Error> {
+        Ok(match self {
+            Pool::Sqlite(pool) => Held::Sqlite(pool.acquire().await?),
+            Pool::Postgres(pool) => Held::Postgres(pool.acquire().await?),
+        })
+    }
+}
+
+/// Why an operation failed, before it is put in words with the store's
+/// (password-free) name.
+pub(crate) enum Fail {
+    Sql(sqlx::Error),
+    Store(StoreError),
+    /// A row this build cannot read (an unknown status, an invalid id).
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for Fail {
+    fn from(err: sqlx::Error) -> Self {
+        Fail::Sql(err)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(err: StoreError) -> Self {
+        Fail::Store(err)
+    }
+}
+
+impl Fail {
+    /// The error in words: the store named without its password, and the
+    /// driver's text with the password hidden too.
+    pub(crate) fn describe(
+        self,
+        url: &StoreUrl,
+        settings: &StoreSettings,
+        doing: &'static str,
+    ) -> StoreError {
+        let store = url.to_string();
+        match self {
+            Fail::Store(err) => err,
+            Fail::Corrupt(reason) => StoreError::Corrupt {
+                store,
+                reason: url.hide_password_in(&reason),
+            },
+            Fail::Sql(sqlx::Error::PoolTimedOut) => StoreError::TimedOut {
+                store,
+                doing,
+                after: settings.acquire_timeout,
+            },
+            Fail::Sql(err) => StoreError::Database {
+                store,
+                doing,
+                reason: url.hide_password_in(&err.to_string()),
+            },
+        }
+    }
+}
+
+fn sqlite_options(path: &Path, settings: &StoreSettings, read_only: bool) -> SqliteConnectOptions {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(settings.busy_timeout);
+    if read_only {
+        options.read_only(true)
+    } else {
+        options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+    }
+}
+
+fn postgres_options(target: &PostgresTarget, settings: &StoreSettings) -> PgConnectOptions {
+    let timeout_ms = settings.statement_timeout.as_millis().to_string();
+    let options = PgConnectOptions::new_without_pgpass()
+        .host(&target.host)
+        .port(target.port)
+        .username(&target.user)
+        .database(&target.database)
+        .application_name("warren")
+        .ssl_mode(match target.ssl_mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        })
+        .options([
+            ("statement_timeout", timeout_ms.as_str()),
+            // A session stuck inside a transaction would hold job rows
+            // locked for every other dispatcher.
+            ("idle_in_transaction_session_timeout", timeout_ms.as_str()),
+        ]);
+    match &target.password {
+        Some(password) => options.password(password),
+        None => options,
+    }
+}
+
+/// One connection to `url`, within `connect_timeout` (a server that
+/// accepts and never answers fails rather than hangs). `read_only` opens
+/// an SQLite file without creating or changing it.
+pub(crate) async fn connect(
+    url: &StoreUrl,
+    settings: &StoreSettings,
+    read_only: bool,
+) -> Result<Single, StoreError> {
+    let connecting = async {
+        match url.kind() {
+            Kind::Sqlite(path) => {
+                SqliteConnection::connect_with(&sqlite_options(path, settings, read_only))
+                    .await
+                    .map(Single::Sqlite)
+            }
+            Kind::Postgres(target) => {
+                PgConnection::connect_with(&postgres_options(target, settings))
+                    .await
+                    .map(Single::Postgres)
+            }
+        }
+    };
+    if let (Kind::Sqlite(path), false) = (url.kind(), read_only) {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+    }
+    match tokio::time::timeout(settings.connect_timeout, connecting).await {
+        Ok(Ok(single)) => Ok(single),
+        Ok(Err(err)) => Err(StoreError::Connect {
+            store: url.to_string(),
+            reason: url.hide_password_in(&err.to_string()),
+        }),
+        Err(_) => Err(StoreError::TimedOut {
+            store: url.to_string(),
+            doing: "connecting",
+            after: settings.connect_timeout,
+        }),
+    }
+}
+
+/// The columns of a [`JobRecord`], in [`job_from_row`]'s order.
+macro_rules! job_columns {
+    () => {
+        "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated, salt"
+    };
+}
+
+/// Locks a job's row and returns it: the no-op update takes the lock
+/// (PostgreSQL holds it to the end of the transaction).
+const LOCK_JOB: &str = concat!(
+    "UPDATE jobs SET repo = repo WHERE id = $1 RETURNING ",
+    job_columns!()
+);
+
+const QUEUE_JOB: &str = concat!(
+    "INSERT INTO jobs (id, repo, branch, commit_id, subject, author, status, enqueued_at_ms, salt) ",
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ",
+    "ON CONFLICT (id) DO NOTHING"
+);
+
+const JOB_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+
+/// $6, $7: queued, running. The SET expressions all see the old status.
+const START_JOB: &str = concat!(
+    "UPDATE jobs SET attempts = attempts + $2, ",
+    "status = CASE WHEN status IN ($6, $7) THEN $7 ELSE status END, ",
+    "runner = CASE WHEN status IN ($6, $7) THEN $3 ELSE runner END, ",
+    "connection = CASE WHEN status IN ($6, $7) THEN $4 ELSE connection END, ",
+    "started_at_ms = CASE WHEN status IN ($6, $7) THEN $5 ELSE started_at_ms END ",
+    "WHERE id = $1 RETURNING ",
+    job_columns!()
+);
+
+/// The outcome, only if the job has none ($11, $12: queued, running).
+const FINISH_JOB: &str = concat!(
+    "UPDATE jobs SET status = $2, runner = $3, started_at_ms = $4, finished_at_ms = $5, ",
+    "duration_ms = $6, exit_code = $7, reason = $8, truncated = $9, log_bytes = $10, ",
+    "attempts = CASE WHEN attempts < 1 THEN 1 ELSE attempts END ",
+    "WHERE id = $1 AND status IN ($11, $12) RETURNING ",
+    job_columns!()
+);
+
+const COUNT_DUPLICATE: &str = concat!(
+    "UPDATE jobs SET duplicates = duplicates + 1 WHERE id = $1 RETURNING ",
+    job_columns!()
+);
+
+/// `error` for a dead letter, only if the job has no outcome ($7, $8:
+/// queued, running).
+const DEAD_JOB: &str = concat!(
+    "UPDATE jobs SET status = $2, reason = $3, finished_at_ms = $4, dead_lettered = $5, ",
+    "log_bytes = $6 WHERE id = $1 AND status IN ($7, $8) RETURNING ",
+    job_columns!()
+);
+
+const REPLACE_LOG: &str = "INSERT INTO job_logs (job_id, text) VALUES ($1, $2) \
+     ON CONFLICT (job_id) DO UPDATE SET text = excluded.text";
+
+const APPEND_LOG: &str = "INSERT INTO job_logs (job_id, text) VALUES ($1, $2) \
+     ON CONFLICT (job_id) DO UPDATE SET text = job_logs.text || excluded.text";
+
+/// Live output from the start: the log's new length, while the job has
+/// no outcome ($3, $4: queued, running).
+const RESTART_LOG_BYTES: &str =
+    "UPDATE jobs SET log_bytes = $2 WHERE id = $1 AND status IN ($3, $4)";
+
+/// Live output that continues the log where it ends ($5).
+const GROW_LOG_BYTES: &str = "UPDATE jobs SET log_bytes = log_bytes + $2 \
+     WHERE id = $1 AND status IN ($3, $4) AND log_bytes = $5";
+
+const RUNNER_SEEN: &str = "INSERT INTO runners (id, host, connection, current_job, last_seen_ms) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET host = excluded.host, \
+     connection = excluded.connection, current_job = excluded.current_job, \
+     last_seen_ms = excluded.last_seen_ms";
+
+const RUNNER_DONE: &str = "UPDATE runners SET jobs_done = jobs_done + 1, \
+     current_job = CASE WHEN current_job = $2 THEN NULL ELSE current_job END WHERE id = $1";
+
+/// Commits in `[$1, $2)`: those starting with the hex prefix $1 ($2 is
+/// $1 followed by `g`, past every hex digit), so the index is used.
+const COMMITS_WITH_PREFIX: &str = "SELECT DISTINCT commit_id FROM jobs \
+     WHERE commit_id >= $1 AND commit_id < $2 ORDER BY commit_id LIMIT $3";
+
+const NEWEST_OF_COMMIT: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE commit_id = $1 ORDER BY seq DESC LIMIT 1"
+);
+
+const RUNNING: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE status = $1 ORDER BY seq DESC"
+);
+
+const RUNNERS: &str =
+    "SELECT id, host, current_job, last_seen_ms, jobs_done FROM runners ORDER BY id";
+
+const LOG: &str = "SELECT text FROM job_logs WHERE job_id = $1";
+
+/// $6 to $9: the four outcomes.
+const FINISHED_BEFORE: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE repo = $1 AND branch = $2 AND id <> $3 ",
+    "AND status IN ($6, $7, $8, $9) AND finished_at_ms IS NOT NULL ",
+    "AND (finished_at_ms < $4 OR (finished_at_ms = $4 AND seq < $5)) ",
+    "ORDER BY finished_at_ms DESC, seq DESC LIMIT 1"
+);
+
+const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM jobs GROUP BY status";
+
+const SUMS: &str = "SELECT CAST(COALESCE(SUM(duplicates), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN dead_lettered THEN 1 ELSE 0 END), 0) AS BIGINT) FROM jobs";
+
+/// A write that changes nothing, to learn whether writes are possible.
+const PROBE_WRITE: &str = "UPDATE warren_migrations SET name = name \
+     WHERE version = (SELECT MAX(version) FROM warren_migrations)";
+
+/// Binds a job's nine columns as [`LOCK_JOB`] and [`QUEUE_JOB`] list them.
+macro_rules! bind_job {
+    ($query:expr, $job:expr) => {
+        $query
+            .bind($job.id)
+            .bind($job.repo)
+            .bind($job.branch)
+            .bind($job.commit)
+            .bind($job.subject.as_deref())
+            .bind($job.author.as_deref())
+            .bind(JobStatus::Queued.as_str())
+            .bind($job.enqueued_at_ms)
+            .bind($job.salt)
+    };
+}
+
+/// A job's columns as stored.
+struct JobValues<'a> {
+    id: &'a str,
+    repo: &'a str,
+    branch: &'a str,
+    commit: &'a str,
+    subject: Option<Cow<'a, str>>,
+    author: Option<Cow<'a, str>>,
+    enqueued_at_ms: i64,
+    salt: &'a str,
+}
+
+impl<'a> JobValues<'a> {
+    fn of(job: &'a Job) -> Self {
+        JobValues {
+            id: job.id.as_str(),
+            repo: job.repo.as_str(),
+            branch: job.branch.as_str(),
+            commit: job.commit.as_str(),
+            subject: job.subject.as_deref().map(storable),
+            author: job.author.as_deref().map(storable),
+            enqueued_at_ms: ms(job.enqueued_at_ms),
+            salt: &job.salt,
+        }
+    }
+}
+
+/// Text as the store keeps it: NUL, which PostgreSQL's text refuses,
+/// becomes SUB (0x1A, ASCII's substitute character) on both backends, one
+/// byte for one, so a log's byte offsets keep their meaning.
+pub(crate) fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{1a}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a
+/// character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Milliseconds as the store keeps them.
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn parse<T>(value: &str) -> Result<T, Fail>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    value
+        .parse()
+        .map_err(|err: T::Err| Fail::Corrupt(err.to_string()))
+}
+
+fn job_from_row<'r, R>(row: &'r R) -> Result<JobRecord, Fail>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let runner: Option<String> = row.try_get(10)?;
+    Ok(JobRecord {
+        seq: row.try_get(0)?,
+        id: parse(&row.try_get::<String, _>(1)?)?,
+        repo: parse(&row.try_get::<String, _>(2)?)?,
+        branch: parse(&row.try_get::<String, _>(3)?)?,
+        commit: parse(&row.try_get::<String, _>(4)?)?,
+        subject: row.try_get(5)?,
+        author: row.try_get(6)?,
+        status: parse(&row.try_get::<String, _>(7)?)?,
+        attempts: row.try_get(8)?,
+        duplicates: row.try_get(9)?,
+        runner: runner.as_deref().map(parse).transpose()?,
+        connection: row.try_get(11)?,
+        enqueued_at_ms: row.try_get(12)?,
+        started_at_ms: row.try_get(13)?,
+        finished_at_ms: row.try_get(14)?,
+        duration_ms: row.try_get(15)?,
+        exit_code: row.try_get(16)?,
+        reason: row.try_get(17)?,
+        truncated: row.try_get(18)?,
+        salt: row.try_get(19)?,
+    })
+}
+
+fn runner_from_row<'r, R>(row: &'r R) -> Result<RunnerRecord, Fail>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let current_job: Option<String> = row.try_get(2)?;
+    Ok(RunnerRecord {
+        id: parse(&row.try_get::<String, _>(0)?)?,
+        host: row.try_get(1)?,
+        current_job: current_job.as_deref().map(parse).transpose()?,
+        last_seen_ms: row.try_get(3)?,
+        jobs_done: row.try_get(4)?,
+    })
+}
+
+/// A job's identity as an error shows it.
+fn identity(repo: &str, branch: &str, commit: &str, salt: &str) -> String {
+    if salt.is_empty() {
+        format!("{repo} {branch} {commit}")
+    } else {
+        format!("{repo} {branch} {commit} (salt {salt:?})")
+    }
+}
+
+/// A known id must name the same job: the same repository, branch,
+/// commit and salt.
+fn same_job(record: &JobRecord, job: &Job) -> Result<(), Fail> {
+    if record.repo == job.repo
+        && record.branch == job.branch
+        && record.commit == job.commit
+        && record.salt == job.salt
+    {
+        return Ok(());
+    }
+    Err(Fail::Store(StoreError::Collision {
+        id: job.id.clone(),
+        stored: identity(
+            record.repo.as_str(),
+            record.branch.as_str(),
+            record.commit.as_str(),
+            &record.salt,
+        ),
+        given: identity(
+            job.repo.as_str(),
+            job.branch.as_str(),
+            job.commit.as_str(),
+            &job.salt,
+        ),
+    }))
+}
+
+/// Records `job` unless known and returns it as it was, its row locked
+/// for the rest of the transaction, and whether it was unknown: the
+/// first statements of every transition.
+async fn lock_job(tx: &mut Tx<'_>, job: &Job) -> Result<(JobRecord, bool), Fail> {
+    let values = JobValues::of(job);
+    let inserted = on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+        .execute(c)
+        .await?
+        .rows_affected())
+        == 1;
+    let record = on!(tx.conn(), |c| {
+        let row = sqlx::query(LOCK_JOB)
+            .bind(job.id.as_str())
+            .fetch_one(c)
+            .await?;
+        job_from_row(&row)?
+    });
+    same_job(&record, job)?;
+    Ok((record, inserted))
+}
+
+async fn job_by_id(conn: Conn<'_>, id: &str) -> Result<Option<JobRecord>, Fail> {
+    Ok(on!(conn, |c| {
+        match sqlx::query(JOB_BY_ID).bind(id).fetch_optional(c).await? {
+            Some(row) => Some(job_from_row(&row)?),
+            None => None,
+        }
+    }))
+}
+
+pub(crate) async fn replace_log(conn: Conn<'_>, id: &str, text: &str) -> Result<(), Fail> {
+    on!(conn, |c| sqlx::query(REPLACE_LOG)
+        .bind(id)
+        .bind(text)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+async fn runner_seen(
+    conn: Conn<'_>,
+    runner: &RunnerInfo,
+    job: Option<&str>,
+    at_ms: i64,
+) -> Result<(), Fail> {
+    let (host, connection) = (storable(&runner.host), storable(&runner.connection));
+    on!(conn, |c| sqlx::query(RUNNER_SEEN)
+        .bind(runner.id.as_str())
+        .bind(host.as_ref())
+        .bind(connection.as_ref())
+        .bind(job)
+        .bind(at_ms)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+/// `SELECT` of a histogram's count, sum and cumulative bucket counts of
+/// `expr` over the jobs matching `filter`, the bucket bounds bound as $1…
+fn histogram_sql(expr: &str, filter: &str, buckets: usize) -> String {
+    let mut sql = format!("SELECT COUNT(*), CAST(COALESCE(SUM({expr}), 0) AS BIGINT)");
+    for n in 1..=buckets {
+        let _ = write!(
+            sql,
+            ", CAST(COALESCE(SUM(CASE WHEN {expr} <= ${n} THEN 1 ELSE 0 END), 0) AS BIGINT)"
+        );
+    }
+    let _ = write!(sql, " FROM jobs WHERE {filter}");
+    sql
+}
+
+async fn histogram(
+    conn: Conn<'_>,
+    expr: &str,
+    filter: &str,
+    buckets: &[f64],
+) -> Result<Histogram, Fail> {
+    let sql = histogram_sql(expr, filter, buckets.len());
+    let values: Vec<i64> = on!(conn, |c| {
+        let mut query = sqlx::query(&sql);
+        for bound in buckets {
+            query = query.bind((bound * 1000.0) as i64);
+        }
+        let row = query.fetch_one(c).await?;
+        (0..buckets.len() + 2)
+            .map(|i| row.try_get::<i64, _>(i))
+            .collect::<Result<_, _>>()?
+    });
+    Ok(Histogram {
+        count: values[0],
+        sum_seconds: values[1] as f64 / 1000.0,
+        buckets: buckets
+            .iter()
+            .copied()
+            .zip(values[2..].iter().copied())
+            .collect(),
+    })
+}
+
+/// The store for either backend.
+pub(crate) struct SqlStore {
+    pool: Pool,
+    url: StoreUrl,
+    settings: StoreSettings,
+}
+
+impl SqlStore {
+    pub(crate) async fn open(url: &StoreUrl, settings: StoreSettings) -> Result<Self, StoreError> {
+        let mut single = connect(url, &settings, false).await?;
+        let migrated = crate::migrate::apply(&mut single, url, &settings).await;
+        single.close().await;
+        migrated?;
+        let pool = match url.kind() {
+            Kind::Sqlite(path) => Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections)
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_lazy_with(sqlite_options(path, &settings, false)),
+            ),
+            Kind::Postgres(target) => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(settings.max_connections)
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_lazy_with(postgres_options(target, &settings)),
+            ),
+        };
+        Ok(SqlStore {
+            pool,
+            url: url.clone(),
+            settings,
+        })
+    }
+
+    /// Puts a failure in words, naming what was being done.
+    fn failed(&self, doing: &'static str) -> impl FnOnce(Fail) -> StoreError + '_ {
+        move |fail| fail.describe(&self.url, &self.settings, doing)
+    }
+
+    /// A result's output as the log keeps it, cut to the output cap (with a
+    /// note saying so), and whether it was cut here or by the runner.
+    fn capped_output<'a>(&self, output: &'a str, truncated: bool) -> (Cow<'a, str>, bool) {
+        let cap = self.settings.output_cap;
+        let output = storable(output);
+        if output.len() <= cap {
+            return (output, truncated);
+        }
+        let note = format!("\n[warren: log cut to the store's cap of {cap} bytes]\n");
+        if note.len() >= cap {
+            return (Cow::Owned(cut(&output, cap).to_string()), true);
+        }
+        let kept = cut(&output, cap - note.len());
+        (Cow::Owned(format!("{kept}{note}")), true)
+    }
+
+    async fn queue(&self, job: &Job) -> Result<Queued, Fail> {
+        let values = JobValues::of(job);
+        let mut held = self.pool.acquire().await?;
+        let inserted = on!(held.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+            .execute(c)
+            .await?
+            .rows_affected());
+        let record = job_by_id(held.conn(), job.id.as_str())
+            .await?
+            .ok_or_else(|| Fail::Corrupt(format!("job {} vanished once recorded", job.id)))?;
+        same_job(&record, job)?;
+        Ok(Queued {
+            record,
+            new: inserted == 1,
+        })
+    }
+
+    async fn start(&self, job: &Job, runner: &RunnerInfo, at_ms: u64) -> Result<Started, Fail> {
+        let at_ms = ms(at_ms);
+        let mut tx = self.pool.begin().await?;
+        let (before, inserted) = lock_job(&mut tx, job).await?;
+        // The late `started` of the execution whose result is recorded is
+        // not another attempt.
+        let same_execution =
+            before.runner.as_ref() == Some(&runner.id) && before.started_at_ms == Some(at_ms);
+        let connection = storable(&runner.connection);
+        let record = on!(tx.conn(), |c| {
+            let row = sqlx::query(START_JOB)
+                .bind(job.id.as_str())
+                .bind(i64::from(!same_execution))
+                .bind(runner.id.as_str())
+                .bind(connection.as_ref())
+                .bind(at_ms)
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str())
+                .fetch_one(c)
+                .await?;
+            job_from_row(&row)?
+        });
+        runner_seen(tx.conn(), runner, Some(job.id.as_str()), at_ms).await?;
+        tx.commit().await?;
+        Ok(Started {
+            record,
+            was: (!inserted).then_some(before.status),
+            same_execution,
+        })
+    }
+
+    async fn finish(&self, result: &JobResult) -> Result<Recorded, Fail> {
+        let id = result.job.id.as_str();
+        let (log, truncated) = self.capped_output(&result.output, result.truncated);
+        let reason = result.reason.as_deref().map(storable);
+        let mut tx = self.pool.begin().await?;
+        let (before, inserted) = lock_job(&mut tx, &result.job).await?;
+        let outcome = on!(tx.conn(), |c| {
+            let row = sqlx::query(FINISH_JOB)
+                .bind(id)
+                .bind(JobStatus::from(result.outcome).as_str())
+                .bind(result.runner.id.as_str())
+                .bind(ms(result.started_at_ms))
+                .bind(ms(result.finished_at_ms))
+                .bind(ms(result.duration_ms))
+                .bind(result.exit_code.map(i64::from))
+                .bind(reason.as_deref())
+                .bind(truncated)
+                .bind(log.len() as i64)
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str())
+                .fetch_optional(c)
+                .await?;
+            match row {
+                Some(row) => Some(job_from_row(&row)?),
+                None => None,
+            }
+        });
+        let recorded = match outcome {
+            Some(record) => {
+                replace_log(tx.conn(), id, &log).await?;
+                on!(tx.conn(), |c| sqlx::query(RUNNER_DONE)
+                    .bind(result.runner.id.as_str())
+                    .bind(id)
+                    .execute(c)
+                    .await?
+                    .rows_affected());
+                Recorded::New {
+                    record,
+                    was: (!inserted).then_some(before.status),
+                }
+            }
+            None => Recorded::Duplicate(on!(tx.conn(), |c| {
+                let row = sqlx::query(COUNT_DUPLICATE).bind(id).fetch_one(c).await?;
+                job_from_row(&row)?
+            })),
+        };
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn dead(&self, job: &Job, reason: &str, at_ms: u64) -> Result<Recorded, Fail> {
+        let reason = storable(reason);
+        let log = format!("warren: {reason}\n");
+        let log = cut(&log, self.settings.output_cap);
+        let mut tx = self.pool.begin().await?;
+        let (before, inserted) = lock_job(&mut tx, job).await?;
+        let outcome = on!(tx.conn(), |c| {
+            let row = sqlx::query(DEAD_JOB)
+                .bind(job.id.as_str())
+                .bind(JobStatus::Error.as_str())
+                .bind(reason.as_ref())
+                .bind(ms(at_ms))
+                .bind(true)
+                .bind(log.len() as i64)
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str())
+                .fetch_optional(c)
+                .await?;
+            match row {
+                Some(row) => Some(job_from_row(&row)?),
+                None => None,
+            }
+        });
+        let recorded = match outcome {
+            Some(record) => {
+                replace_log(tx.conn(), job.id.as_str(), log).await?;
+                Recorded::New {
+                    record,
+                    was: (!inserted).then_some(before.status),
+                }
+            }
+            None => Recorded::Duplicate(before),
+        };
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn append(&self, id: &JobId, offset: u64, text: &str) -> Result<bool, Fail> {
+        let cap = self.settings.output_cap;
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(false);
+        };
+        let text = storable(text);
+        let kept = cut(&text, cap.saturating_sub(start));
+        if start > 0 && kept.is_empty() {
+            return Ok(false);
+        }
+        let (queued, running) = (JobStatus::Queued.as_str(), JobStatus::Running.as_str());
+        let mut tx = self.pool.begin().await?;
+        let changed = on!(tx.conn(), |c| {
+            let query = if start == 0 {
+                sqlx::query(RESTART_LOG_BYTES)
+                    .bind(id.as_str())
+                    .bind(kept.len() as i64)
+                    .bind(queued)
+                    .bind(running)
+            } else {
+                sqlx::query(GROW_LOG_BYTES)
+                    .bind(id.as_str())
+                    .bind(kept.len() as i64)
+                    .bind(queued)
+                    .bind(running)
+                    .bind(start as i64)
+            };
+            query.execute(c).await?.rows_affected()
+        });
+        if changed != 1 {
+            return Ok(false);
+        }
+        let statement = if start == 0 { REPLACE_LOG } else { APPEND_LOG };
+        on!(tx.conn(), |c| sqlx::query(statement)
+            .bind(id.as_str())
+            .bind(kept)
+            .execute(c)
+            .await?
+            .rows_affected());
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn seen(&self, runner: &RunnerInfo, job: Option<&JobId>, at_ms: u64) -> Result<(), Fail> {
+        let mut held = self.pool.acquire().await?;
+        runner_seen(held.conn(), runner, job.map(JobId::as_str), ms(at_ms)).await
+    }
+
+    async fn read_job(&self, id: &JobId) -> Result<Option<JobRecord>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        job_by_id(held.conn(), id.as_str()).await
+    }
+
+    async fn read_by_commit(&self, prefix: &str) -> Result<CommitMatch, Fail> {
+        let hex = prefix.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex || prefix.len() < 7 || prefix.len() > 64 {
+            return Ok(CommitMatch::None);
+        }
+        let low = prefix.to_ascii_lowercase();
+        let high = format!("{low}g");
+        let mut held = self.pool.acquire().await?;
+        let commits: Vec<String> = on!(held.conn(), |c| {
+            sqlx::query(COMMITS_WITH_PREFIX)
+                .bind(low.as_str())
+                .bind(high.as_str())
+                .bind(AMBIGUOUS_LISTED as i64 + 1)
+                .fetch_all(c)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?
+        });
+        let commits = commits
+            .iter()
+            .map(|commit| parse::<CommitId>(commit))
+            .collect::<Result<Vec<_>, _>>()?;
+        let [commit] = commits.as_slice() else {
+            return Ok(if commits.is_empty() {
+                CommitMatch::None
+            } else {
+                CommitMatch::Several(commits)
+            });
+        };
+        let record = on!(held.conn(), |c| {
+            let row = sqlx::query(NEWEST_OF_COMMIT)
+                .bind(commit.as_str())
+                .fetch_one(c)
+                .await?;
+            job_from_row(&row)?
+        });
+        Ok(CommitMatch::One(Box::new(record)))
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<Vec<JobRecord>, Fail> {
+        // Only the conditions in use, so the database walks the matching
+        // (status, seq) or (branch, seq) index instead of scanning.
+        let mut conditions = Vec::new();
+        let mut next = 0;
+        let mut placeholder = || {
+            next += 1;
+            format!("${next}")
+        };
+        if query.status.is_some() {
+            conditions.push(format!("status = {}", placeholder()));
+        }
+        if query.branch.is_some() {
+            conditions.push(format!("branch = {}", placeholder()));
+        }
+        if query.before.is_some() {
+            conditions.push(format!("seq < {}", placeholder()));
+        }
+        let limit = placeholder();
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs{} ORDER BY seq DESC LIMIT {}"
+            ),
+            filter, limit
+        );
+        let limit = i64::from(query.limit.clamp(1, model::api::PAGE_MAX));
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| {
+            let mut select = sqlx::query(&sql);
+            if let Some(status) = query.status {
+                select = select.bind(status.as_str());
+            }
+            if let Some(branch) = &query.branch {
+                select = select.bind(branch.as_str());
+            }
+            if let Some(before) = query.before {
+                select = select.bind(before);
+            }
+            select
+                .bind(limit)
+                .fetch_all(c)
+                .await?
+                .iter()
+                .map(job_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    async fn read_running(&self) -> Result<Vec<JobRecord>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| sqlx::query(RUNNING)
+            .bind(JobStatus::Running.as_str())
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?))
+    }
+
+    async fn read_runners(&self) -> Result<Vec<RunnerRecord>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| sqlx::query(RUNNERS)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(runner_from_row)
+            .collect::<Result<Vec<_>, _>>()?))
+    }
+
+    async fn read_log(&self, id: &JobId) -> Result<Option<String>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| {
+            match sqlx::query(LOG).bind(id.as_str()).fetch_optional(c).await? {
+                Some(row) => Some(row.try_get::<String, _>(0)?),
+                None => None,
+            }
+        }))
+    }
+
+    async fn read_finished_before(&self, job: &JobRecord) -> Result<Option<JobRecord>, Fail> {
+        let [a, b, c_, d] = Outcome::ALL.map(|outcome| JobStatus::from(outcome).as_str());
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| {
+            let row = sqlx::query(FINISHED_BEFORE)
+                .bind(job.repo.as_str())
+                .bind(job.branch.as_str())
+                .bind(job.id.as_str())
+                .bind(job.finished_at_ms.unwrap_or(i64::MAX))
+                .bind(job.seq)
+                .bind(a)
+                .bind(b)
+                .bind(c_)
+                .bind(d)
+                .fetch_optional(c)
+                .await?;
+            match row {
+                Some(row) => Some(job_from_row(&row)?),
+                None => None,
+            }
+        }))
+    }
+
+    async fn read_totals(&self, buckets: &[f64]) -> Result<Totals, Fail> {
+        let mut held = self.pool.acquire().await?;
+        let counted: Vec<(String, i64)> = on!(held.conn(), |c| sqlx::query(COUNT_BY_STATUS)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, _>>()?);
+        let mut jobs: Vec<(JobStatus, i64)> = JobStatus::ALL.map(|s| (s, 0)).to_vec();
+        for (word, count) in counted {
+            let status: JobStatus = parse(&word)?;
+            if let Some(slot) = jobs.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 = count;
+            }
+        }
+        let (duplicates, dead_lettered): (i64, i64) = on!(held.conn(), |c| {
+            let row = sqlx::query(SUMS).fetch_one(c).await?;
+            (row.try_get(0)?, row.try_get(1)?)
+        });
+        let duration = histogram(
+            held.conn(),
+            "duration_ms",
+            "duration_ms IS NOT NULL",
+            buckets,
+        )
+        .await?;
+        let queue_wait = histogram(
+            held.conn(),
+            "(started_at_ms - enqueued_at_ms)",
+            "started_at_ms IS NOT NULL AND enqueued_at_ms IS NOT NULL AND started_at_ms >= enqueued_at_ms",
+            buckets,
+        )
+        .await?;
+        Ok(Totals {
+            jobs,
+            duplicates,
+            dead_lettered,
+            duration,
+            queue_wait,
+        })
+    }
+
+    async fn probe_write(&self) -> Result<(), Fail> {
+        let mut tx = self.pool.begin().await?;
+        on!(tx.conn(), |c| sqlx::query(PROBE_WRITE)
+            .execute(c)
+            .await?
+            .rows_affected());
+        tx.rollback().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn job_queued(&self, job: &Job) -> Result<Queued, StoreError> {
+        self.queue(job)
+            .await
+            .map_err(self.failed("recording a job"))
+    }
+
+    async fn job_started(
+        &self,
+        job: &Job,
+        runner: &RunnerInfo,
+        at_ms: u64,
+    ) -> Result<Started, StoreError> {
+        self.start(job, runner, at_ms)
+            .await
+            .map_err(self.failed("recording a start"))
+    }
+
+    async fn job_finished(&self, result: &JobResult) -> Result<Recorded, StoreError> {
+        self.finish(result)
+            .await
+            .map_err(self.failed("recording a result"))
+    }
+
+    async fn job_dead(&self, job: &Job, reason: &str, at_ms: u64) -> Result<Recorded, StoreError> {
+        self.dead(job, reason, at_ms)
+            .await
+            .map_err(self.failed("recording a dead letter"))
+    }
+
+    async fn append_live_output(
+        &self,
+        job: &JobId,
+        offset: u64,
+        text: &str,
+    ) -> Result<bool, StoreError> {
+        self.append(job, offset, text)
+            .await
+            .map_err(self.failed("appending live output"))
+    }
+
+    async fn runner_seen(
+        &self,
+        runner: &RunnerInfo,
+        job: Option<&JobId>,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.seen(runner, job, at_ms)
+            .await
+            .map_err(self.failed("recording a heartbeat"))
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.read_job(id)
+            .await
+            .map_err(self.failed("reading a job"))
+    }
+
+    async fn job_by_commit(&self, prefix: &str) -> Result<CommitMatch, StoreError> {
+        self.read_by_commit(prefix)
+            .await
+            .map_err(self.failed("finding a commit"))
+    }
+
+    async fn jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError> {
+        self.list(query).await.map_err(self.failed("listing jobs"))
+    }
+
+    async fn running(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.read_running()
+            .await
+            .map_err(self.failed("listing running jobs"))
+    }
+
+    async fn runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        self.read_runners()
+            .await
+            .map_err(self.failed("listing runners"))
+    }
+
+    async fn log(&self, id: &JobId) -> Result<Option<String>, StoreError> {
+        self.read_log(id)
+            .await
+            .map_err(self.failed("reading a log"))
+    }
+
+    async fn finished_before(&self, job: &JobRecord) -> Result<Option<JobRecord>, StoreError> {
+        self.read_finished_before(job)
+            .await
+            .map_err(self.failed("finding the previous outcome"))
+    }
+
+    async fn totals(&self, buckets: &[f64]) -> Result<Totals, StoreError> {
+        self.read_totals(buckets)
+            .await
+            .map_err(self.failed("counting jobs"))
+    }
+
+    async fn writable(&self) -> bool {
+        self.probe_write().await.is_ok()
+    }
+
+    async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutting_keeps_whole_characters() {
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("héllo", 3), "hé");
+        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut("abc", 0), "");
+    }
+
+    #[test]
+    fn nul_becomes_one_byte_so_offsets_hold() {
+        let text = "a\0b";
+        assert_eq!(storable(text).len(), text.len());
+        assert!(!storable(text).contains('\0'));
+        assert!(matches!(storable("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn histograms_bind_their_bounds_rather_than_printing_them() {
+        let sql = histogram_sql("duration_ms", "duration_ms IS NOT NULL", 2);
+        assert!(sql.contains("duration_ms <= $1") && sql.contains("duration_ms <= $2"));
+        assert!(!sql.contains("$3"));
+    }
+}
