@@ -93,7 +93,7 @@ impl Jobs {
         let _order = self.order_of(&result.job.id).lock().await;
         let recorded = self.store.job_finished(result).await?;
         match &recorded {
-            Recorded::New(record) => self.announce(
+            Recorded::New { record, .. } => self.announce(
                 Change::Finished {
                     dead_lettered: false,
                 },
@@ -109,7 +109,7 @@ impl Jobs {
     pub async fn dead(&self, job: &Job, reason: &str) -> Result<Recorded, StoreError> {
         let _order = self.order_of(&job.id).lock().await;
         let recorded = self.store.job_dead(job, reason, model::now_ms()).await?;
-        if let Recorded::New(record) = &recorded {
+        if let Recorded::New { record, .. } = &recorded {
             self.announce(
                 Change::Finished {
                     dead_lettered: true,

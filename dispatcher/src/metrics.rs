@@ -276,7 +276,9 @@ mod tests {
         let text = metrics.render();
         for outcome in Outcome::ALL {
             assert!(
-                text.contains(&format!("warren_jobs_finished_total{{status=\"{outcome}\"}} 0")),
+                text.contains(&format!(
+                    "warren_jobs_finished_total{{status=\"{outcome}\"}} 0"
+                )),
                 "{text}"
             );
         }

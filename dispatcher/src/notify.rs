@@ -156,7 +156,7 @@ impl Payload {
 #[derive(Debug, Clone)]
 struct Notification {
     event: Event,
-    job_id: String,
+    job_id: JobId,
     delivery: String,
     body: Vec<u8>,
     signature: Option<String>,
@@ -323,15 +323,13 @@ async fn decide_all(
         let key = (job.repo.clone(), job.branch.clone());
         let previous = match last.get(&key) {
             Some(previous) => Some(previous.clone()),
-            None => {
-                match store.finished_before(&job).await {
-                    Ok(found) => found.as_ref().map(Previous::from),
-                    Err(err) => {
-                        tracing::warn!(job = %job.id, "cannot read the branch's previous outcome ({err}); deciding as if there were none");
-                        None
-                    }
+            None => match store.finished_before(&job).await {
+                Ok(found) => found.as_ref().map(Previous::from),
+                Err(err) => {
+                    tracing::warn!(job = %job.id, "cannot read the branch's previous outcome ({err}); deciding as if there were none");
+                    None
                 }
-            }
+            },
         };
         last.insert(key, Previous::from(&job));
         let Some(event) = decide(previous.as_ref().map(|p| p.status), job.status) else {
@@ -473,9 +471,10 @@ mod tests {
             (None, "running", None),
             (Some("failed"), "queued", None),
         ];
+        let status = |word: &str| word.parse::<JobStatus>().expect("a status");
         for (previous, current, expected) in cases {
             assert_eq!(
-                decide(*previous, current),
+                decide(previous.map(status), status(current)),
                 *expected,
                 "{previous:?} then {current}"
             );
@@ -483,9 +482,9 @@ mod tests {
         // pass, fail, fail, pass: announced are the first failure and the fix.
         let mut previous = None;
         let mut events = Vec::new();
-        for status in ["passed", "failed", "failed", "passed"] {
-            events.push(decide(previous, status));
-            previous = Some(status);
+        for word in ["passed", "failed", "failed", "passed"] {
+            events.push(decide(previous, status(word)));
+            previous = Some(status(word));
         }
         assert_eq!(events, vec![None, Some(Failed), None, Some(Fixed)]);
     }
@@ -536,16 +535,16 @@ mod tests {
     fn record(id: &str, status: &str) -> JobRecord {
         JobRecord {
             seq: 7,
-            id: id.into(),
-            repo: "/r".into(),
-            branch: "main".into(),
-            commit: "a".repeat(40),
+            id: JobId::parse(id).expect("id"),
+            repo: RepoUrl::parse("/r").expect("repo"),
+            branch: BranchName::main(),
+            commit: CommitId::parse(&"a".repeat(40)).expect("commit"),
             subject: Some("s".into()),
             author: None,
-            status: status.into(),
+            status: status.parse().expect("status"),
             attempts: 1,
             duplicates: 0,
-            runner: Some("r1".into()),
+            runner: Some(model::RunnerId::parse("r1").expect("id")),
             connection: Some("conn".into()),
             enqueued_at_ms: Some(1),
             started_at_ms: Some(2),
@@ -648,7 +647,7 @@ mod tests {
         webhook
             .send(&Notification {
                 event: Event::Failed,
-                job_id: "abc".into(),
+                job_id: JobId::parse("abc").expect("id"),
                 delivery: "abc.failed".into(),
                 signature: Some(sign(b"k", &body)),
                 body,
@@ -701,14 +700,18 @@ mod tests {
     async fn after_a_restart_the_store_says_what_came_before() {
         use model::{Job, JobResult, Outcome, RunnerId, RunnerInfo, SCHEMA_VERSION};
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let url = store::StoreUrl::sqlite(dir.path().join("warren.db"));
+        let store = store::open(&url, store::StoreSettings::default())
+            .await
+            .expect("open");
+        let bus = crate::events::EventBus::new();
         let mut at = 100;
-        let mut finish = |commit: char, outcome: Outcome| {
+        let mut finish = async |commit: char, outcome: Outcome| {
             at += 10;
             let job =
                 Job::try_new("/r", "main", &commit.to_string().repeat(40)).expect("a valid job");
-            store
-                .record_result(&JobResult {
+            let recorded = store
+                .job_finished(&JobResult {
                     v: SCHEMA_VERSION,
                     job: job.clone(),
                     outcome,
@@ -725,28 +728,46 @@ mod tests {
                     },
                     reason: None,
                 })
+                .await
                 .expect("record");
-            store.job(&job.id).expect("job").expect("exists")
+            let record = recorded.into_record();
+            bus.publish(JobEvent {
+                change: Change::Finished {
+                    dead_lettered: false,
+                },
+                job: record.clone(),
+            });
+            record
         };
         // Recorded before this notifier started: a failure.
-        let before = finish('a', Outcome::Failed);
-        let (url, seen) = receiver(vec![200]).await;
+        let before = finish('a', Outcome::Failed).await;
+        let (webhook, seen) = receiver(vec![200]).await;
         let tasks = Tasks::new(&CancellationToken::new());
-        let notifier = Notifier::start_with(vec![url], None, store.clone(), quick(), &tasks);
+        Notifier::start_with(
+            vec![webhook],
+            None,
+            store.clone(),
+            bus.subscribe(),
+            quick(),
+            &tasks,
+        );
         for (commit, outcome) in [
             ('b', Outcome::Passed),
             ('c', Outcome::Timeout),
             ('d', Outcome::Failed),
             ('e', Outcome::Passed),
             ('f', Outcome::Passed),
+            // A sentinel: news that comes after everything else.
+            ('9', Outcome::Failed),
         ] {
-            notifier.finished(finish(commit, outcome));
+            finish(commit, outcome).await;
         }
+        // Each webhook gets its notifications in order: once the sentinel
+        // arrived, anything the others caused arrived before it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while seen.lock().expect("lock").len() < 3 && std::time::Instant::now() < deadline {
+        while seen.lock().expect("lock").len() < 4 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let events: Vec<(String, String, String)> = seen
             .lock()
             .expect("lock")
@@ -767,13 +788,14 @@ mod tests {
         let e = |event: &str, commit: &str, previous: &str| {
             (event.to_string(), commit.to_string(), previous.to_string())
         };
-        assert_eq!(before.status, "failed");
+        assert_eq!(before.status, JobStatus::Failed);
         assert_eq!(
             events,
             vec![
                 e("fixed", "b", "a"),
                 e("failed", "c", "b"),
-                e("fixed", "e", "d")
+                e("fixed", "e", "d"),
+                e("failed", "9", "f")
             ]
         );
         assert!(tasks.stop(Duration::from_secs(5)).await);

@@ -206,8 +206,12 @@ impl Recorder {
                     } else {
                         tracing::info!(job = %job.id, runner = %runner.id, "job running");
                     }
-                    self.lock_leases()
-                        .grant(&job.id, &runner.id, &runner.connection, Instant::now());
+                    self.lock_leases().grant(
+                        &job.id,
+                        &runner.id,
+                        &runner.connection,
+                        Instant::now(),
+                    );
                 }
             }
             Event::Heartbeat {
@@ -248,7 +252,7 @@ impl Recorder {
         };
         let (job, runner, outcome) = (&result.job.id, &result.runner.id, result.outcome);
         match self.jobs.finished(&result).await? {
-            Recorded::New(_) => {
+            Recorded::New { .. } => {
                 tracing::info!(job = %job, runner = %runner, %outcome, "job finished");
                 let holders = self.lock_leases().release(job);
                 if holders.iter().any(|holder| holder != runner) {

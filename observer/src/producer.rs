@@ -114,7 +114,10 @@ mod tests {
         let commit = "a".repeat(40);
         assert!(matches!(Target::parse(&commit), Ok(Target::Commit(_))));
         assert!(matches!(Target::parse(" main "), Ok(Target::Branch(_))));
-        assert!(matches!(Target::parse("release/1.2"), Ok(Target::Branch(_))));
+        assert!(matches!(
+            Target::parse("release/1.2"),
+            Ok(Target::Branch(_))
+        ));
         for bad in ["--upload-pack=x", "a b", ""] {
             assert!(
                 matches!(Target::parse(bad), Err(ResolveError::NotACommitOrBranch(_))),

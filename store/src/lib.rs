@@ -247,6 +247,10 @@ pub trait Store: Send + Sync {
     /// notifier compares a new outcome with when it first sees a branch.
     async fn finished_before(&self, job: &JobRecord) -> Result<Option<JobRecord>, StoreError>;
 
+    /// How many jobs have `status` now: cheap for the few queued and
+    /// running ones (an index range), for the gauges of `/metrics`.
+    async fn count(&self, status: JobStatus) -> Result<i64, StoreError>;
+
     /// Counts by status, duplicates, dead letters, and the duration and
     /// queue-wait histograms for `buckets` (upper bounds in seconds), in a
     /// few aggregate queries.

@@ -407,6 +407,10 @@ const FINISHED_BEFORE: &str = concat!(
 
 const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM jobs GROUP BY status";
 
+/// One status's jobs: a range of the (status, seq) index, as long as the
+/// number of such jobs (queued and running ones are few).
+const COUNT_OF_STATUS: &str = "SELECT COUNT(*) FROM jobs WHERE status = $1";
+
 const SUMS: &str = "SELECT CAST(COALESCE(SUM(duplicates), 0) AS BIGINT), \
      CAST(COALESCE(SUM(CASE WHEN dead_lettered THEN 1 ELSE 0 END), 0) AS BIGINT) FROM jobs";
 
@@ -1042,6 +1046,15 @@ impl SqlStore {
             .collect::<Result<Vec<_>, _>>()?))
     }
 
+    async fn read_count(&self, status: JobStatus) -> Result<i64, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| sqlx::query(COUNT_OF_STATUS)
+            .bind(status.as_str())
+            .fetch_one(c)
+            .await?
+            .try_get::<i64, _>(0)?))
+    }
+
     async fn read_log(&self, id: &JobId) -> Result<Option<String>, Fail> {
         let mut held = self.pool.acquire().await?;
         Ok(on!(held.conn(), |c| {
@@ -1219,6 +1232,12 @@ impl Store for SqlStore {
         self.read_finished_before(job)
             .await
             .map_err(self.failed("finding the previous outcome"))
+    }
+
+    async fn count(&self, status: JobStatus) -> Result<i64, StoreError> {
+        self.read_count(status)
+            .await
+            .map_err(self.failed("counting jobs of one status"))
     }
 
     async fn totals(&self, buckets: &[f64]) -> Result<Totals, StoreError> {

@@ -771,6 +771,10 @@ conformance!(
             ]
         );
         assert_eq!(totals.count(JobStatus::Timeout), 0);
+        // The gauges' one-status counts agree with the totals.
+        for (status, n) in counts {
+            assert_eq!(store.count(status).await.expect("count"), n, "{status}");
+        }
         assert_eq!(totals.duplicates, 2);
         assert_eq!(totals.dead_lettered, 1);
         assert_eq!(totals.duration.count, 2);

@@ -48,9 +48,9 @@ impl ListParams {
         };
         let branch = match self.branch.filter(|s| !s.is_empty()) {
             None => None,
-            Some(name) => Some(
-                BranchName::parse(&name).map_err(|e| bad(format!("branch: {}", e.reason)))?,
-            ),
+            Some(name) => {
+                Some(BranchName::parse(&name).map_err(|e| bad(format!("branch: {}", e.reason)))?)
+            }
         };
         let limit = match self.limit.filter(|s| !s.is_empty()) {
             None => PAGE_DEFAULT,
