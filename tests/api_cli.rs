@@ -177,16 +177,28 @@ fn metrics_health_readiness_and_live_events() {
     });
     assert_eq!(ready["broker_connected"], true);
     assert_eq!(ready["store_writable"], true);
-    let metrics = api.get_text("/metrics").expect("metrics");
-    for needle in [
-        "warren_jobs{status=\"passed\"} 1",
+    // Counters kept as jobs change; every outcome there from the start.
+    let expected = [
+        "# TYPE warren_jobs_finished_total counter",
+        "warren_jobs_finished_total{status=\"passed\"} 1",
+        "warren_jobs_finished_total{status=\"failed\"} 0",
+        "warren_jobs_finished_total{status=\"error\"} 0",
+        "warren_jobs_finished_total{status=\"timeout\"} 0",
         "warren_job_duration_seconds_count 1",
         "warren_queue_wait_seconds_bucket",
-        "warren_runners_online 1",
-        "warren_dead_lettered_jobs 0",
-    ] {
+        "# TYPE warren_dead_lettered_jobs_total counter",
+        "warren_dead_lettered_jobs_total 0",
+        "# TYPE warren_duplicate_results_total counter",
+    ];
+    let metrics = api.get_text("/metrics").expect("metrics");
+    for needle in expected {
         assert!(metrics.contains(needle), "{needle} in {metrics}");
     }
+    // Gauges are sampled every 2 s.
+    wait_for("the runner counted online", Duration::from_secs(10), || {
+        let metrics = api.get_text("/metrics").ok()?;
+        metrics.contains("warren_runners_online 1").then_some(())
+    });
     let queue = api.get_json("/api/queue").expect("queue");
     assert_eq!(queue["consumers"], 1, "{queue}");
 
@@ -207,6 +219,17 @@ fn metrics_health_readiness_and_live_events() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("event: job"), "{seen}");
+    drop(events);
+
+    // A restarted dispatcher starts its counters from the store.
+    let mut dispatcher = dispatcher;
+    dispatcher.proc.kill();
+    let again = Dispatcher::start_at(&ns, &scratch, dispatcher.data_dir.clone(), &[], &[]);
+    let metrics = again.api().get_text("/metrics").expect("metrics");
+    assert!(
+        metrics.contains("warren_jobs_finished_total{status=\"passed\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// One raw answer: status, headers and the JSON body.

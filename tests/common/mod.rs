@@ -310,6 +310,62 @@ impl Drop for Proc {
     }
 }
 
+/// The PostgreSQL server the tests use (`WARREN_TEST_POSTGRES`, as for the
+/// store's conformance suite; `scripts/ensure-postgres` starts one).
+pub fn postgres_server() -> String {
+    std::env::var("WARREN_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database of the test's own on the test PostgreSQL server, dropped on
+/// drop (also when the test fails). Made and dropped with `psql`.
+pub struct PgDatabase {
+    pub name: String,
+    /// `postgres://…/<name>`, for `--store`.
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn new(test: &str) -> PgDatabase {
+        let name = format!(
+            "warren_test_{}_{}_{}",
+            test.replace('-', "_"),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let server = postgres_server();
+        let out = psql(&server, &format!("CREATE DATABASE {name}"));
+        assert!(
+            out.status.success(),
+            "cannot create a database on {server} ({}); start PostgreSQL with scripts/ensure-postgres",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &postgres_server(),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(server: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server, "-c", sql])
+        .output()
+        .expect("run psql (Debian's postgresql-client)")
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -358,7 +414,12 @@ impl Dispatcher {
             &http,
         ];
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("dispatcher", ns, scratch, &args, env);
+        // Its own log file when there are several (named after the data).
+        let name = match data_dir.file_name().and_then(|n| n.to_str()) {
+            Some("dispatcher-data") | None => "dispatcher".to_string(),
+            Some(dir) => format!("dispatcher-{dir}"),
+        };
+        let proc = Proc::spawn(&name, ns, scratch, &args, env);
         let url = format!("http://{http}");
         let api = Api::new(&url);
         wait_for("the dispatcher's API", Duration::from_secs(20), || {

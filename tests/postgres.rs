@@ -1,0 +1,157 @@
+//! Issue 13: the dispatcher on PostgreSQL. The whole flow (commit to
+//! outcome, log, rerun, dashboard) with `--store postgres://…`, a restarted
+//! dispatcher that lists the same jobs, and two dispatchers on one database
+//! consuming the same results: every job recorded exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use broker::message::encode;
+use broker::Names;
+use common::*;
+use model::{JobResult, Outcome, RunnerId, RunnerInfo, SCHEMA_VERSION};
+
+#[test]
+fn a_dispatcher_on_postgres_runs_the_whole_flow_and_a_restart_keeps_every_job() {
+    let ns = Namespace::new("pg-flow");
+    let scratch = Scratch::new();
+    let db = PgDatabase::new("flow");
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(".warren-test", "echo testing on postgres; exit 0");
+    let first = repo.commit("first");
+    let store = ["--store", db.url.as_str()];
+    let mut dispatcher = Dispatcher::start(&ns, &scratch, &store);
+    let _runner = runner(&ns, &scratch, "r1", &[]);
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    let jobs = api.wait_terminal(std::slice::from_ref(&first), Duration::from_secs(60));
+    let job = one_job(&jobs, &first);
+    assert_eq!(job["status"], "passed", "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+    assert!(
+        api.log(&id).contains("testing on postgres"),
+        "the log is in the store"
+    );
+    assert!(
+        api.get_text(&format!("/jobs/{id}")).is_ok(),
+        "the job's page"
+    );
+
+    // A rerun: a second job of the same commit, also recorded.
+    let rerun: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{}/api/jobs/{id}/rerun", dispatcher.url))
+        .send()
+        .expect("rerun")
+        .json()
+        .expect("json");
+    let rerun_id = rerun["id"].as_str().expect("id").to_string();
+    wait_for("the rerun's outcome", Duration::from_secs(60), || {
+        let job = api.get_json(&format!("/api/jobs/{rerun_id}")).ok()?;
+        is_terminal(&job).then_some(())
+    });
+
+    // Restarted on the same database: the same jobs, the same logs.
+    let before = api.jobs();
+    dispatcher.proc.kill();
+    let again = Dispatcher::start(&ns, &scratch, &store);
+    let after = again.api().jobs();
+    let ids = |jobs: &[serde_json::Value]| -> Vec<String> {
+        jobs.iter().map(|j| j["id"].to_string()).collect()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(after.len(), 2);
+    assert!(again.api().log(&id).contains("testing on postgres"));
+}
+
+#[test]
+fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
+    let ns = Namespace::new("pg-two");
+    let scratch = Scratch::new();
+    let db = PgDatabase::new("two");
+    let store = ["--store", db.url.as_str()];
+    // Two processes competing for the same dispatcher queues.
+    let one = Dispatcher::start_at(&ns, &scratch, scratch.join("one"), &store, &[]);
+    let two = Dispatcher::start_at(&ns, &scratch, scratch.join("two"), &store, &[]);
+    wait_for(
+        "both dispatchers consuming",
+        Duration::from_secs(30),
+        || {
+            let queue = one.api().get_json("/api/queue").ok()?;
+            let consumers = ns.with_broker(async |broker| {
+                broker
+                    .queue_stats(&broker.names().dispatcher_results_queue())
+                    .await
+                    .map(|(_, consumers)| consumers)
+                    .unwrap_or(0)
+            });
+            (queue.is_object() && consumers == 2).then_some(())
+        },
+    );
+
+    // 150 jobs, two results each with different outcomes, the two results
+    // of a job next to each other so that both dispatchers race on it.
+    let names = Names::new(ns.name.clone());
+    let runner = |id: &str| RunnerInfo {
+        id: RunnerId::parse(id).expect("id"),
+        host: "h".into(),
+        connection: format!("c-{id}"),
+    };
+    let mut messages = Vec::new();
+    let mut jobs = Vec::new();
+    for i in 0..150 {
+        let job = model::Job::try_new("/srv/repo", "main", &format!("{i:040x}")).expect("job");
+        for (outcome, by) in [(Outcome::Passed, "r1"), (Outcome::Failed, "r2")] {
+            let result = JobResult {
+                v: SCHEMA_VERSION,
+                job: job.clone(),
+                outcome,
+                exit_code: Some(i32::from(outcome != Outcome::Passed)),
+                started_at_ms: 1,
+                finished_at_ms: 2,
+                duration_ms: 1,
+                output: format!("{outcome} by {by}"),
+                truncated: false,
+                runner: runner(by),
+                reason: None,
+            };
+            messages.push((
+                names.results_exchange(),
+                result.routing_key(),
+                encode(&result),
+            ));
+        }
+        jobs.push(job.id.to_string());
+    }
+    publish_raw(&ns, &messages);
+
+    let recorded = wait_for("every job recorded", Duration::from_secs(60), || {
+        let listed = one.api().jobs();
+        let done: HashMap<String, serde_json::Value> = listed
+            .into_iter()
+            .filter(|j| is_terminal(j) && j["duplicates"] == 1)
+            .map(|j| (j["id"].as_str().unwrap_or_default().to_string(), j))
+            .collect();
+        (done.len() == jobs.len()).then_some(done)
+    });
+    for id in &jobs {
+        let job = &recorded[id];
+        assert!(
+            job["status"] == "passed" || job["status"] == "failed",
+            "{job}"
+        );
+        assert_eq!(job["duplicates"], 1, "one outcome, one duplicate: {job}");
+    }
+    // Both took part, and both see the same record.
+    for dispatcher in [&one, &two] {
+        assert!(dispatcher.proc.log_text().contains("job finished"));
+    }
+    assert_eq!(two.api().jobs().len(), jobs.len());
+    // Every finished result counted once across the two.
+    let total: usize = [&one, &two]
+        .iter()
+        .map(|d| d.proc.log_text().matches("job finished").count())
+        .sum();
+    assert_eq!(total, jobs.len());
+}
