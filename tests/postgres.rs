@@ -155,3 +155,52 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
         .sum();
     assert_eq!(total, jobs.len());
 }
+
+/// Runs `warren migrate ARGS` and returns (exit code, stdout and stderr).
+fn migrate(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = std::process::Command::new(WARREN)
+        .arg("migrate")
+        .args(args)
+        .env_remove("WARREN_STORE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run warren migrate");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn warren_migrate_checks_then_applies_on_both_backends_and_hides_the_password() {
+    let scratch = Scratch::new();
+    let db = PgDatabase::new("migrate");
+    let sqlite = format!("sqlite:{}", scratch.join("store/warren.db").display());
+    for url in [sqlite.as_str(), db.url.as_str()] {
+        let (code, text) = migrate(&["--store", url, "--check"], &[]);
+        assert_eq!(code, 1, "pending migrations: {text}");
+        let (code, text) = migrate(&["--store", url], &[]);
+        assert_eq!(code, 0, "{text}");
+        let (code, text) = migrate(&["--store", url, "--check"], &[]);
+        assert_eq!(code, 0, "nothing pending any more: {text}");
+    }
+    // A URL from a file, with a password that must not show in any error.
+    let secret = "Pa55-not-for-logs";
+    let file = scratch.join("store-url");
+    std::fs::write(
+        &file,
+        format!("postgres://postgres:{secret}@127.0.0.1:1/nowhere\n"),
+    )
+    .expect("write");
+    let (code, text) = migrate(
+        &["--check"],
+        &[("WARREN_STORE_FILE", file.to_str().expect("utf8"))],
+    );
+    assert_ne!(code, 0, "nothing listens on port 1: {text}");
+    assert!(text.contains("127.0.0.1:1"), "it says which store: {text}");
+    assert!(!text.contains(secret), "the password is hidden: {text}");
+}
