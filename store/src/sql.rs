@@ -210,6 +210,15 @@ impl Fail {
     }
 }
 
+/// How long to wait before opening an SQLite file again that another
+/// connection had locked.
+const SQLITE_BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// SQLITE_BUSY (5): another connection holds the lock.
+fn is_sqlite_busy(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("5"))
+}
+
 fn sqlite_options(path: &Path, settings: &StoreSettings, read_only: bool) -> SqliteConnectOptions {
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -262,9 +271,19 @@ pub(crate) async fn connect(
     let connecting = async {
         match url.kind() {
             Kind::Sqlite(path) => {
-                SqliteConnection::connect_with(&sqlite_options(path, settings, read_only))
-                    .await
-                    .map(Single::Sqlite)
+                let options = sqlite_options(path, settings, read_only);
+                loop {
+                    match SqliteConnection::connect_with(&options).await {
+                        // Switching a new file to WAL while another
+                        // connection opens it fails at once with "database
+                        // is locked" (the busy handler is not asked): try
+                        // again, within the connect timeout.
+                        Err(err) if is_sqlite_busy(&err) => {
+                            tokio::time::sleep(SQLITE_BUSY_RETRY).await;
+                        }
+                        other => break other.map(Single::Sqlite),
+                    }
+                }
             }
             Kind::Postgres(target) => {
                 PgConnection::connect_with(&postgres_options(target, settings))
