@@ -72,8 +72,13 @@ fn scenario_3_throughput_and_memory_under_load() {
         .filter(|r| r.unit == Unit::JobsPerSec)
         .flat_map(|r| r.samples.clone())
         .collect();
-    assert_eq!(rates.len(), Sizes::smoke().throughput_runners.len());
+    // One drain per runner count, and one with the dispatcher on PostgreSQL.
+    assert_eq!(rates.len(), Sizes::smoke().throughput_runners.len() + 1);
     assert!(rates.iter().all(|r| *r > 0.0), "{rates:?}");
+    assert!(report.sections[2]
+        .rows
+        .iter()
+        .any(|r| r.metric.contains("dispatcher on PostgreSQL")));
     assert!(report.sections[4]
         .rows
         .iter()

@@ -118,13 +118,28 @@ fn cycles(warren: &Warren, from_ms: f64) -> Vec<f64> {
     gaps
 }
 
+/// The dispatcher's store for a drain: its SQLite default, or a database
+/// of the test PostgreSQL server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
 fn drain_with_runners(
     runners: usize,
+    store: StoreKind,
     repo_location: &str,
     warmups: &[String],
     commits: &[String],
 ) -> Drain {
-    let warren = Warren::start("bench-throughput", Setup::new(runners, "true"));
+    // Dropped after the deployment (declared first).
+    let database = (store == StoreKind::Postgres).then(|| crate::common::PgDatabase::new("bench"));
+    let mut setup = Setup::new(runners, "true");
+    if let Some(database) = &database {
+        setup = setup.dispatcher_args(&["--store", &database.url]);
+    }
+    let warren = Warren::start("bench-throughput", setup);
     // Warm-up: one job per runner, so each makes its clone first (with
     // prefetch 1, idle consumers get one each).
     let warm: Vec<_> = warmups[..runners]
@@ -201,12 +216,25 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         for &runners in &sizes.throughput_runners {
             drains.push(drain_with_runners(
                 runners,
+                StoreKind::Sqlite,
                 &repo_location,
                 &warmups,
                 &commits,
             ));
         }
     }
+    // The same drain with the dispatcher on PostgreSQL (4 runners).
+    let on_postgres: Vec<Drain> = (0..sizes.throughput_repeats)
+        .map(|_| {
+            drain_with_runners(
+                4.min(max_runners),
+                StoreKind::Postgres,
+                &repo_location,
+                &warmups,
+                &commits,
+            )
+        })
+        .collect();
     let burst = sizes
         .observer_burst
         .map(|(jobs, runners)| drain_through_observer(jobs, runners));
@@ -258,6 +286,21 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
             }),
         );
     }
+    report.add(
+        3,
+        Row::new(
+            format!(
+                "throughput, {} jobs published at once, {} runners, dispatcher on PostgreSQL",
+                sizes.throughput_jobs,
+                4.min(max_runners)
+            ),
+            Unit::JobsPerSec,
+            on_postgres
+                .iter()
+                .map(|d| d.jobs as f64 / d.seconds)
+                .collect(),
+        ),
+    );
     if let Some(burst) = &burst {
         report.add(
             3,
