@@ -131,12 +131,6 @@ impl Broker {
             .map_err(BrokerError::amqp(format!("consuming {queue}")))
     }
 
-    /// A private, exclusive queue bound to the control exchange: every
-    /// runner gets every control message. It disappears with the connection.
-    pub async fn consume_control(&self) -> Result<Consumer> {
-        self.subscribe(&self.names.control_exchange()).await
-    }
-
     /// A private, exclusive queue bound to the fanout `exchange`, consumed
     /// with manual acks: every subscriber gets every message. It
     /// disappears with the connection.
