@@ -121,8 +121,10 @@ struct State {
     /// (exchange, queue, routing key)
     bindings: Vec<(String, String, String)>,
     queues: HashMap<String, Queue>,
-    connections: HashMap<u64, Link>,
-    consumers: HashMap<u64, Consumer>,
+    // Ordered maps: closing every connection, or a connection's consumers,
+    // happens in the same order on every run.
+    connections: BTreeMap<u64, Link>,
+    consumers: BTreeMap<u64, Consumer>,
     next_id: u64,
     publish_faults: Vec<PublishRule>,
     /// Queues whose next ack finds its connection gone.
@@ -236,8 +238,8 @@ impl MemoryBroker {
                 exchanges,
                 bindings,
                 queues,
-                connections: HashMap::new(),
-                consumers: HashMap::new(),
+                connections: BTreeMap::new(),
+                consumers: BTreeMap::new(),
                 next_id: 1,
                 publish_faults: Vec::new(),
                 ack_faults: Vec::new(),
@@ -688,6 +690,7 @@ impl State {
             .filter(|(_, c)| c.connection == id)
             .map(|(cid, _)| *cid)
             .collect();
+        let mut unacked = Vec::new();
         for cid in mine {
             let Some(consumer) = self.consumers.remove(&cid) else {
                 continue;
@@ -695,10 +698,13 @@ impl State {
             if let Some(queue) = self.queues.get_mut(&consumer.queue) {
                 queue.consumers.retain(|c| *c != cid);
             }
-            // Newest first, each pushed to the front: the oldest ends first.
-            for (_, message) in consumer.unacked.into_iter().rev() {
-                self.give_back(&consumer.queue, message);
-            }
+            let queue = consumer.queue;
+            unacked.extend(consumer.unacked.into_values().map(|m| (queue.clone(), m)));
+        }
+        // Newest first, each pushed to the front: the oldest ends first.
+        unacked.sort_by_key(|(_, message)| std::cmp::Reverse(message.published));
+        for (queue, message) in unacked {
+            self.give_back(&queue, message);
         }
         let exclusive: Vec<String> = self
             .queues
@@ -1185,6 +1191,30 @@ mod tests {
             dead.header("x-client").as_deref(),
             Some("test"),
             "the publisher's headers stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_connections_deliveries_go_back_oldest_first() {
+        let (broker, names) = broker();
+        let t = broker.open("c").expect("open");
+        for body in [b"1", b"2", b"3"] {
+            publish(&t, &names.jobs_exchange(), "", body).await;
+        }
+        // Two consumers of one connection: the second is served first.
+        let mut first = t.consume(&names.work_queue(), 1).await.expect("consume");
+        let mut second = t.consume(&names.work_queue(), 1).await.expect("consume");
+        let (one, two) = (next(&mut first).await, next(&mut second).await);
+        assert_eq!((one.body(), two.body()), (&b"1"[..], &b"2"[..]));
+        t.close().await;
+        let back: Vec<(Vec<u8>, u32)> = broker
+            .ready(&names.work_queue())
+            .into_iter()
+            .map(|m| (m.body, m.returns))
+            .collect();
+        assert_eq!(
+            back,
+            [(b"1".to_vec(), 1), (b"2".to_vec(), 1), (b"3".to_vec(), 0)]
         );
     }
 

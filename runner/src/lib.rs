@@ -13,7 +13,7 @@
 //! than go on deaf to cancels or silent to the dispatcher.
 //!
 //! The sessions talk to the broker through [`broker::Transport`] and run
-//! jobs through [`Execute`], so the unit tests below drive everything a
+//! jobs through `Execute`, so the unit tests below drive everything a
 //! runner does with the broker (taking, announcing, heartbeats, the result
 //! before the ack, cancels, redeliveries, a result kept while the broker is
 //! away) on the in-memory broker with scripted jobs.
