@@ -13,8 +13,8 @@ use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use crate::message::decode;
-use crate::topology::{self, Topology, TopologySettings, LEDGER_MAX};
+use crate::topology::{self, Topology, TopologySettings};
+use crate::transport::{ledger_jobs, LEDGER_PEEK};
 use crate::{BrokerError, Names, Publisher, Result};
 use model::Job;
 
@@ -131,14 +131,17 @@ impl Broker {
             .map_err(BrokerError::amqp(format!("consuming {queue}")))
     }
 
-    /// A private, exclusive queue bound to the control exchange: every
-    /// runner gets every control message. It disappears with the connection.
-    pub async fn consume_control(&self) -> Result<Consumer> {
+    /// A private, exclusive queue bound to the fanout `exchange`, consumed
+    /// with manual acks: every subscriber gets every message. It
+    /// disappears with the connection.
+    pub(crate) async fn subscribe(&self, exchange: &str) -> Result<Consumer> {
         let channel = self
             .connection
             .create_channel()
             .await
-            .map_err(BrokerError::amqp("opening the control channel"))?;
+            .map_err(BrokerError::amqp(format!(
+                "opening a channel to subscribe to {exchange}"
+            )))?;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -150,17 +153,19 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .map_err(BrokerError::amqp("declaring the control queue"))?;
+            .map_err(BrokerError::amqp(format!(
+                "declaring a queue for {exchange}"
+            )))?;
         channel
             .queue_bind(
                 queue.name().clone(),
-                self.names.control_exchange().as_str().into(),
+                exchange.into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(BrokerError::amqp("binding the control queue"))?;
+            .map_err(BrokerError::amqp(format!("binding a queue to {exchange}")))?;
         channel
             .basic_consume(
                 queue.name().clone(),
@@ -169,7 +174,9 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .map_err(BrokerError::amqp("consuming the control queue"))
+            .map_err(BrokerError::amqp(format!(
+                "consuming the queue bound to {exchange}"
+            )))
     }
 
     /// Depth and consumer count of a queue (passive declare).
@@ -194,33 +201,34 @@ impl Broker {
         Ok((declared.message_count(), declared.consumer_count()))
     }
 
-    /// The jobs in the ledger, oldest first: the last ones the broker took
-    /// on the jobs exchange, whoever published them. Reading leaves them in
-    /// place (they are taken unacked and handed back when the channel
-    /// closes). Bodies that are not valid jobs are skipped.
-    pub async fn recent_jobs(&self, max_bytes: usize) -> Result<Vec<Job>> {
+    /// The bodies of the first `max` messages ready in `queue`, left in
+    /// place: they are taken unacked and handed back when the channel
+    /// closes. (A classic queue: a quorum queue would count each read
+    /// against its delivery limit.)
+    pub(crate) async fn peek(&self, queue: &str, max: usize) -> Result<Vec<Vec<u8>>> {
         let channel = self
             .connection
             .create_channel()
             .await
             .map_err(BrokerError::amqp("opening a channel"))?;
-        let queue = self.names.ledger_queue();
-        let mut jobs = Vec::new();
-        // Publishes that arrive while we read also land at the tail; stop at
-        // twice the bound rather than chase them forever.
-        for _ in 0..2 * LEDGER_MAX {
+        let mut bodies = Vec::new();
+        while bodies.len() < max {
             let message = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                 .await
                 .map_err(BrokerError::amqp(format!("reading {queue}")))?;
             let Some(message) = message else { break };
-            if let Ok(job) = decode::<Job>(&message.delivery.data, max_bytes) {
-                jobs.push(job);
-            }
+            bodies.push(message.delivery.data);
         }
         // Closing the channel returns every unacked message to the queue.
         let _ = channel.close(200, "read".into()).await;
-        Ok(jobs)
+        Ok(bodies)
+    }
+
+    /// The jobs in the ledger (see [`crate::Transport`]'s `recent_jobs`).
+    pub async fn recent_jobs(&self, max_bytes: usize) -> Result<Vec<Job>> {
+        let bodies = self.peek(&self.names.ledger_queue(), LEDGER_PEEK).await?;
+        Ok(ledger_jobs(&bodies, max_bytes))
     }
 
     /// Deletes the namespace's queues and exchanges.

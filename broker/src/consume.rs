@@ -1,6 +1,11 @@
 //! Taking messages off a queue: decode and validate, and send what cannot be
 //! used to the dead-letter exchange with the reason, so a bad message never
 //! stops a consumer and is never silently lost.
+//!
+//! The functions on lapin's own `Delivery` ([`dead_letter`],
+//! [`header_string`]) serve the dispatcher until it consumes through
+//! [`crate::Transport`] too; both paths share the properties and header
+//! rules below.
 
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -22,9 +27,26 @@ pub enum Incoming<T> {
     Refused(DecodeError),
 }
 
+/// A delivery's body, whichever consumer it came from.
+pub trait Body {
+    fn body(&self) -> &[u8];
+}
+
+impl Body for Delivery {
+    fn body(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Body for crate::transport::Delivery {
+    fn body(&self) -> &[u8] {
+        crate::transport::Delivery::body(self)
+    }
+}
+
 impl<T: Message> Incoming<T> {
-    pub fn decode(delivery: &Delivery, max_bytes: usize) -> Self {
-        match decode::<T>(&delivery.data, max_bytes) {
+    pub fn decode(delivery: &impl Body, max_bytes: usize) -> Self {
+        match decode::<T>(delivery.body(), max_bytes) {
             Ok(message) => Incoming::Valid(message),
             Err(reason) => Incoming::Refused(reason),
         }
@@ -64,7 +86,7 @@ pub async fn dead_letter(
 /// The original's properties and headers, plus the reason and the queue.
 /// Left out: `expiration` (a dead letter is kept for people to read) and
 /// `user-id` (the broker checks it against the connection's user).
-fn dead_letter_properties(
+pub(crate) fn dead_letter_properties(
     original: &BasicProperties,
     queue: &str,
     reason: &str,
@@ -110,7 +132,12 @@ fn dead_letter_properties(
 
 /// A header's value as text (strings and integers), if present.
 pub fn header_string(delivery: &Delivery, key: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
+    header_text(&delivery.properties, key)
+}
+
+/// A header's value as text (strings and integers), if present.
+pub(crate) fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
     match headers.inner().get(key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_string()),

@@ -3,23 +3,32 @@
 //! Every other Warren crate talks to the broker only through this one: the
 //! names of exchanges and queues ([`Names`]), their declaration
 //! ([`topology`]), the messages that travel on them ([`message`]),
-//! connecting with retry ([`connect`]) and publishing with confirms
-//! ([`Publisher`]). Keeping it in one place means the topology the code
-//! declares, the definitions file compose loads and the tests all agree.
+//! connecting with retry ([`connect`]), and what a component does with a
+//! connection ([`Transport`]: publish with confirms, consume, settle),
+//! over RabbitMQ ([`amqp`]) or in memory for unit tests ([`memory`]).
+//! Keeping it in one place means the topology the code declares, the
+//! definitions file compose loads, the in-memory broker and the tests all
+//! agree.
 
+pub mod amqp;
 pub mod connect;
 pub mod consume;
+pub mod memory;
 pub mod message;
 mod names;
 mod publisher;
 pub mod topology;
+pub mod transport;
 
 pub use connect::{connect_with_retry, delete_namespace, redact_url, Broker, BrokerConfig};
 pub use consume::{dead_letter, header_string, Incoming};
+/// lapin's delivery, for consumers not yet on [`Transport`] (the
+/// dispatcher); [`transport::Delivery`] is the transport's.
 pub use lapin::message::Delivery;
 pub use lapin::Consumer;
 pub use names::Names;
 pub use publisher::{Confirm, Publisher};
+pub use transport::{Connector, Transport};
 
 /// Errors from talking to RabbitMQ, with the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +49,11 @@ pub enum BrokerError {
     Timeout(String),
     #[error("the connection to the broker was lost")]
     ConnectionLost,
+    /// The broker refused an operation and closed the channel (an
+    /// exchange or queue that does not exist, an exclusive queue of
+    /// another connection).
+    #[error("the broker closed the channel: {0}")]
+    Channel(String),
     #[error("shutting down")]
     Shutdown,
 }

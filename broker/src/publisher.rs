@@ -72,15 +72,7 @@ impl Publisher {
         body: &[u8],
         headers: Vec<(String, String)>,
     ) -> Result<Confirm> {
-        let mut table = FieldTable::default();
-        for (key, value) in headers {
-            table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_headers(table);
-        self.send_with(exchange, routing_key, body, properties)
+        self.send_with(exchange, routing_key, body, json_properties(headers))
             .await
     }
 
@@ -99,7 +91,7 @@ impl Publisher {
             .await
     }
 
-    async fn send_with(
+    pub(crate) async fn send_with(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -118,24 +110,54 @@ impl Publisher {
             .await
             .map_err(BrokerError::amqp(format!("publishing to {exchange}")))?;
         Ok(Confirm {
-            pending,
+            pending: Pending::Amqp(pending),
             exchange: exchange.to_string(),
         })
     }
 }
 
+/// Warren's messages: persistent JSON, with extra string headers.
+pub(crate) fn json_properties(headers: Vec<(String, String)>) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (key, value) in headers {
+        table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_headers(table)
+}
+
 /// The broker's answer to one publish, still to come.
 #[must_use = "a publish is not the broker's until its confirm is awaited"]
 pub struct Confirm {
-    pending: PublisherConfirm,
+    pending: Pending,
     exchange: String,
 }
 
+enum Pending {
+    Amqp(PublisherConfirm),
+    /// The in-memory broker answers at once.
+    Answered(Result<()>),
+}
+
 impl Confirm {
+    /// A confirm whose answer is known already.
+    pub(crate) fn answered(exchange: &str, answer: Result<()>) -> Self {
+        Confirm {
+            pending: Pending::Answered(answer),
+            exchange: exchange.to_string(),
+        }
+    }
+
     /// Waits until the broker took the message (or refused it).
     pub async fn wait(self) -> Result<()> {
         let exchange = self.exchange;
-        let confirmation = self.pending.await.map_err(BrokerError::amqp(format!(
+        let pending = match self.pending {
+            Pending::Amqp(pending) => pending,
+            Pending::Answered(answer) => return answer,
+        };
+        let confirmation = pending.await.map_err(BrokerError::amqp(format!(
             "waiting for the confirm from {exchange}"
         )))?;
         if confirmation.is_ack() {

@@ -11,6 +11,10 @@
 //! publishes are in flight, and a restart that finds them asks the broker's
 //! ledger (a bounded copy of every job published, see `Names::ledger_queue`)
 //! which commits it took.
+//!
+//! It talks to the broker through [`broker::Transport`], so the unit tests
+//! below run its polls, batches, faults mid-batch and the ledger's
+//! reconciliation on the in-memory broker.
 
 pub mod producer;
 mod source;
@@ -20,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::{Broker, BrokerConfig, Publisher};
+use broker::{BrokerConfig, Connector, Transport};
 use model::{BranchName, CommitId, Job};
 use tokio_util::sync::CancellationToken;
 
@@ -49,10 +53,20 @@ pub struct ObserverConfig {
 /// Runs the observer until `shutdown` fires.
 pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let file = StateFile::new(config.state_file.clone());
+    observe(&config, file, &config.broker, shutdown).await
+}
+
+/// The observer, with its state in `file` and connections from `connector`.
+async fn observe(
+    config: &ObserverConfig,
+    file: StateFile,
+    connector: &dyn Connector,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut state = file.load().await?;
     let source = RepoSource::open(&config.repo, &config.state_file, config.git_timeout).await?;
     state.check_repo(source.location())?;
-    let Some(branches) = watched_branches(&source, &config, &shutdown).await? else {
+    let Some(branches) = watched_branches(&source, config, &shutdown).await? else {
         tracing::info!("observer stopped");
         return Ok(());
     };
@@ -64,31 +78,18 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
     );
 
     let connection_name = format!("warren-observer-{}", std::process::id());
-    let mut session: Option<(Broker, Publisher)> = None;
+    let mut session: Option<std::sync::Arc<dyn Transport>> = None;
     // Only a start after a crash has publishes whose fate is unknown, and
     // the ledger only knows it if the broker did not fail under them.
     let mut reconcile = state.publishing() && !state.broker_failed();
     while !shutdown.is_cancelled() {
-        if session.is_none() {
-            let broker =
-                match broker::connect_with_retry(&config.broker, &connection_name, &shutdown).await
-                {
-                    Ok(broker) => broker,
-                    Err(broker::BrokerError::Shutdown) => break,
-                    Err(err) => return Err(err.into()),
-                };
-            match broker.publisher().await {
-                Ok(publisher) => session = Some((broker, publisher)),
-                Err(err) => {
-                    tracing::warn!("lost the broker while opening a channel ({err}); reconnecting");
-                    broker.close().await;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            }
-        }
-        let Some((broker, publisher)) = session.as_ref() else {
-            continue;
+        let transport = match &session {
+            Some(transport) => transport.clone(),
+            None => match connector.connect(&connection_name, &shutdown).await {
+                Ok(transport) => session.insert(transport).clone(),
+                Err(broker::BrokerError::Shutdown) => break,
+                Err(err) => return Err(err.into()),
+            },
         };
         if reconcile {
             match reconcile_with_ledger(
@@ -96,7 +97,7 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                 &branches,
                 &mut state,
                 &file,
-                broker,
+                &*transport,
                 config.broker.max_message_bytes,
             )
             .await
@@ -106,8 +107,8 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                     tracing::warn!(
                         "lost the broker while reading the ledger ({err}); reconnecting"
                     );
-                    if let Some((broker, _)) = session.take() {
-                        broker.close().await;
+                    if let Some(transport) = session.take() {
+                        transport.close().await;
                     }
                     continue;
                 }
@@ -129,7 +130,7 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
             refreshed = source.refresh() => refreshed,
         };
         let polled = match refreshed {
-            Ok(()) => poll_once(&source, &branches, &mut state, &file, broker, publisher).await,
+            Ok(()) => poll_once(&source, &branches, &mut state, &file, &*transport).await,
             Err(err) => Err(PollError::Repo(err)),
         };
         match polled {
@@ -143,8 +144,8 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
                     state.set_broker_failed();
                     file.save(&state).await?;
                 }
-                if let Some((broker, _)) = session.take() {
-                    broker.close().await;
+                if let Some(transport) = session.take() {
+                    transport.close().await;
                 }
                 continue;
             }
@@ -156,8 +157,8 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
             _ = tokio::time::sleep(config.interval) => {}
         }
     }
-    if let Some((broker, _)) = session {
-        broker.close().await;
+    if let Some(transport) = session {
+        transport.close().await;
     }
     tracing::info!("observer stopped");
     Ok(())
@@ -214,10 +215,10 @@ async fn reconcile_with_ledger(
     branches: &[BranchName],
     state: &mut State,
     file: &StateFile,
-    broker: &Broker,
+    transport: &dyn Transport,
     max_message_bytes: usize,
 ) -> Result<(), PollError> {
-    let ledger = broker
+    let ledger = transport
         .recent_jobs(max_message_bytes)
         .await
         .map_err(PollError::Broker)?;
@@ -260,8 +261,7 @@ async fn poll_once(
     branches: &[BranchName],
     state: &mut State,
     file: &StateFile,
-    broker: &Broker,
-    publisher: &Publisher,
+    transport: &dyn Transport,
 ) -> Result<(), PollError> {
     let mut new: Vec<(&BranchName, NewCommit)> = Vec::new();
     for branch in branches {
@@ -292,7 +292,7 @@ async fn poll_once(
         state.set_publishing(true);
         file.save(state).await.map_err(PollError::State)?;
     }
-    let exchange = broker.names().jobs_exchange();
+    let exchange = transport.names().jobs_exchange();
     let batches = new.len().div_ceil(BATCH);
     for (number, batch) in new.chunks(BATCH).enumerate() {
         let mut in_flight = Vec::with_capacity(batch.len());
@@ -301,7 +301,7 @@ async fn poll_once(
             let mut job = Job::for_commit(source.location(), branch, &commit.id);
             job.subject = Some(commit.subject.clone());
             job.author = Some(commit.author.clone());
-            match publisher.publish_in_flight(&exchange, "", &job).await {
+            match transport.publish_in_flight(&exchange, "", &job).await {
                 Ok(confirm) => in_flight.push((branch, commit, job.id, confirm)),
                 Err(err) => {
                     failed = Some(err);
@@ -342,6 +342,8 @@ async fn poll_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use broker::memory::{MemoryBroker, PublishFault};
+    use broker::topology::Topology;
     use std::io::Write;
     use std::process::{Command, Stdio};
 
@@ -393,92 +395,299 @@ mod tests {
             .collect()
     }
 
-    /// Deletes the test's namespace, also when the test fails.
-    struct DeleteNamespace(BrokerConfig);
+    /// Deadline for every wait: far above what any step takes.
+    const WITHIN: Duration = Duration::from_secs(20);
 
-    impl Drop for DeleteNamespace {
-        fn drop(&mut self) {
-            let config = self.0.clone();
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Runtime::new().expect("runtime");
-                runtime.block_on(async {
-                    let never = CancellationToken::new();
-                    let delete = broker::delete_namespace(&config, &never);
-                    let _ = tokio::time::timeout(Duration::from_secs(20), delete).await;
-                });
-            })
-            .join();
+    /// A repository of `1 + new` commits on `main`, a state file that
+    /// names the first as published, and an in-memory broker.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        commits: Vec<CommitId>,
+        main: BranchName,
+        config: ObserverConfig,
+        file: StateFile,
+        broker: MemoryBroker,
+        names: broker::Names,
+    }
+
+    impl Fixture {
+        fn new(new: usize, publishing: bool, broker_failed: bool) -> Fixture {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let repo = dir.path().join("repo");
+            std::fs::create_dir_all(&repo).expect("mkdir");
+            let commits = repo_with_commits(&repo, 1 + new);
+            let names = broker::Names::new("t");
+            let config = ObserverConfig {
+                broker: BrokerConfig {
+                    url: "amqp://unused".into(),
+                    names: names.clone(),
+                    settings: Default::default(),
+                    max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
+                },
+                repo: repo.to_str().expect("utf8").to_string(),
+                branches: vec![BranchName::parse("main").expect("branch")],
+                interval: Duration::from_millis(10),
+                state_file: dir.path().join("state.json"),
+                git_timeout: git::DEFAULT_TIMEOUT,
+            };
+            let main = config.branches[0].clone();
+            let mut state = State::load(&config.state_file).expect("load");
+            let location = std::fs::canonicalize(&repo).expect("canonical");
+            state
+                .check_repo(location.to_str().expect("utf8"))
+                .expect("repo");
+            state.set_last(&main, &commits[0]);
+            state.set_publishing(publishing);
+            if broker_failed {
+                state.set_broker_failed();
+            }
+            state.save(&config.state_file).expect("save");
+            let broker = MemoryBroker::new(&names, &Topology::new(&names, config.broker.settings))
+                .expect("memory broker");
+            Fixture {
+                file: StateFile::new(config.state_file.clone()),
+                _dir: dir,
+                commits,
+                main,
+                config,
+                broker,
+                names,
+            }
+        }
+
+        /// The commits of the jobs in `queue`, in order.
+        fn commits_in(&self, queue: &str) -> Vec<CommitId> {
+            self.broker
+                .ready(queue)
+                .iter()
+                .map(|m| {
+                    broker::message::decode::<Job>(&m.body, usize::MAX)
+                        .expect("a job")
+                        .commit
+                })
+                .collect()
+        }
+
+        /// Each state written: (last commit, in flight, broker failed).
+        fn written(&self) -> Vec<(Option<CommitId>, bool, bool)> {
+            self.file
+                .written
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|s| {
+                    (
+                        s.last(&self.main).cloned(),
+                        s.publishing(),
+                        s.broker_failed(),
+                    )
+                })
+                .collect()
+        }
+
+        /// Runs the whole observer until the work queue holds `jobs` jobs,
+        /// then stops it (it finishes the poll it is in).
+        async fn observe_until(&self, jobs: usize) {
+            let shutdown = CancellationToken::new();
+            let observer = observe(
+                &self.config,
+                self.file.clone(),
+                &self.broker,
+                shutdown.clone(),
+            );
+            tokio::pin!(observer);
+            let queue = self.names.work_queue();
+            let reached = self
+                .broker
+                .wait_for(WITHIN, |b| (b.counts(&queue).ready >= jobs).then_some(()));
+            tokio::select! {
+                ended = &mut observer => panic!("the observer ended first: {ended:?}"),
+                reached = reached => reached.expect("the jobs in time"),
+            }
+            shutdown.cancel();
+            tokio::time::timeout(WITHIN, observer)
+                .await
+                .expect("the observer stops in time")
+                .expect("the observer ends cleanly");
+        }
+
+        async fn open_source(&self) -> RepoSource {
+            RepoSource::open(
+                &self.config.repo,
+                &self.config.state_file,
+                git::DEFAULT_TIMEOUT,
+            )
+            .await
+            .expect("open")
         }
     }
 
-    /// Through the real broker on 127.0.0.1:5672 (as every test here is).
     #[tokio::test]
     async fn a_polls_commits_go_out_in_batches_with_one_state_write_each_after_the_confirms() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = dir.path().join("repo");
-        std::fs::create_dir_all(&repo).expect("mkdir");
-        let commits = repo_with_commits(&repo, 1 + 300);
-        let config = BrokerConfig {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            names: broker::Names::new(format!(
-                "wt-observer-batches-{}-{}",
-                std::process::id(),
-                broker::now_ms()
-            )),
-            settings: Default::default(),
-            max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
-        };
-        let _cleanup = DeleteNamespace(config.clone());
-        let never = CancellationToken::new();
-        let broker = tokio::time::timeout(
-            Duration::from_secs(20),
-            broker::connect_with_retry(&config, "warren-observer-test", &never),
+        let f = Fixture::new(300, false, false);
+        let source = f.open_source().await;
+        let mut state = f.file.load().await.expect("load");
+        let transport = f.broker.open("observer").expect("open");
+        let polled = poll_once(
+            &source,
+            std::slice::from_ref(&f.main),
+            &mut state,
+            &f.file,
+            &transport,
         )
-        .await
-        .expect("the broker answers on 127.0.0.1:5672")
-        .expect("connect");
-        let publisher = broker.publisher().await.expect("publisher");
-        let source = RepoSource::open(
-            repo.to_str().expect("utf8"),
-            &dir.path().join("state.json"),
-            git::DEFAULT_TIMEOUT,
-        )
-        .await
-        .expect("open");
-        let file = StateFile::new(dir.path().join("state.json"));
-        let mut state = file.load().await.expect("load");
-        state.check_repo(source.location()).expect("repo");
-        let main = BranchName::parse("main").expect("branch");
-        state.set_last(&main, &commits[0]);
-
-        let branches = [main.clone()];
-        let polled = poll_once(&source, &branches, &mut state, &file, &broker, &publisher).await;
+        .await;
         assert!(polled.is_ok(), "the poll publishes everything");
-
-        let written = file.written.lock().expect("lock").clone();
-        let summary: Vec<(Option<&CommitId>, bool)> = written
-            .iter()
-            .map(|s| (s.last(&main), s.publishing()))
-            .collect();
+        let c = &f.commits;
         assert_eq!(
-            summary,
-            vec![
+            f.written(),
+            [
                 // The in-flight flag, written ahead of the first publish.
-                (Some(&commits[0]), true),
+                (Some(c[0].clone()), true, false),
                 // Then once per batch: the first 256, then the last 44.
-                (Some(&commits[256]), true),
-                (Some(&commits[300]), false),
+                (Some(c[256].clone()), true, false),
+                (Some(c[300].clone()), false, false),
             ]
         );
         // Each commit a write named, the broker had taken, once and in order.
-        let ledger = broker.recent_jobs(config.max_message_bytes).await;
-        let ledger: Vec<CommitId> = ledger
-            .expect("ledger")
-            .into_iter()
-            .map(|j| j.commit)
-            .collect();
-        assert_eq!(ledger, commits[1..]);
-        assert_eq!(State::load(file.path()).expect("load"), state);
-        broker.close().await;
+        assert_eq!(f.commits_in(&f.names.ledger_queue()), c[1..]);
+        assert_eq!(f.commits_in(&f.names.work_queue()), c[1..]);
+        let recent = (&transport as &dyn Transport)
+            .recent_jobs(usize::MAX)
+            .await
+            .expect("ledger");
+        assert_eq!(recent.len(), 300);
+        assert_eq!(State::load(f.file.path()).expect("load"), state);
+    }
+
+    #[tokio::test]
+    async fn a_publish_nacked_or_failing_mid_batch_moves_the_state_only_over_confirmed_commits() {
+        let f = Fixture::new(300, false, false);
+        let source = f.open_source().await;
+        let branches = [f.main.clone()];
+        let mut state = f.file.load().await.expect("load");
+        let jobs = f.names.jobs_exchange();
+        let c = &f.commits;
+
+        // The 100th publish is nacked; those after it in the batch are
+        // confirmed, but the state stops before the refused one.
+        f.broker.fail_publish(&jobs, 99, PublishFault::Nacked);
+        let transport = f.broker.open("observer").expect("open");
+        let polled = poll_once(&source, &branches, &mut state, &f.file, &transport).await;
+        assert!(matches!(
+            polled,
+            Err(PollError::Broker(broker::BrokerError::Nacked { .. }))
+        ));
+        assert_eq!(
+            f.written(),
+            [
+                (Some(c[0].clone()), true, false),
+                (Some(c[99].clone()), true, false)
+            ]
+        );
+
+        // A send that fails (the connection is gone) leaves the state where
+        // it was: nothing of the batch is claimed.
+        f.broker.fail_publish(&jobs, 5, PublishFault::Fails);
+        let polled = poll_once(&source, &branches, &mut state, &f.file, &transport).await;
+        assert!(matches!(
+            polled,
+            Err(PollError::Broker(broker::BrokerError::ConnectionLost))
+        ));
+        assert_eq!(f.written().len(), 2, "no write: nothing more was confirmed");
+
+        // A new connection's poll publishes the rest (c100 on, one batch;
+        // the flag is still set).
+        let transport = f.broker.open("observer-2").expect("open");
+        poll_once(&source, &branches, &mut state, &f.file, &transport)
+            .await
+            .map_err(|_| "poll")
+            .expect("the poll publishes the rest");
+        assert_eq!(f.written()[2..], [(Some(c[300].clone()), false, false)]);
+        // Nothing lost: every commit is in the work queue.
+        let queued = f.commits_in(&f.names.work_queue());
+        assert!(c[1..].iter().all(|commit| queued.contains(commit)));
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_before_a_confirm_is_written_down_and_the_next_session_republishes() {
+        let f = Fixture::new(300, false, false);
+        // The 11th publish reaches the broker, its confirm does not.
+        f.broker.fail_publish(
+            &f.names.jobs_exchange(),
+            10,
+            PublishFault::LostBeforeConfirm,
+        );
+        f.observe_until(11 + 300).await;
+        let c = &f.commits;
+        assert_eq!(
+            f.written(),
+            [
+                (Some(c[0].clone()), true, false),
+                // Not one publish of the batch is claimed, and a restart now
+                // would not trust the ledger.
+                (Some(c[0].clone()), true, true),
+                // The next session publishes them all again.
+                (Some(c[256].clone()), true, true),
+                (Some(c[300].clone()), false, false),
+            ]
+        );
+        let queued = f.commits_in(&f.names.work_queue());
+        assert_eq!(
+            queued[..11],
+            c[1..12],
+            "what the broker took before the loss"
+        );
+        assert_eq!(queued[11..], c[1..], "then everything, none lost");
+        assert_eq!(
+            f.broker.connections().len(),
+            0,
+            "the observer closed its connection"
+        );
+    }
+
+    /// The jobs of `commits` published by someone else (the observer that
+    /// died), so that they are in the ledger and the work queue.
+    async fn published_before_the_crash(f: &Fixture, commits: &[CommitId]) {
+        let transport = f.broker.open("the observer that died").expect("open");
+        let location = f.open_source().await.location().clone();
+        for commit in commits {
+            let job = Job::for_commit(&location, &f.main, commit);
+            (&transport as &dyn Transport)
+                .publish(&f.names.jobs_exchange(), "", &job)
+                .await
+                .expect("published");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_with_publishes_in_flight_moves_past_what_the_ledger_holds() {
+        let f = Fixture::new(3, true, false);
+        let c = &f.commits;
+        published_before_the_crash(&f, &c[1..3]).await;
+        f.observe_until(3).await;
+        assert_eq!(f.commits_in(&f.names.work_queue()), c[1..], "none twice");
+        assert_eq!(
+            f.written(),
+            [
+                // The ledger read: the broker took c1 and c2.
+                (Some(c[2].clone()), false, false),
+                (Some(c[2].clone()), true, false),
+                (Some(c[3].clone()), false, false),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_broker_failure_under_publishes_a_restart_does_not_trust_the_ledger() {
+        let f = Fixture::new(3, true, true);
+        let c = &f.commits;
+        published_before_the_crash(&f, &c[1..3]).await;
+        f.observe_until(2 + 3).await;
+        let queued = f.commits_in(&f.names.work_queue());
+        assert_eq!(queued[2..], c[1..], "published again, none lost");
+        assert_eq!(
+            f.written().last(),
+            Some(&(Some(c[3].clone()), false, false))
+        );
     }
 }

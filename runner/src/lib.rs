@@ -11,6 +11,12 @@
 //! session: tracked, stopped and awaited when it ends. If one of them ends
 //! first, the session ends too (logged) and the runner reconnects, rather
 //! than go on deaf to cancels or silent to the dispatcher.
+//!
+//! The sessions talk to the broker through [`broker::Transport`] and run
+//! jobs through `Execute`, so the unit tests below drive everything a
+//! runner does with the broker (taking, announcing, heartbeats, the result
+//! before the ack, cancels, redeliveries, a result kept while the broker is
+//! away) on the in-memory broker with scripted jobs.
 
 mod process;
 pub mod supervisor;
@@ -21,7 +27,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker::{Broker, BrokerConfig, BrokerError, Delivery, Incoming, Publisher};
+use broker::transport::{Deliveries, Delivery};
+use broker::{BrokerConfig, BrokerError, Connector, Incoming, Transport};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use model::{
     Control, Event, Job, JobId, JobResult, Outcome, OutputChunk, RunnerId, RunnerInfo,
@@ -122,14 +130,66 @@ enum Execution {
     Cancelled,
 }
 
+/// How a job is run: checked out and tested for real ([`TestCommand`]),
+/// or scripted by the unit tests.
+trait Execute: Send + Sync {
+    /// Runs `job`, writing what it prints to `live`, until it ends or
+    /// `cancel` fires.
+    fn execute(
+        &self,
+        job: Job,
+        runner: RunnerInfo,
+        started_at_ms: u64,
+        live: LiveOutput,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Execution>;
+}
+
+/// Checks out the job's commit and runs the test command.
+struct TestCommand {
+    config: RunnerConfig,
+    workspace: Workspace,
+}
+
+impl Execute for TestCommand {
+    fn execute(
+        &self,
+        job: Job,
+        runner: RunnerInfo,
+        started_at_ms: u64,
+        live: LiveOutput,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Execution> {
+        Box::pin(execute(
+            job,
+            self.config.clone(),
+            self.workspace.clone(),
+            runner,
+            started_at_ms,
+            live,
+            cancel,
+        ))
+    }
+}
+
 /// Runs a runner until `shutdown` fires.
 pub async fn run(config: RunnerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Runner::new(config).run(shutdown).await
+    become_subreaper();
+    // It holds the broker URL with its password; a test runs as the same user.
+    become_non_dumpable();
+    let tests = TestCommand {
+        workspace: Workspace::new(config.workdir.clone()).with_git_timeout(config.git_timeout),
+        config: config.clone(),
+    };
+    let connector = config.broker.clone();
+    Runner::new(config, Arc::new(tests))
+        .run(&connector, shutdown)
+        .await
 }
 
 struct Runner {
     config: RunnerConfig,
-    workspace: Workspace,
+    tests: Arc<dyn Execute>,
     host: String,
     current: SharedCurrent,
     /// Results published and confirmed, newest last.
@@ -139,9 +199,9 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(config: RunnerConfig) -> Self {
+    fn new(config: RunnerConfig, tests: Arc<dyn Execute>) -> Self {
         Runner {
-            workspace: Workspace::new(config.workdir.clone()).with_git_timeout(config.git_timeout),
+            tests,
             host: host_name(),
             current: Arc::new(Mutex::new(None)),
             completed: VecDeque::new(),
@@ -150,10 +210,11 @@ impl Runner {
         }
     }
 
-    async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        become_subreaper();
-        // It holds the broker URL with its password; a test runs as the same user.
-        become_non_dumpable();
+    async fn run(
+        mut self,
+        connector: &dyn Connector,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         tracing::info!(runner = %self.config.id, workdir = %self.config.workdir.display(), "runner started");
         let mut session_number = 0u32;
         loop {
@@ -164,16 +225,14 @@ impl Runner {
                 std::process::id(),
                 session_number
             );
-            let broker =
-                match broker::connect_with_retry(&self.config.broker, &connection, &shutdown).await
-                {
-                    Ok(broker) => broker,
-                    Err(BrokerError::Shutdown) => break,
-                    Err(err) => return Err(err.into()),
-                };
-            match self.session(&broker, &shutdown).await {
+            let transport = match connector.connect(&connection, &shutdown).await {
+                Ok(transport) => transport,
+                Err(BrokerError::Shutdown) => break,
+                Err(err) => return Err(err.into()),
+            };
+            match self.session(&transport, &shutdown).await {
                 Ok(SessionEnd::Shutdown) => {
-                    broker.close().await;
+                    transport.close().await;
                     break;
                 }
                 Ok(SessionEnd::Lost) => tracing::warn!("lost the broker; reconnecting"),
@@ -182,7 +241,7 @@ impl Runner {
             }
             // A channel may be gone (e.g. the broker's consumer timeout)
             // while the connection lives: close it before the next one.
-            broker.close().await;
+            transport.close().await;
             if shutdown.is_cancelled() && self.pending.is_none() {
                 break;
             }
@@ -194,24 +253,24 @@ impl Runner {
     /// One connection's life: deliver a pending result, then take jobs.
     async fn session(
         &mut self,
-        broker: &Broker,
+        transport: &Arc<dyn Transport>,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
-        let publisher = broker.publisher().await?;
         let info = RunnerInfo {
             id: self.config.id.clone(),
             host: self.host.clone(),
-            connection: broker.connection_name().to_string(),
+            connection: transport.connection_name().to_string(),
         };
         if let Some(result) = self.pending.take() {
-            if let Err(err) = self.publish_result(broker, &publisher, &result).await {
+            if let Err(err) = self.publish_result(&**transport, &result).await {
                 self.pending = Some(result);
                 return Err(err);
             }
             tracing::info!(job = %result.job.id, outcome = result.outcome.as_str(), "delivered a result kept while the broker was away");
         }
-        let mut jobs = broker.consume(&broker.names().work_queue(), 1).await?;
-        let control = broker.consume_control().await?;
+        let names = transport.names();
+        let mut jobs = transport.consume(&names.work_queue(), 1).await?;
+        let control = transport.subscribe(&names.control_exchange()).await?;
         // Not stopped by `shutdown`: a job finishing within its grace
         // period still sends heartbeats and still obeys a cancel. They stop
         // with the session.
@@ -229,8 +288,7 @@ impl Runner {
         tasks.lifetime(
             "the heartbeat sender",
             send_heartbeats(
-                publisher.clone(),
-                broker.names().events_exchange(),
+                transport.clone(),
                 info.clone(),
                 self.current.clone(),
                 self.config.heartbeat,
@@ -239,7 +297,7 @@ impl Runner {
             ),
         );
         let ended = self
-            .take_jobs(&mut jobs, &tasks, broker, &publisher, &info, shutdown)
+            .take_jobs(&mut jobs, &tasks, &**transport, &info, shutdown)
             .await;
         tasks.stop(SESSION_TASKS_STOP).await;
         ended
@@ -251,34 +309,29 @@ impl Runner {
     /// dispatcher's lease takes the job back if needed).
     async fn take_jobs(
         &mut self,
-        jobs: &mut broker::Consumer,
+        jobs: &mut Deliveries,
         tasks: &Tasks,
-        broker: &Broker,
-        publisher: &Publisher,
+        transport: &dyn Transport,
         info: &RunnerInfo,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                _ = broker.closed() => return Ok(SessionEnd::Lost),
+                _ = transport.closed() => return Ok(SessionEnd::Lost),
                 died = tasks.died() => {
-                    if !broker.is_connected() {
+                    if !transport.is_connected() {
                         return Ok(SessionEnd::Lost);
                     }
                     tracing::error!("{died} while the connection is up; starting a new session");
                     return Ok(SessionEnd::TaskEnded);
                 }
                 next = jobs.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(err)) => return Err(BrokerError::Amqp { context: "receiving a job".into(), source: err }),
+                    Some(delivery) => delivery?,
                     None => return Ok(SessionEnd::Lost),
                 },
             };
-            if let Next::Stop = self
-                .handle(delivery, broker, publisher, info, shutdown)
-                .await?
-            {
+            if let Next::Stop = self.handle(delivery, transport, info, shutdown).await? {
                 return Ok(SessionEnd::Shutdown);
             }
         }
@@ -288,25 +341,24 @@ impl Runner {
     async fn handle(
         &mut self,
         delivery: Delivery,
-        broker: &Broker,
-        publisher: &Publisher,
+        transport: &dyn Transport,
         info: &RunnerInfo,
         shutdown: &CancellationToken,
     ) -> Result<Next, BrokerError> {
-        let names = broker.names();
+        let names = transport.names();
         let job = match Incoming::<Job>::decode(&delivery, self.config.broker.max_message_bytes) {
             Incoming::Valid(job) => job,
             Incoming::Refused(reason) => {
                 // The dispatcher dead-letters its copy of the same message,
                 // so it lands in the dead-letter queue once.
                 tracing::warn!(%reason, "refused a malformed job; dropping it");
-                ack(&delivery).await;
+                ack(delivery).await;
                 return Ok(Next::Continue);
             }
         };
         if self.completed.contains(&job.id) {
             tracing::info!(job = %job.id, "result already delivered; acking the redelivered job without running it");
-            ack(&delivery).await;
+            ack(delivery).await;
             return Ok(Next::Continue);
         }
         let cancel = CancellationToken::new();
@@ -326,7 +378,7 @@ impl Runner {
             runner: info.clone(),
             at_ms: started_at_ms,
         };
-        if let Err(err) = publisher
+        if let Err(err) = transport
             .publish(&names.events_exchange(), started.routing_key(), &started)
             .await
         {
@@ -334,10 +386,8 @@ impl Runner {
         }
         tracing::info!(job = %job.id, commit = %job.commit, branch = %job.branch, "job running");
 
-        let execution = execute(
+        let execution = self.tests.execute(
             job.clone(),
-            self.config.clone(),
-            self.workspace.clone(),
             info.clone(),
             started_at_ms,
             output,
@@ -364,7 +414,7 @@ impl Runner {
             None => return Ok(Next::Stop),
             Some(Execution::Cancelled) => {
                 tracing::info!(job = %job.id, "stopped: its result was already recorded elsewhere");
-                ack(&delivery).await;
+                ack(delivery).await;
                 return Ok(if shutdown.is_cancelled() {
                     Next::Stop
                 } else {
@@ -377,11 +427,11 @@ impl Runner {
         fit_to_cap(&mut result, self.config.broker.max_message_bytes);
         self.pending = Some(result.clone());
         let publish_clock = std::time::Instant::now();
-        self.publish_result(broker, publisher, &result).await?;
+        self.publish_result(transport, &result).await?;
         let publish_ms = publish_clock.elapsed().as_millis() as u64;
         self.pending = None;
         let ack_clock = std::time::Instant::now();
-        ack(&delivery).await;
+        ack(delivery).await;
         let ack_ms = ack_clock.elapsed().as_millis() as u64;
         tracing::info!(
             job = %job.id,
@@ -400,13 +450,12 @@ impl Runner {
 
     async fn publish_result(
         &mut self,
-        broker: &Broker,
-        publisher: &Publisher,
+        transport: &dyn Transport,
         result: &JobResult,
     ) -> Result<(), BrokerError> {
-        publisher
+        transport
             .publish(
-                &broker.names().results_exchange(),
+                &transport.names().results_exchange(),
                 &result.routing_key(),
                 result,
             )
@@ -448,8 +497,8 @@ fn set_current(current: &SharedCurrent, value: Option<Current>) {
 
 /// Acks a job. A failed ack (connection gone) is harmless: the job comes
 /// back and is acked unrun because its result is remembered.
-async fn ack(delivery: &Delivery) {
-    if let Err(err) = delivery.ack(Default::default()).await {
+async fn ack(delivery: Delivery) {
+    if let Err(err) = delivery.ack().await {
         tracing::debug!("ack failed ({err}); the job will be redelivered and acked then");
     }
 }
@@ -576,8 +625,7 @@ const LIVE_OUTPUT_CHUNK: usize = 64 * 1024;
 /// Sends a heartbeat every `every`, naming the current job if any, with
 /// what its test printed since the last heartbeat that was confirmed.
 async fn send_heartbeats(
-    publisher: Publisher,
-    exchange: String,
+    transport: Arc<dyn Transport>,
     runner: RunnerInfo,
     current: SharedCurrent,
     every: Duration,
@@ -585,6 +633,7 @@ async fn send_heartbeats(
     stopping: CancellationToken,
 ) {
     let chunk_max = LIVE_OUTPUT_CHUNK.min(max_message_bytes / 2).max(1);
+    let exchange = transport.names().events_exchange();
     // The job whose output is being sent, and how many bytes of it went.
     let mut sent: Option<(JobId, usize)> = None;
     let mut tick = tokio::time::interval(every);
@@ -623,7 +672,7 @@ async fn send_heartbeats(
         };
         let published = tokio::select! {
             _ = stopping.cancelled() => return,
-            published = publisher.publish(&exchange, beat.routing_key(), &beat) => published,
+            published = transport.publish(&exchange, beat.routing_key(), &beat) => published,
         };
         match published {
             Ok(()) => {
@@ -655,7 +704,7 @@ fn next_chunk(output: &[u8], from: usize, max: usize) -> Option<(usize, String)>
 
 /// Stops the current job when the dispatcher says its result is recorded.
 async fn watch_control(
-    mut control: broker::Consumer,
+    mut control: Deliveries,
     max_bytes: usize,
     current: SharedCurrent,
     me: RunnerId,
@@ -672,7 +721,7 @@ async fn watch_control(
             },
         };
         let message = Incoming::<Control>::decode(&delivery, max_bytes);
-        ack(&delivery).await;
+        ack(delivery).await;
         if let Incoming::Refused(reason) = &message {
             // Every runner got a copy; the dispatcher dead-letters its own.
             tracing::warn!(%reason, "refused a malformed control message; dropping it");
@@ -703,6 +752,480 @@ async fn watch_control(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use broker::memory::{MemoryBroker, MemoryTransport, PublishFault};
+    use broker::topology::Topology;
+    use broker::Names;
+    use tokio::sync::{mpsc, oneshot};
+
+    /// Deadline for every wait: far above what any step takes.
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    /// Jobs whose ending each test decides.
+    struct Script {
+        runs: mpsc::UnboundedSender<Run>,
+        count: std::sync::atomic::AtomicUsize,
+    }
+
+    /// One execution in progress.
+    struct Run {
+        job: Job,
+        live: LiveOutput,
+        cancel: CancellationToken,
+        finish: oneshot::Sender<Outcome>,
+    }
+
+    impl Run {
+        fn print(&self, text: &str) {
+            self.live
+                .lock()
+                .expect("live output")
+                .extend_from_slice(text.as_bytes());
+        }
+    }
+
+    impl Execute for Script {
+        fn execute(
+            &self,
+            job: Job,
+            runner: RunnerInfo,
+            started_at_ms: u64,
+            live: LiveOutput,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'static, Execution> {
+            self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (finish, finished) = oneshot::channel();
+            let _ = self.runs.send(Run {
+                job: job.clone(),
+                live,
+                cancel: cancel.clone(),
+                finish,
+            });
+            Box::pin(async move {
+                let outcome = tokio::select! {
+                    outcome = finished => outcome.ok(),
+                    _ = cancel.cancelled() => None,
+                };
+                let Some(outcome) = outcome else {
+                    cancel.cancelled().await;
+                    return Execution::Cancelled;
+                };
+                Execution::Finished(Box::new(JobResult {
+                    v: SCHEMA_VERSION,
+                    job,
+                    outcome,
+                    exit_code: None,
+                    started_at_ms,
+                    finished_at_ms: broker::now_ms(),
+                    duration_ms: 0,
+                    output: "scripted\n".into(),
+                    truncated: false,
+                    runner,
+                    reason: None,
+                }))
+            })
+        }
+    }
+
+    /// A runner on an in-memory broker, with scripted jobs.
+    struct Harness {
+        broker: MemoryBroker,
+        names: Names,
+        /// The test's own connection, to publish jobs and control messages.
+        client: MemoryTransport,
+        runs: mpsc::UnboundedReceiver<Run>,
+        script: Arc<Script>,
+        shutdown: CancellationToken,
+        runner: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Harness {
+        fn start() -> Harness {
+            let names = Names::new("t");
+            let config = RunnerConfig {
+                broker: BrokerConfig {
+                    url: "amqp://unused".into(),
+                    names: names.clone(),
+                    settings: Default::default(),
+                    max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
+                },
+                workdir: PathBuf::from("/nonexistent"),
+                test_command: None,
+                job_timeout: Duration::from_secs(60),
+                id: RunnerId::parse("r1").expect("id"),
+                heartbeat: Duration::from_millis(10),
+                output_cap: DEFAULT_OUTPUT_CAP,
+                grace: Duration::from_millis(50),
+                supervisor: PathBuf::from("/nonexistent"),
+                git_timeout: Duration::from_secs(60),
+            };
+            let broker = MemoryBroker::new(&names, &Topology::new(&names, config.broker.settings))
+                .expect("memory broker");
+            let (runs_sender, runs) = mpsc::unbounded_channel();
+            let script = Arc::new(Script {
+                runs: runs_sender,
+                count: Default::default(),
+            });
+            let shutdown = CancellationToken::new();
+            let runner = tokio::spawn({
+                let (broker, script, shutdown) = (broker.clone(), script.clone(), shutdown.clone());
+                async move { Runner::new(config, script).run(&broker, shutdown).await }
+            });
+            Harness {
+                client: broker.open("test-client").expect("client"),
+                broker,
+                names,
+                runs,
+                script,
+                shutdown,
+                runner,
+            }
+        }
+
+        fn transport(&self) -> &dyn Transport {
+            &self.client
+        }
+
+        async fn queue_job(&self, commit: char) -> Job {
+            let job =
+                Job::try_new("/srv/repo", "main", &commit.to_string().repeat(40)).expect("job");
+            self.transport()
+                .publish(&self.names.jobs_exchange(), "", &job)
+                .await
+                .expect("queued");
+            job
+        }
+
+        async fn next_run(&mut self) -> Run {
+            tokio::time::timeout(WITHIN, self.runs.recv())
+                .await
+                .expect("a job starts in time")
+                .expect("the runner is running")
+        }
+
+        fn executions(&self) -> usize {
+            self.script.count.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        async fn wait<T>(&self, what: &str, check: impl FnMut(&MemoryBroker) -> Option<T>) -> T {
+            self.broker
+                .wait_for(WITHIN, check)
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        }
+
+        /// Results published so far (left in their queue).
+        fn results(&self) -> Vec<JobResult> {
+            self.broker
+                .ready(&self.names.dispatcher_results_queue())
+                .iter()
+                .map(|m| broker::message::decode(&m.body, usize::MAX).expect("a result"))
+                .collect()
+        }
+
+        fn events(&self) -> Vec<Event> {
+            self.broker
+                .ready(&self.names.dispatcher_events_queue())
+                .iter()
+                .map(|m| broker::message::decode(&m.body, usize::MAX).expect("an event"))
+                .collect()
+        }
+
+        /// How many times the job was returned before each ack of it.
+        fn acks_of_work(&self) -> Vec<u32> {
+            self.broker
+                .acked(&self.names.work_queue())
+                .iter()
+                .map(|a| a.message.returns)
+                .collect()
+        }
+
+        /// The work queue has nothing ready and nothing unacked.
+        async fn wait_work_queue_drained(&self) {
+            let queue = self.names.work_queue();
+            self.wait("the work queue to be drained", |b| {
+                let counts = b.counts(&queue);
+                (counts.ready == 0 && counts.unacked == 0).then_some(())
+            })
+            .await;
+        }
+
+        /// Waits until a connection of the runner's `session` is open.
+        async fn wait_session(&self, session: u32) {
+            let suffix = format!("-{session}");
+            self.wait("the runner's session", |b| {
+                b.connections()
+                    .iter()
+                    .any(|c| c.starts_with("warren-runner-r1-") && c.ends_with(&suffix))
+                    .then_some(())
+            })
+            .await;
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(WITHIN, self.runner)
+                .await
+                .expect("the runner stops in time")
+                .expect("the runner's task")
+                .expect("the runner ends cleanly");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_is_announced_run_and_acked_after_its_result_is_confirmed() {
+        let mut h = Harness::start();
+        let job = h.queue_job('a').await;
+        let run = h.next_run().await;
+        assert_eq!(run.job, job);
+        let started = h
+            .wait("the started event", |_| {
+                h.events().into_iter().find_map(|e| match e {
+                    Event::Started { job, runner, .. } => Some((job, runner)),
+                    _ => None,
+                })
+            })
+            .await;
+        assert_eq!(started.0, job);
+        assert!(
+            h.broker.connections().contains(&started.1.connection),
+            "the event names the runner's connection"
+        );
+        assert_eq!(h.broker.counts(&h.names.work_queue()).unacked, 1);
+        run.finish.send(Outcome::Passed).expect("finish");
+        h.wait_work_queue_drained().await;
+        let results = h.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(
+            (&results[0].job, results[0].outcome),
+            (&job, Outcome::Passed)
+        );
+        let result_published = h.broker.ready(&h.names.dispatcher_results_queue())[0].published;
+        let acks = h.broker.acked(&h.names.work_queue());
+        assert_eq!(acks.len(), 1);
+        assert!(
+            result_published < acks[0].at,
+            "the result was confirmed before the ack"
+        );
+        // The runner takes the next job.
+        let next = h.queue_job('b').await;
+        assert_eq!(h.next_run().await.job, next);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_nacked_result_is_kept_delivered_next_session_and_its_job_not_run_again() {
+        let mut h = Harness::start();
+        h.queue_job('a').await;
+        let run = h.next_run().await;
+        h.broker
+            .fail_publish(&h.names.results_exchange(), 0, PublishFault::Nacked);
+        run.finish.send(Outcome::Failed).expect("finish");
+        // Not acked over a refused result: the session ends, the job goes
+        // back, the next session delivers the result first and acks the
+        // redelivered job unrun.
+        h.wait_session(2).await;
+        h.wait_work_queue_drained().await;
+        let results = h.results();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].outcome, Outcome::Failed);
+        assert_eq!(h.executions(), 1, "run once");
+        assert_eq!(
+            h.acks_of_work(),
+            [1],
+            "acked only once back, never over the nack"
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_result_confirmed_before_a_lost_ack_is_not_run_again() {
+        let mut h = Harness::start();
+        h.queue_job('a').await;
+        let run = h.next_run().await;
+        h.broker.drop_connection_at_next_ack(&h.names.work_queue());
+        run.finish.send(Outcome::Passed).expect("finish");
+        h.wait_session(2).await;
+        h.wait_work_queue_drained().await;
+        assert_eq!(h.results().len(), 1);
+        assert_eq!(h.executions(), 1, "the redelivered job was acked unrun");
+        assert_eq!(h.acks_of_work(), [1]);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_result_is_kept_while_the_broker_is_away_and_delivered_when_it_returns() {
+        let mut h = Harness::start();
+        h.queue_job('a').await;
+        let run = h.next_run().await;
+        h.broker.stop();
+        run.finish.send(Outcome::Passed).expect("finish");
+        assert!(h.results().is_empty());
+        h.broker.start();
+        h.wait_session(2).await;
+        h.wait("the kept result", |_| {
+            (h.results().len() == 1).then_some(())
+        })
+        .await;
+        h.wait_work_queue_drained().await;
+        assert_eq!(h.results().len(), 1);
+        assert_eq!(h.executions(), 1);
+        assert_eq!(h.acks_of_work(), [1]);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn heartbeats_carry_the_running_jobs_new_output() {
+        let mut h = Harness::start();
+        let job = h.queue_job('a').await;
+        let run = h.next_run().await;
+        let output_of = |h: &Harness| -> Vec<OutputChunk> {
+            h.events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Heartbeat {
+                        job_id: Some(id),
+                        output: Some(output),
+                        ..
+                    } if id == job.id => Some(output),
+                    _ => None,
+                })
+                .collect()
+        };
+        run.print("hello\n");
+        h.wait("the first output", |_| {
+            (!output_of(&h).is_empty()).then_some(())
+        })
+        .await;
+        run.print("world\n");
+        h.wait("the second output", |_| {
+            (output_of(&h).len() == 2).then_some(())
+        })
+        .await;
+        let chunks: Vec<(u64, String)> = output_of(&h)
+            .into_iter()
+            .map(|c| (c.offset, c.text))
+            .collect();
+        assert_eq!(chunks, [(0, "hello\n".into()), (6, "world\n".into())]);
+        run.finish.send(Outcome::Passed).expect("finish");
+        h.wait_work_queue_drained().await;
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_the_job_which_is_acked_without_a_result_unless_it_spares_this_runner() {
+        let mut h = Harness::start();
+        let job = h.queue_job('a').await;
+        let run = h.next_run().await;
+        let cancel = |job_id: &JobId, except_runner: Option<&str>| Control::Cancel {
+            v: SCHEMA_VERSION,
+            job_id: job_id.clone(),
+            except_runner: except_runner.map(|r| RunnerId::parse(r).expect("id")),
+            reason: "recorded elsewhere".into(),
+        };
+        let control = h.names.control_exchange();
+        h.transport()
+            .publish(&control, "", &cancel(&job.id, Some("r1")))
+            .await
+            .expect("published");
+        // Then one for another job: once the runner acked that, it has
+        // acted on the first (one task takes them in order).
+        let other = Job::try_new("/srv/repo", "main", &"f".repeat(40)).expect("job");
+        h.transport()
+            .publish(&control, "", &cancel(&other.id, None))
+            .await
+            .expect("published");
+        h.wait("the control messages to be handled", |b| {
+            let private: Vec<_> = b
+                .queues()
+                .into_iter()
+                .filter(|q| q.starts_with("amq.gen-"))
+                .map(|q| b.counts(&q))
+                .collect();
+            let handled = broker::memory::QueueCounts {
+                ready: 0,
+                unacked: 0,
+                consumers: 1,
+            };
+            (private == [handled]).then_some(())
+        })
+        .await;
+        assert!(
+            !run.cancel.is_cancelled(),
+            "a cancel that spares this runner"
+        );
+        h.transport()
+            .publish(&control, "", &cancel(&job.id, None))
+            .await
+            .expect("published");
+        tokio::time::timeout(WITHIN, run.cancel.cancelled())
+            .await
+            .expect("the job is told to stop");
+        h.wait_work_queue_drained().await;
+        assert!(h.results().is_empty(), "no result for a cancelled job");
+        assert_eq!(h.acks_of_work(), [0], "acked");
+        let next = h.queue_job('b').await;
+        assert_eq!(h.next_run().await.job, next);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_malformed_job_is_dropped_not_dead_lettered_and_the_next_one_runs() {
+        let mut h = Harness::start();
+        h.transport()
+            .publish_raw(&h.names.jobs_exchange(), "", b"{not json", Vec::new())
+            .await
+            .expect("published");
+        let job = h.queue_job('a').await;
+        assert_eq!(h.next_run().await.job, job);
+        assert_eq!(h.executions(), 1);
+        // The dispatcher dead-letters its own copy; the runner only drops.
+        assert!(h.broker.ready(&h.names.dead_letter_queue()).is_empty());
+        assert_eq!(h.broker.counts(&h.names.work_queue()).unacked, 1);
+        assert_eq!(h.broker.counts(&h.names.work_queue()).ready, 0);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_job_still_running_past_the_grace_on_shutdown_is_stopped_and_handed_back() {
+        let mut h = Harness::start();
+        let job = h.queue_job('a').await;
+        let run = h.next_run().await;
+        h.shutdown.cancel();
+        tokio::time::timeout(WITHIN, run.cancel.cancelled())
+            .await
+            .expect("stopped after the grace period");
+        let queue = h.names.work_queue();
+        let back = h
+            .wait("the job back in the queue", |b| b.ready(&queue).pop())
+            .await;
+        assert_eq!(
+            broker::message::decode::<Job>(&back.body, usize::MAX).expect("job"),
+            job
+        );
+        assert_eq!(back.returns, 1);
+        assert!(h.results().is_empty());
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_control_queue_is_deleted_ends_and_the_next_subscribes_again() {
+        let h = Harness::start();
+        h.wait_session(1).await;
+        let private = h
+            .wait("the control queue", |b| {
+                b.queues().into_iter().find(|q| q.starts_with("amq.gen-"))
+            })
+            .await;
+        assert!(h.broker.delete_queue(&private));
+        h.wait_session(2).await;
+        let again = h
+            .wait("a new control queue", |b| {
+                b.queues().into_iter().find(|q| q.starts_with("amq.gen-"))
+            })
+            .await;
+        assert_ne!(again, private);
+        h.stop().await;
+    }
 
     #[test]
     fn live_output_goes_in_pieces_that_never_split_a_character() {
