@@ -411,7 +411,7 @@ fn signal(supervised: &Supervised, signal: i32) {
 /// and the runners' current jobs (through the dispatcher's API).
 struct Manager {
     broker: broker::BrokerConfig,
-    connection: Option<broker::Broker>,
+    connection: Option<std::sync::Arc<dyn broker::Transport>>,
     api: String,
     http: Option<reqwest::Client>,
     empty_ticks: u32,
@@ -435,7 +435,7 @@ impl Manager {
     async fn ready_jobs(&mut self, shutdown: &CancellationToken) -> Option<u32> {
         if self.connection.is_none() {
             let name = format!("warren-manager-{}", std::process::id());
-            let connect = broker::connect_with_retry(&self.broker, &name, shutdown);
+            let connect = broker::Connector::connect(&self.broker, &name, shutdown);
             self.connection = tokio::time::timeout(Duration::from_secs(2), connect)
                 .await
                 .ok()?
@@ -443,7 +443,7 @@ impl Manager {
         }
         let broker = self.connection.as_ref()?;
         match broker.queue_stats(&broker.names().work_queue()).await {
-            Ok((ready, _consumers)) => Some(ready),
+            Ok(stats) => Some(stats.ready),
             Err(err) => {
                 tracing::warn!("runner manager cannot read the queue: {err}");
                 self.connection = None;

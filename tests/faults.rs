@@ -319,10 +319,11 @@ fn restart_after_the_window(test: &str, broker_failed: bool) -> (Vec<String>, Ve
     });
     let (ledger, work_depth) = ns.with_broker(async |broker| {
         let ledger = broker.recent_jobs(64 * 1024).await.expect("ledger");
-        let (depth, _) = broker
+        let depth = broker
             .queue_stats(&broker.names().work_queue())
             .await
-            .expect("work queue");
+            .expect("work queue")
+            .ready;
         (ledger, depth)
     });
     let published: Vec<String> = ledger

@@ -169,12 +169,14 @@ fn a_dispatcher_with_two_live_view_clients_stops_within_two_seconds() {
     }
 }
 
-/// The queues bound to the namespace's control exchange: one per runner
-/// session (from the management API).
+/// The runners' private queues bound to the namespace's control exchange:
+/// one per runner session (from the management API). The dispatcher's
+/// durable copy (`N.dispatcher.control`) is bound there too, and left out.
 fn control_queues(ns: &Namespace) -> Vec<String> {
+    let names = broker::Names::new(ns.name.clone());
     let url = format!(
         "http://127.0.0.1:15672/api/exchanges/%2f/{}/bindings/source",
-        broker::Names::new(ns.name.clone()).control_exchange()
+        names.control_exchange()
     );
     let bindings: Vec<serde_json::Value> = reqwest::blocking::Client::new()
         .get(url)
@@ -186,6 +188,7 @@ fn control_queues(ns: &Namespace) -> Vec<String> {
     bindings
         .iter()
         .filter_map(|b| b["destination"].as_str().map(str::to_string))
+        .filter(|queue| *queue != names.dispatcher_control_queue())
         .collect()
 }
 

@@ -83,7 +83,7 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
                 broker
                     .queue_stats(&broker.names().dispatcher_results_queue())
                     .await
-                    .map(|(_, consumers)| consumers)
+                    .map(|stats| stats.consumers)
                     .unwrap_or(0)
             });
             (queue.is_object() && consumers == 2).then_some(())

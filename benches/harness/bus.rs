@@ -3,10 +3,11 @@
 //! publisher confirms) when a scenario needs many jobs at once, and asking
 //! how many consumers a queue has.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::topology::TopologySettings;
-use broker::{Broker, BrokerConfig, Names, Publisher};
+use broker::{BrokerConfig, Connector, Names, Transport};
 use model::Job;
 
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -16,8 +17,7 @@ const IN_FLIGHT: usize = 64;
 
 pub struct Bus {
     runtime: tokio::runtime::Runtime,
-    broker: Option<Broker>,
-    publisher: Publisher,
+    transport: Arc<dyn Transport>,
     names: Names,
 }
 
@@ -36,17 +36,12 @@ impl Bus {
             settings: TopologySettings::default(),
             max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
         };
-        let (broker, publisher) = runtime.block_on(async {
-            let broker = Broker::open(&config, "warren-bench")
-                .await
-                .expect("the harness connects to the broker");
-            let publisher = broker.publisher().await.expect("publisher");
-            (broker, publisher)
-        });
+        let transport = runtime
+            .block_on(config.connect("warren-bench", &Default::default()))
+            .expect("the harness connects to the broker");
         Bus {
             runtime,
-            broker: Some(broker),
-            publisher,
+            transport,
             names: config.names,
         }
     }
@@ -73,18 +68,19 @@ impl Bus {
     pub fn publish(&self, jobs: &[Job]) -> Duration {
         let started = Instant::now();
         let exchange = self.names.jobs_exchange();
+        let transport = &*self.transport;
         self.runtime.block_on(async {
             for chunk in jobs.chunks(IN_FLIGHT) {
-                let mut set = tokio::task::JoinSet::new();
+                let mut confirms = Vec::with_capacity(chunk.len());
                 for job in chunk {
-                    let publisher = self.publisher.clone();
-                    let exchange = exchange.clone();
-                    let job = job.clone();
-                    set.spawn(async move { publisher.publish(&exchange, "", &job).await });
+                    let confirm = transport
+                        .publish_in_flight(&exchange, "", job)
+                        .await
+                        .expect("the broker takes the job");
+                    confirms.push(confirm);
                 }
-                while let Some(done) = set.join_next().await {
-                    done.expect("publish task")
-                        .expect("the broker confirms the job");
+                for confirm in confirms {
+                    confirm.wait().await.expect("the broker confirms the job");
                 }
             }
         });
@@ -93,9 +89,9 @@ impl Bus {
 
     /// (messages ready, consumers) of a queue.
     pub fn queue_stats(&self, queue: &str) -> (u32, u32) {
-        let broker = self.broker.as_ref().expect("open");
         self.runtime
-            .block_on(broker.queue_stats(queue))
+            .block_on(self.transport.queue_stats(queue))
+            .map(|stats| (stats.ready, stats.consumers))
             .unwrap_or((0, 0))
     }
 
@@ -112,8 +108,6 @@ impl Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            self.runtime.block_on(broker.close());
-        }
+        self.runtime.block_on(self.transport.close());
     }
 }

@@ -14,9 +14,7 @@ use lapin::{Connection, ConnectionProperties, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use crate::topology::{self, Topology, TopologySettings};
-use crate::transport::{ledger_jobs, LEDGER_PEEK};
 use crate::{BrokerError, Names, Publisher, Result};
-use model::Job;
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -99,7 +97,7 @@ impl Broker {
     }
 
     /// A new channel in confirm mode for publishing.
-    pub async fn publisher(&self) -> Result<Publisher> {
+    pub(crate) async fn publisher(&self) -> Result<Publisher> {
         let channel = self
             .connection
             .create_channel()
@@ -110,7 +108,7 @@ impl Broker {
 
     /// Consumes `queue` on a channel of its own with manual acks and at most
     /// `prefetch` unacked deliveries.
-    pub async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer> {
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer> {
         let channel = self
             .connection
             .create_channel()
@@ -223,12 +221,6 @@ impl Broker {
         // Closing the channel returns every unacked message to the queue.
         let _ = channel.close(200, "read".into()).await;
         Ok(bodies)
-    }
-
-    /// The jobs in the ledger (see [`crate::Transport`]'s `recent_jobs`).
-    pub async fn recent_jobs(&self, max_bytes: usize) -> Result<Vec<Job>> {
-        let bodies = self.peek(&self.names.ledger_queue(), LEDGER_PEEK).await?;
-        Ok(ledger_jobs(&bodies, max_bytes))
     }
 
     /// Deletes the namespace's queues and exchanges.

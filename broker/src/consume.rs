@@ -1,19 +1,13 @@
-//! Taking messages off a queue: decode and validate, and send what cannot be
-//! used to the dead-letter exchange with the reason, so a bad message never
-//! stops a consumer and is never silently lost.
-//!
-//! The functions on lapin's own `Delivery` ([`dead_letter`],
-//! [`header_string`]) serve the dispatcher until it consumes through
-//! [`crate::Transport`] too; both paths share the properties and header
-//! rules below.
+//! Taking messages off a queue: decode and validate, and what a dead
+//! letter carries (the publisher's headers and properties, the reason and
+//! the queue), so a bad message never stops a consumer and is never
+//! silently lost. Settling is the [`crate::transport::Delivery`]'s.
 
-use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, LongString};
 use lapin::BasicProperties;
 
 use crate::message::{decode, DecodeError};
-use crate::{BrokerError, Names, Publisher, Result};
+use crate::transport::Delivery;
 use model::Message;
 
 /// Header that carries why Warren dead-lettered a message.
@@ -27,60 +21,13 @@ pub enum Incoming<T> {
     Refused(DecodeError),
 }
 
-/// A delivery's body, whichever consumer it came from.
-pub trait Body {
-    fn body(&self) -> &[u8];
-}
-
-impl Body for Delivery {
-    fn body(&self) -> &[u8] {
-        &self.data
-    }
-}
-
-impl Body for crate::transport::Delivery {
-    fn body(&self) -> &[u8] {
-        crate::transport::Delivery::body(self)
-    }
-}
-
 impl<T: Message> Incoming<T> {
-    pub fn decode(delivery: &impl Body, max_bytes: usize) -> Self {
+    pub fn decode(delivery: &Delivery, max_bytes: usize) -> Self {
         match decode::<T>(delivery.body(), max_bytes) {
             Ok(message) => Incoming::Valid(message),
             Err(reason) => Incoming::Refused(reason),
         }
     }
-}
-
-/// Publishes the delivery to the dead-letter exchange (confirmed), with
-/// the publisher's headers and properties and the reason in a header, logs
-/// it, then acks the original.
-///
-/// Every message Warren routes has exactly one consumer that dead-letters
-/// it (the dispatcher's copy; see ARCHITECTURE.md), so a bad message lands
-/// in the dead-letter queue once.
-pub async fn dead_letter(
-    publisher: &Publisher,
-    names: &Names,
-    queue: &str,
-    delivery: &Delivery,
-    reason: &str,
-) -> Result<()> {
-    tracing::warn!(queue, reason, "dead-lettering a message");
-    publisher
-        .publish_with(
-            &names.dead_letter_exchange(),
-            "",
-            &delivery.data,
-            dead_letter_properties(&delivery.properties, queue, reason),
-        )
-        .await?;
-    delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .map_err(BrokerError::amqp("acking a dead-lettered message"))?;
-    Ok(())
 }
 
 /// The original's properties and headers, plus the reason and the queue.
@@ -128,11 +75,6 @@ pub(crate) fn dead_letter_properties(
         properties = properties.with_priority(value);
     }
     properties
-}
-
-/// A header's value as text (strings and integers), if present.
-pub fn header_string(delivery: &Delivery, key: &str) -> Option<String> {
-    header_text(&delivery.properties, key)
 }
 
 /// A header's value as text (strings and integers), if present.

@@ -21,13 +21,10 @@ pub mod topology;
 pub mod transport;
 
 pub use connect::{connect_with_retry, delete_namespace, redact_url, Broker, BrokerConfig};
-pub use consume::{dead_letter, header_string, Incoming};
-/// lapin's delivery, for consumers not yet on [`Transport`] (the
-/// dispatcher); [`transport::Delivery`] is the transport's.
-pub use lapin::message::Delivery;
-pub use lapin::Consumer;
+pub use consume::Incoming;
 pub use names::Names;
-pub use publisher::{Confirm, Publisher};
+pub use publisher::Confirm;
+use publisher::Publisher;
 pub use transport::{Connector, Transport};
 
 /// Errors from talking to RabbitMQ, with the operation that failed.

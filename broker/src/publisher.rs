@@ -1,14 +1,11 @@
-//! Publishing with publisher confirms: a publish returns only once the
-//! broker has taken responsibility for the message, or hands back the
-//! confirm to wait for, so that a batch can be in flight at once.
+//! Publishing with publisher confirms over lapin: a send hands back the
+//! confirm to wait for, so that a batch can be in flight at once (the
+//! awaited and typed forms are the transport's, `impl dyn Transport`).
 
+use crate::{BrokerError, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, PublisherConfirm};
-use serde::Serialize;
-
-use crate::message::encode;
-use crate::{BrokerError, Result};
 
 /// A channel in confirm mode. Cheap to clone; lapin channels are shared.
 #[derive(Clone)]
@@ -25,72 +22,8 @@ impl Publisher {
         Ok(Publisher { channel })
     }
 
-    /// Publishes `message` as persistent JSON and waits for the confirm.
-    pub async fn publish<T: Serialize>(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: &T,
-    ) -> Result<()> {
-        self.publish_raw(exchange, routing_key, &encode(message), Vec::new())
-            .await
-    }
-
-    /// Publishes `message` as persistent JSON without waiting for the
-    /// confirm, so that several publishes can be in flight at once (the
-    /// broker confirms a channel's publishes in order). The message is the
-    /// broker's only once [`Confirm::wait`] says so.
-    pub async fn publish_in_flight<T: Serialize>(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: &T,
-    ) -> Result<Confirm> {
-        self.send(exchange, routing_key, &encode(message), Vec::new())
-            .await
-    }
-
-    /// Publishes raw bytes with extra string headers and waits for the
-    /// confirm.
-    pub async fn publish_raw(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: Vec<(String, String)>,
-    ) -> Result<()> {
-        self.send(exchange, routing_key, body, headers)
-            .await?
-            .wait()
-            .await
-    }
-
-    async fn send(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: Vec<(String, String)>,
-    ) -> Result<Confirm> {
-        self.send_with(exchange, routing_key, body, json_properties(headers))
-            .await
-    }
-
-    /// Publishes raw bytes with the given properties and waits for the
-    /// confirm.
-    pub(crate) async fn publish_with(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<()> {
-        self.send_with(exchange, routing_key, body, properties)
-            .await?
-            .wait()
-            .await
-    }
-
+    /// Sends a message; it is the broker's once the returned confirm
+    /// says so (the broker confirms a channel's publishes in order).
     pub(crate) async fn send_with(
         &self,
         exchange: &str,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker::Publisher;
+use broker::transport::Transport;
 use model::{Job, JobId, RunnerId};
 use store::{Store, StoreError};
 use tasks::Tasks;
@@ -114,8 +114,7 @@ pub async fn watch(
     leases: Arc<Mutex<Leases>>,
     store: Arc<dyn Store>,
     expiry: Expiry,
-    publisher: Publisher,
-    names: broker::Names,
+    transport: Arc<dyn Transport>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -140,8 +139,7 @@ pub async fn watch(
                 format!("the expiry of job {}'s lease", lease.job_id),
                 expire(
                     expiry.management.clone(),
-                    publisher.clone(),
-                    names.clone(),
+                    transport.clone(),
                     lease,
                     job.to_job(),
                 ),
@@ -155,8 +153,7 @@ pub async fn watch(
 /// be used.
 async fn expire(
     management: Option<Management>,
-    publisher: Publisher,
-    names: broker::Names,
+    transport: Arc<dyn Transport>,
     lease: Lease,
     job: Job,
 ) {
@@ -188,8 +185,9 @@ async fn expire(
         }
         Err(()) => {
             let body = broker::message::encode(&job);
-            match publisher
-                .publish_raw("", &names.work_queue(), &body, Vec::new())
+            let work_queue = transport.names().work_queue();
+            match transport
+                .publish_raw("", &work_queue, &body, Vec::new())
                 .await
             {
                 Ok(()) => {

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use broker::{BrokerConfig, BrokerError};
+use broker::{BrokerConfig, BrokerError, Connector, Transport};
 use store::{StoreSettings, StoreUrl};
 use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ const STOP_TASKS_WITHIN: Duration = Duration::from_millis(1500);
 
 /// The broker connection while there is one, for the API's actions
 /// (rerun, trigger) and queue statistics.
-pub type BrokerSlot = Arc<RwLock<Option<Arc<broker::Broker>>>>;
+pub type BrokerSlot = Arc<RwLock<Option<Arc<dyn Transport>>>>;
 
 /// How recently a runner must have been seen to count as online: within
 /// three heartbeats, and at least 10 s.
@@ -182,7 +182,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         }
     });
 
-    let recording = record(&config, &recorder, &broker_slot, &stopping);
+    let recording = record(&config.broker, &recorder, &broker_slot, &stopping);
     tokio::pin!(recording);
     let outcome = tokio::select! {
         recorded = &mut recording => recorded,
@@ -203,20 +203,18 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
 /// Records what the broker delivers, reconnecting as needed, until
 /// `stopping` fires.
 async fn record(
-    config: &DispatcherConfig,
+    connector: &dyn Connector,
     recorder: &Recorder,
     broker_slot: &BrokerSlot,
     stopping: &CancellationToken,
 ) -> anyhow::Result<()> {
     let connection_name = format!("warren-dispatcher-{}", std::process::id());
     while !stopping.is_cancelled() {
-        let broker =
-            match broker::connect_with_retry(&config.broker, &connection_name, stopping).await {
-                Ok(broker) => broker,
-                Err(BrokerError::Shutdown) => break,
-                Err(err) => return Err(err.into()),
-            };
-        let broker = Arc::new(broker);
+        let broker = match connector.connect(&connection_name, stopping).await {
+            Ok(broker) => broker,
+            Err(BrokerError::Shutdown) => break,
+            Err(err) => return Err(err.into()),
+        };
         set_broker(broker_slot, Some(broker.clone()));
         let ended = recorder.session(&broker, stopping).await;
         set_broker(broker_slot, None);
@@ -247,7 +245,7 @@ async fn record(
     Ok(())
 }
 
-fn set_broker(slot: &BrokerSlot, broker: Option<Arc<broker::Broker>>) {
+fn set_broker(slot: &BrokerSlot, broker: Option<Arc<dyn Transport>>) {
     *slot
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = broker;

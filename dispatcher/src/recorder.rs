@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use broker::consume::REASON_HEADER;
 use broker::topology::TopologySettings;
-use broker::{header_string, Broker, BrokerError, Delivery, Incoming, Publisher};
+use broker::transport::{Deliveries, Delivery, Transport};
+use broker::{BrokerError, Incoming};
 use futures::StreamExt;
 use model::{Control, Event, Job, JobId, JobResult, RunnerId, SCHEMA_VERSION};
 use store::{Recorded, StoreError};
@@ -58,11 +59,10 @@ impl Recorder {
     /// Runs one broker session until the connection is lost or shutdown.
     pub async fn session(
         &self,
-        broker: &Broker,
+        transport: &Arc<dyn Transport>,
         shutdown: &CancellationToken,
     ) -> Result<(), RecordError> {
-        let names = broker.names().clone();
-        let publisher = broker.publisher().await?;
+        let names = transport.names().clone();
         let mut tasks = tokio::task::JoinSet::new();
         for queue in [
             names.dispatcher_jobs_queue(),
@@ -72,14 +72,13 @@ impl Recorder {
             names.dispatcher_rejected_queue(),
             names.dispatcher_control_queue(),
         ] {
-            let consumer = broker.consume(&queue, PREFETCH).await?;
+            let deliveries = transport.consume(&queue, PREFETCH).await?;
             let recorder = self.clone();
-            let publisher = publisher.clone();
-            let names = names.clone();
+            let transport = transport.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 recorder
-                    .consume(consumer, queue, publisher, names, shutdown)
+                    .consume(deliveries, queue, transport, shutdown)
                     .await
             });
         }
@@ -87,8 +86,7 @@ impl Recorder {
             self.leases.clone(),
             self.jobs.store().clone(),
             self.expiry.clone(),
-            publisher.clone(),
-            names.clone(),
+            transport.clone(),
             shutdown.clone(),
         );
         tasks.spawn(async move { watcher.await.map_err(RecordError::from) });
@@ -99,7 +97,7 @@ impl Recorder {
                 while tasks.join_next().await.is_some() {}
                 Ok(())
             }
-            _ = broker.closed() => {
+            _ = transport.closed() => {
                 tasks.abort_all();
                 Err(BrokerError::ConnectionLost.into())
             }
@@ -115,55 +113,41 @@ impl Recorder {
 
     async fn consume(
         self,
-        mut consumer: broker::Consumer,
+        mut deliveries: Deliveries,
         queue: String,
-        publisher: Publisher,
-        names: broker::Names,
+        transport: Arc<dyn Transport>,
         shutdown: CancellationToken,
     ) -> Result<(), RecordError> {
+        let names = transport.names().clone();
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                next = consumer.next() => match next {
-                    Some(delivery) => delivery,
+                next = deliveries.next() => match next {
+                    Some(delivery) => delivery?,
                     None => return Ok(()),
                 },
             };
-            let delivery = delivery.map_err(|source| BrokerError::Amqp {
-                context: format!("receiving from {queue}"),
-                source,
-            })?;
             let handled = if queue == names.dispatcher_jobs_queue() {
                 self.on_job(&delivery).await
             } else if queue == names.dispatcher_events_queue() {
-                self.on_event(&delivery, &publisher, &names).await
+                self.on_event(&delivery, &*transport).await
             } else if queue == names.dispatcher_results_queue() {
-                self.on_result(&delivery, &publisher, &names).await
+                self.on_result(&delivery, &*transport).await
             } else if queue == names.dispatcher_rejected_queue() {
                 Ok(Some(self.rejected_reason(&delivery)))
             } else if queue == names.dispatcher_control_queue() {
                 Ok(on_control(&delivery, self.max_message_bytes))
             } else {
-                self.on_dead(&delivery, &publisher, &names).await
+                self.on_dead(&delivery, &*transport).await
             };
             match handled {
-                Ok(None) => {
-                    delivery
-                        .ack(Default::default())
-                        .await
-                        .map_err(|source| BrokerError::Amqp {
-                            context: format!("acking on {queue}"),
-                            source,
-                        })?;
-                }
-                Ok(Some(reason)) => {
-                    broker::dead_letter(&publisher, &names, &queue, &delivery, &reason).await?
-                }
+                Ok(None) => delivery.ack().await?,
+                Ok(Some(reason)) => delivery.dead_letter(&*transport, &queue, &reason).await?,
                 Err(RecordError::Store(StoreError::Collision { .. })) => {
                     // Not reachable through the id rule (every consumer
                     // checks it), but a store must not take it silently.
                     let reason = "the job's id already names another job in the store";
-                    broker::dead_letter(&publisher, &names, &queue, &delivery, reason).await?
+                    delivery.dead_letter(&*transport, &queue, reason).await?
                 }
                 Err(err) => return Err(err),
             }
@@ -183,8 +167,7 @@ impl Recorder {
     async fn on_event(
         &self,
         delivery: &Delivery,
-        publisher: &Publisher,
-        names: &broker::Names,
+        transport: &dyn Transport,
     ) -> Result<Option<String>, RecordError> {
         let event = match Incoming::<Event>::decode(delivery, self.max_message_bytes) {
             Incoming::Valid(event) => event,
@@ -199,7 +182,7 @@ impl Recorder {
                     // The late announcement of the execution already recorded.
                 } else if started.is_duplicate_execution() {
                     tracing::info!(job = %job.id, runner = %runner.id, "duplicate execution of a finished job; telling the runner to stop");
-                    self.cancel(publisher, names, &job.id, None).await?;
+                    self.cancel(transport, &job.id, None).await?;
                 } else {
                     if started.record.attempts > 1 {
                         tracing::info!(job = %job.id, runner = %runner.id, attempts = started.record.attempts, "job running again");
@@ -243,8 +226,7 @@ impl Recorder {
     async fn on_result(
         &self,
         delivery: &Delivery,
-        publisher: &Publisher,
-        names: &broker::Names,
+        transport: &dyn Transport,
     ) -> Result<Option<String>, RecordError> {
         let result = match Incoming::<JobResult>::decode(delivery, self.max_message_bytes) {
             Incoming::Valid(result) => result,
@@ -256,8 +238,7 @@ impl Recorder {
                 tracing::info!(job = %job, runner = %runner, %outcome, "job finished");
                 let holders = self.lock_leases().release(job);
                 if holders.iter().any(|holder| holder != runner) {
-                    self.cancel(publisher, names, job, Some(runner.clone()))
-                        .await?;
+                    self.cancel(transport, job, Some(runner.clone())).await?;
                 }
             }
             Recorded::Duplicate(_) => {
@@ -271,7 +252,7 @@ impl Recorder {
     /// the reason its `x-death` header gives in a word or two.
     fn rejected_reason(&self, delivery: &Delivery) -> String {
         let limit = self.settings.delivery_limit;
-        match header_string(delivery, "x-first-death-reason").as_deref() {
+        match delivery.header("x-first-death-reason").as_deref() {
             Some("delivery_limit") => format!(
                 "dead-lettered after {limit} deliveries (--delivery-limit {limit}): each runner that took this job died, lost its connection, or held it past the broker's consumer_timeout"
             ),
@@ -286,8 +267,7 @@ impl Recorder {
     async fn on_dead(
         &self,
         delivery: &Delivery,
-        publisher: &Publisher,
-        names: &broker::Names,
+        transport: &dyn Transport,
     ) -> Result<Option<String>, RecordError> {
         let Incoming::Valid(job) = Incoming::<Job>::decode(delivery, self.max_message_bytes) else {
             // Not a job (a malformed message dead-lettered here): it stays
@@ -295,14 +275,15 @@ impl Recorder {
             return Ok(None);
         };
         // The job's recorded reason is the dead letter's, word for word.
-        let reason = header_string(delivery, REASON_HEADER)
+        let reason = delivery
+            .header(REASON_HEADER)
             .unwrap_or_else(|| self.rejected_reason(delivery));
         if self.jobs.dead(&job, &reason).await?.is_new() {
             tracing::warn!(job = %job.id, %reason, "job recorded as error");
             let holders = self.lock_leases().release(&job.id);
             if !holders.is_empty() {
                 // Runners still on it (e.g. past the consumer timeout) stop.
-                self.cancel(publisher, names, &job.id, None).await?;
+                self.cancel(transport, &job.id, None).await?;
             }
         }
         Ok(None)
@@ -310,8 +291,7 @@ impl Recorder {
 
     async fn cancel(
         &self,
-        publisher: &Publisher,
-        names: &broker::Names,
+        transport: &dyn Transport,
         job_id: &JobId,
         except_runner: Option<RunnerId>,
     ) -> Result<(), BrokerError> {
@@ -321,8 +301,8 @@ impl Recorder {
             except_runner,
             reason: "the job's result is already recorded".into(),
         };
-        publisher
-            .publish(&names.control_exchange(), "", &control)
+        transport
+            .publish(&transport.names().control_exchange(), "", &control)
             .await
     }
 
@@ -339,5 +319,293 @@ fn on_control(delivery: &Delivery, max_message_bytes: usize) -> Option<String> {
     match Incoming::<Control>::decode(delivery, max_message_bytes) {
         Incoming::Valid(_) => None,
         Incoming::Refused(reason) => Some(reason.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The recorder on the in-memory broker and an SQLite store in a temp
+    //! folder: what it records, acks, dead-letters and tells runners, with
+    //! no RabbitMQ.
+
+    use std::time::Duration;
+
+    use broker::memory::{MemoryBroker, MemoryTransport};
+    use broker::topology::Topology;
+    use broker::Names;
+    use model::{Event, Job, JobResult, JobStatus, Outcome, RunnerInfo};
+    use tasks::Tasks;
+
+    use super::*;
+    use crate::events::EventBus;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A recorder running one session on a memory broker.
+    struct Harness {
+        broker: MemoryBroker,
+        names: Names,
+        /// The other components' connection.
+        client: MemoryTransport,
+        jobs: Jobs,
+        shutdown: CancellationToken,
+        session: tokio::task::JoinHandle<Result<(), RecordError>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        async fn start() -> Harness {
+            let names = Names::new("t");
+            let settings = TopologySettings { delivery_limit: 2 };
+            let broker =
+                MemoryBroker::new(&names, &Topology::new(&names, settings)).expect("broker");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = store::StoreUrl::sqlite(dir.path().join("warren.db"));
+            let store = store::open(&url, store::StoreSettings::default())
+                .await
+                .expect("store");
+            let jobs = Jobs::new(store, EventBus::new());
+            let shutdown = CancellationToken::new();
+            let recorder = Recorder {
+                jobs: jobs.clone(),
+                leases: Arc::new(Mutex::new(crate::leases::Leases::new(Duration::from_secs(
+                    60,
+                )))),
+                expiry: crate::leases::Expiry {
+                    management: None,
+                    tasks: Tasks::new(&shutdown),
+                },
+                max_message_bytes: 64 * 1024,
+                settings,
+            };
+            let transport: Arc<dyn Transport> = Arc::new(broker.open("dispatcher").expect("open"));
+            let session = tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { recorder.session(&transport, &shutdown).await }
+            });
+            Harness {
+                client: broker.open("client").expect("open"),
+                broker,
+                names,
+                jobs,
+                shutdown,
+                session,
+                _dir: dir,
+            }
+        }
+
+        fn client(&self) -> &dyn Transport {
+            &self.client
+        }
+
+        async fn publish_job(&self, job: &Job) {
+            self.client()
+                .publish(&self.names.jobs_exchange(), "", job)
+                .await
+                .expect("publish");
+        }
+
+        async fn publish_started(&self, job: &Job, runner: &RunnerInfo, at_ms: u64) {
+            let event = Event::Started {
+                v: SCHEMA_VERSION,
+                job: job.clone(),
+                runner: runner.clone(),
+                at_ms,
+            };
+            self.client()
+                .publish(&self.names.events_exchange(), event.routing_key(), &event)
+                .await
+                .expect("publish");
+        }
+
+        async fn publish_result(&self, result: &JobResult) {
+            self.client()
+                .publish(
+                    &self.names.results_exchange(),
+                    &result.routing_key(),
+                    result,
+                )
+                .await
+                .expect("publish");
+        }
+
+        /// Waits until `count` messages were acked from `queue`.
+        async fn acked(&self, queue: &str, count: usize) {
+            self.broker
+                .wait_for(WAIT, |b| (b.acked(queue).len() >= count).then_some(()))
+                .await
+                .unwrap_or_else(|e| panic!("{count} acks on {queue}: {e}"));
+        }
+
+        async fn job(&self, job: &Job) -> model::JobRecord {
+            self.jobs
+                .store()
+                .job(&job.id)
+                .await
+                .expect("store")
+                .expect("recorded")
+        }
+
+        async fn stop(self) -> Result<(), RecordError> {
+            self.shutdown.cancel();
+            self.session.await.expect("session task")
+        }
+    }
+
+    fn job(n: u32) -> Job {
+        Job::try_new("/srv/repo", "main", &format!("{n:040x}")).expect("job")
+    }
+
+    fn runner(id: &str) -> RunnerInfo {
+        RunnerInfo {
+            id: RunnerId::parse(id).expect("id"),
+            host: "h".into(),
+            connection: format!("c-{id}"),
+        }
+    }
+
+    fn result(job: &Job, outcome: Outcome, by: &str) -> JobResult {
+        JobResult {
+            v: SCHEMA_VERSION,
+            job: job.clone(),
+            outcome,
+            exit_code: Some(0),
+            started_at_ms: 10,
+            finished_at_ms: 20,
+            duration_ms: 10,
+            output: format!("output of {by}"),
+            truncated: false,
+            runner: runner(by),
+            reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_result_is_the_outcome_and_a_second_one_a_counted_duplicate() {
+        let h = Harness::start().await;
+        let job = job(1);
+        h.publish_job(&job).await;
+        h.acked(&h.names.dispatcher_jobs_queue(), 1).await;
+        assert_eq!(h.job(&job).await.status, JobStatus::Queued);
+        h.publish_result(&result(&job, Outcome::Passed, "r1")).await;
+        h.publish_result(&result(&job, Outcome::Failed, "r2")).await;
+        h.acked(&h.names.dispatcher_results_queue(), 2).await;
+        let record = h.job(&job).await;
+        assert_eq!((record.status, record.duplicates), (JobStatus::Passed, 1));
+        let log = h.jobs.store().log(&job.id).await.expect("log");
+        assert_eq!(log.as_deref(), Some("output of r1"));
+        h.stop().await.expect("a clean stop");
+    }
+
+    #[tokio::test]
+    async fn a_runner_still_running_a_recorded_job_is_told_to_stop_and_the_winner_is_spared() {
+        let h = Harness::start().await;
+        let mut control = h
+            .client()
+            .subscribe(&h.names.control_exchange())
+            .await
+            .expect("subscribe");
+        let job = job(2);
+        h.publish_started(&job, &runner("r1"), 10).await;
+        h.publish_started(&job, &runner("r2"), 11).await;
+        h.acked(&h.names.dispatcher_events_queue(), 2).await;
+        assert_eq!(h.job(&job).await.attempts, 2);
+        h.publish_result(&result(&job, Outcome::Passed, "r2")).await;
+        let delivery = tokio::time::timeout(WAIT, control.next())
+            .await
+            .expect("a control message in time")
+            .expect("a control message")
+            .expect("delivered");
+        match Incoming::<Control>::decode(&delivery, 64 * 1024) {
+            Incoming::Valid(Control::Cancel {
+                job_id,
+                except_runner,
+                ..
+            }) => {
+                assert_eq!(job_id, job.id);
+                assert_eq!(except_runner, Some(RunnerId::parse("r2").expect("id")));
+            }
+            Incoming::Refused(reason) => panic!("{reason}"),
+        }
+        h.stop().await.expect("a clean stop");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_message_is_dead_lettered_once_with_its_headers_and_the_reason() {
+        let h = Harness::start().await;
+        h.client()
+            .publish_raw(
+                &h.names.jobs_exchange(),
+                "",
+                b"{\"v\": 1, \"id\": \"x\"}",
+                vec![("x-client".into(), "test".into())],
+            )
+            .await
+            .expect("publish");
+        h.acked(&h.names.dispatcher_jobs_queue(), 1).await;
+        let dead = h.broker.ready(&h.names.dead_letter_queue());
+        assert_eq!(dead.len(), 1, "once");
+        assert_eq!(dead[0].header("x-client").as_deref(), Some("test"));
+        let reason = dead[0].header("x-warren-reason").unwrap_or_default();
+        assert!(reason.contains("missing field"), "{reason}");
+        assert_eq!(
+            dead[0].header("x-warren-queue"),
+            Some(h.names.dispatcher_jobs_queue())
+        );
+        h.stop().await.expect("a clean stop");
+    }
+
+    #[tokio::test]
+    async fn a_job_the_broker_gives_up_on_gets_a_reason_and_is_recorded_as_error_with_it() {
+        let h = Harness::start().await;
+        let job = job(3);
+        h.publish_job(&job).await;
+        // Two runners take it in turn and die (the delivery limit is 2).
+        for attempt in 1..=2 {
+            let name = format!("runner-{attempt}");
+            let runner = h.broker.open(&name).expect("open");
+            let mut work = (&runner as &dyn Transport)
+                .consume(&h.names.work_queue(), 1)
+                .await
+                .expect("consume");
+            let taken = tokio::time::timeout(WAIT, work.next()).await;
+            assert!(matches!(taken, Ok(Some(Ok(_)))), "delivery {attempt}");
+            assert!(h.broker.close_connection(&name));
+        }
+        h.broker
+            .wait_for(WAIT, |b| {
+                (!b.ready(&h.names.dead_letter_queue()).is_empty()).then_some(())
+            })
+            .await
+            .expect("a dead letter");
+        h.acked(&h.names.dispatcher_dead_queue(), 1).await;
+        let dead = h.broker.ready(&h.names.dead_letter_queue());
+        let reason = dead[0].header("x-warren-reason").unwrap_or_default();
+        assert!(reason.contains("after 2 deliveries"), "{reason}");
+        let record = h.job(&job).await;
+        assert_eq!(record.status, JobStatus::Error);
+        assert_eq!(record.reason.as_deref(), Some(reason.as_str()));
+        h.stop().await.expect("a clean stop");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_write_ends_the_session_and_the_message_waits_unacked() {
+        let h = Harness::start().await;
+        h.jobs.store().close().await;
+        let job = job(4);
+        h.publish_result(&result(&job, Outcome::Passed, "r1")).await;
+        let ended = tokio::time::timeout(WAIT, h.session)
+            .await
+            .expect("the session ends")
+            .expect("session task");
+        assert!(matches!(ended, Err(RecordError::Store(_))), "{ended:?}");
+        // Nothing was acked: the result is still the broker's.
+        assert!(h
+            .broker
+            .acked(&h.names.dispatcher_results_queue())
+            .is_empty());
+        let queue = h.names.dispatcher_results_queue();
+        let counts = h.broker.counts(&queue);
+        assert_eq!(counts.ready + counts.unacked, 1, "{counts:?}");
     }
 }

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use broker::{BrokerConfig, Connector, Transport};
-use model::{BranchName, CommitId, Job};
+use model::{BranchName, CommitId};
+
+use crate::producer::Producer;
 use tokio_util::sync::CancellationToken;
 
 pub use source::{NewCommit, RepoSource};
@@ -292,16 +294,20 @@ async fn poll_once(
         state.set_publishing(true);
         file.save(state).await.map_err(PollError::State)?;
     }
-    let exchange = transport.names().jobs_exchange();
+    let producer = Producer::new(transport);
     let batches = new.len().div_ceil(BATCH);
     for (number, batch) in new.chunks(BATCH).enumerate() {
         let mut in_flight = Vec::with_capacity(batch.len());
         let mut failed = None;
         for (branch, commit) in batch {
-            let mut job = Job::for_commit(source.location(), branch, &commit.id);
-            job.subject = Some(commit.subject.clone());
-            job.author = Some(commit.author.clone());
-            match transport.publish_in_flight(&exchange, "", &job).await {
+            let job = Producer::job(
+                source.location(),
+                branch,
+                &commit.id,
+                Some(commit.subject.clone()),
+                Some(commit.author.clone()),
+            );
+            match producer.send(&job).await {
                 Ok(confirm) => in_flight.push((branch, commit, job.id, confirm)),
                 Err(err) => {
                     failed = Some(err);
@@ -344,6 +350,7 @@ mod tests {
     use super::*;
     use broker::memory::{MemoryBroker, PublishFault};
     use broker::topology::Topology;
+    use model::Job;
     use std::io::Write;
     use std::process::{Command, Stdio};
 

@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use broker::{BrokerError, Names, Publisher};
+use broker::transport::Transport;
+use broker::{BrokerError, Confirm};
 use git::{Git, GitError};
 use model::{BranchName, CommitId, IdError, Job, RepoUrl};
 
@@ -84,24 +85,49 @@ pub async fn resolve(
         })
 }
 
-/// Publishes jobs to the jobs exchange, each confirmed by the broker.
-#[derive(Clone)]
-pub struct Producer {
-    publisher: Publisher,
+/// Makes jobs and publishes them to the jobs exchange, confirmed by the
+/// broker, over one connection.
+pub struct Producer<'t> {
+    transport: &'t dyn Transport,
     exchange: String,
 }
 
-impl Producer {
-    pub fn new(publisher: Publisher, names: &Names) -> Producer {
+impl<'t> Producer<'t> {
+    pub fn new(transport: &'t dyn Transport) -> Producer<'t> {
+        let exchange = transport.names().jobs_exchange();
         Producer {
-            publisher,
-            exchange: names.jobs_exchange(),
+            transport,
+            exchange,
+        }
+    }
+
+    /// The job of a commit seen on a branch, with what people read of it.
+    pub fn job(
+        repo: &RepoUrl,
+        branch: &BranchName,
+        commit: &CommitId,
+        subject: Option<String>,
+        author: Option<String>,
+    ) -> Job {
+        Job {
+            subject,
+            author,
+            ..Job::for_commit(repo, branch, commit)
         }
     }
 
     /// Queues `job`: returns once the broker has taken it.
     pub async fn queue(&self, job: &Job) -> Result<(), BrokerError> {
-        self.publisher.publish(&self.exchange, "", job).await
+        self.send(job).await?.wait().await
+    }
+
+    /// Sends `job` without waiting for the broker: it is queued once the
+    /// returned confirm says so. Confirms come in the order of the sends,
+    /// so a batch can be in flight at once (the poller's).
+    pub async fn send(&self, job: &Job) -> Result<Confirm, BrokerError> {
+        self.transport
+            .publish_in_flight(&self.exchange, "", job)
+            .await
     }
 }
 

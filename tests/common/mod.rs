@@ -698,19 +698,19 @@ impl Namespace {
         }
     }
 
-    /// Runs `work` with a connection to the namespace, then closes it.
-    pub fn with_broker<T>(&self, work: impl AsyncFnOnce(&broker::Broker) -> T) -> T {
+    /// Runs `work` with a connection to the namespace (the transport the
+    /// components use), then closes it.
+    pub fn with_broker<T>(&self, work: impl AsyncFnOnce(&dyn broker::Transport) -> T) -> T {
+        use broker::Connector;
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
-            let broker = broker::connect_with_retry(
-                &self.broker_config(),
-                "warren-test",
-                &tokio_util::sync::CancellationToken::new(),
-            )
-            .await
-            .expect("connect to the broker");
-            let out = work(&broker).await;
-            broker.close().await;
+            let transport = self
+                .broker_config()
+                .connect("warren-test", &tokio_util::sync::CancellationToken::new())
+                .await
+                .expect("connect to the broker");
+            let out = work(&*transport).await;
+            transport.close().await;
             out
         })
     }
@@ -725,10 +725,9 @@ pub const CLIENT_HEADER_VALUE: &str = "warren-test";
 /// warren-test`.
 pub fn publish_raw(ns: &Namespace, messages: &[(String, String, Vec<u8>)]) {
     ns.with_broker(async |broker| {
-        let publisher = broker.publisher().await.expect("publisher");
         for (exchange, key, body) in messages {
             let headers = vec![("x-client".to_string(), CLIENT_HEADER_VALUE.to_string())];
-            publisher
+            broker
                 .publish_raw(exchange, key, body, headers)
                 .await
                 .expect("publish");

@@ -127,11 +127,7 @@ async fn queue_job(state: &AppState, job: &Job) -> Result<(), Response> {
             "not connected to the broker; try again",
         )
     })?;
-    let publisher = broker
-        .publisher()
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Producer::new(publisher, broker.names())
+    Producer::new(&*broker)
         .queue(job)
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
@@ -275,12 +271,12 @@ async fn queue(State(state): State<AppState>) -> Response {
     let work = broker.queue_stats(&names.work_queue()).await;
     let dead = broker.queue_stats(&names.dead_letter_queue()).await;
     match (work, dead) {
-        (Ok((depth, consumers)), Ok((dead_letters, _))) => Json(QueueView {
+        (Ok(work), Ok(dead)) => Json(QueueView {
             queue: names.work_queue(),
-            depth,
-            consumers,
+            depth: work.ready,
+            consumers: work.consumers,
             dead_letter_queue: names.dead_letter_queue(),
-            dead_letters,
+            dead_letters: dead.ready,
             management_ui: without_credentials(&state.management_url),
         })
         .into_response(),

@@ -57,7 +57,7 @@ impl AppState {
         self.jobs.bus()
     }
 
-    fn broker(&self) -> Option<Arc<broker::Broker>> {
+    fn broker(&self) -> Option<Arc<dyn broker::Transport>> {
         self.broker.read().ok().and_then(|slot| slot.clone())
     }
 
