@@ -13,7 +13,7 @@ use broker::topology::{Topology, TopologySettings};
 use broker::{BrokerConfig, Names};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
-use model::{BranchName, RunnerId};
+use model::{BranchName, JobStatus, RunnerId};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -191,8 +191,8 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
     /// Only jobs with this status (queued, running, passed, failed, error, timeout)
-    #[arg(long, value_parser = ["queued", "running", "passed", "failed", "error", "timeout"])]
-    pub status: Option<String>,
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<JobStatus>,
     /// Only jobs of this branch
     #[arg(long)]
     pub branch: Option<String>,
@@ -680,6 +680,12 @@ fn parse_namespace(value: &str) -> Result<String, String> {
 fn parse_id(value: &str) -> Result<RunnerId, String> {
     RunnerId::parse(value)
         .map_err(|_| format!("expected 1 to 128 letters, digits, '-', '_' or '.', got {value:?}"))
+}
+
+fn parse_status(value: &str) -> Result<JobStatus, String> {
+    value
+        .parse()
+        .map_err(|e: model::UnknownStatus| e.to_string())
 }
 
 fn parse_branch(value: &str) -> Result<BranchName, String> {
