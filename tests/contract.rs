@@ -62,31 +62,16 @@ fn a_client_that_knows_only_the_documentation_queues_jobs_and_reads_dead_letters
     let poison = repo.commit("a test that kills its runner");
     repo.write(".warren-test", "true");
     let head = repo.commit("head");
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let url = format!("http://{http}");
-    let data = scratch.join("up-data");
-    let up = Proc::spawn(
-        "up",
+    let up = Up::start(
         &ns,
         &scratch,
-        &[
-            "--delivery-limit",
-            "2",
-            "up",
-            repo.path_str(),
-            "--runners",
-            "2",
-            "--http",
-            &http,
-            "--interval",
-            "0.2",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-        ],
+        repo.path_str(),
+        "2",
+        &["--delivery-limit", "2"],
         &[],
     );
-    let api = Api::new(&url);
+    let url = up.url.clone();
+    let api = up.api();
     // The observer's job for the head: Warren is up.
     api.wait_terminal(std::slice::from_ref(&head), Duration::from_secs(60));
 
@@ -113,7 +98,12 @@ fn a_client_that_knows_only_the_documentation_queues_jobs_and_reads_dead_letters
     forged["commit"] = Value::String(head.clone());
     client(&["publish-raw", &ns.name, &forged.to_string()]);
     wait_for("the runner to refuse both", Duration::from_secs(30), || {
-        (up.log_text().matches("refused a malformed job").count() >= 2).then_some(())
+        (up.proc
+            .log_text()
+            .matches("refused a malformed job")
+            .count()
+            >= 2)
+            .then_some(())
     });
     let letters = take_dead_letters(&ns, 2);
     assert_eq!(letters.len(), 2, "one dead letter each: {letters:#?}");

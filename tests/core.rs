@@ -212,48 +212,29 @@ fn warren_up_runs_everything_and_stops_everything() {
         "import unittest\nclass T(unittest.TestCase):\n    def test_ok(self):\n        pass\n",
     );
     repo.commit("first");
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let data = scratch.join("up-data");
-    let mut up = Proc::spawn(
-        "up",
-        &ns,
-        &scratch,
-        &[
-            "up",
-            repo.path_str(),
-            "--runners",
-            "2",
-            "--http",
-            &http,
-            "--interval",
-            "0.2",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-        ],
-        &[],
-    );
-    let api = Api::new(&format!("http://{http}"));
+    let mut up = Up::start(&ns, &scratch, repo.path_str(), "2", &[], &[]);
+    let api = up.api();
     wait_for(
         "the dashboard of warren up",
         Duration::from_secs(30),
         || api.get_text("/healthz").ok(),
     );
     assert!(
-        up.log_text()
-            .contains(&format!("dashboard at http://{http}")),
+        up.proc
+            .log_text()
+            .contains(&format!("dashboard at {}", up.url)),
         "{}",
-        up.log_text()
+        up.proc.log_text()
     );
 
     let commit = repo.commit("made after warren up started");
     let jobs = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
     assert_eq!(jobs[&commit][0]["status"], "passed");
 
-    up.signal(libc::SIGINT);
-    let status = up.wait_exit(Duration::from_secs(30));
+    up.proc.signal(libc::SIGINT);
+    let status = up.proc.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "warren up exits cleanly: {status}");
-    let marker = data.to_str().expect("utf8").to_string();
+    let marker = up.data.to_str().expect("utf8").to_string();
     wait_for(
         "every child of warren up to exit",
         Duration::from_secs(10),

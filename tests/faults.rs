@@ -367,30 +367,15 @@ fn a_poison_job_is_dead_lettered_after_the_delivery_limit_and_recorded_as_error(
     // The test kills its runner every time.
     repo.write(".warren-test", KILL_MY_RUNNER);
     let poison = repo.commit("a test that kills its runner");
-    let port = free_port();
-    let http = format!("127.0.0.1:{port}");
-    let data = scratch.join("up-data");
-    let _up = Proc::spawn(
-        "up",
+    let up = Up::start(
         &ns,
         &scratch,
-        &[
-            "--delivery-limit",
-            "2",
-            "up",
-            repo.path_str(),
-            "--runners",
-            "2",
-            "--http",
-            &http,
-            "--interval",
-            "0.2",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-        ],
+        repo.path_str(),
+        "2",
+        &["--delivery-limit", "2"],
         &[],
     );
-    let api = Api::new(&format!("http://{http}"));
+    let api = up.api();
     let jobs = api.wait_terminal(std::slice::from_ref(&poison), Duration::from_secs(90));
     let job = one_job(&jobs, &poison);
     assert_eq!(job["status"], "error", "{job}");

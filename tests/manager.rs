@@ -23,32 +23,18 @@ fn a_burst_grows_the_runner_pool_to_max_and_an_empty_queue_shrinks_it_to_min() {
         &["push", "-q", origin.path_str(), "HEAD:main"],
     );
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let data = scratch.join("up-data");
-    let _up = Proc::spawn(
-        "up",
+    let up = Up::start(
         &ns,
         &scratch,
-        &[
-            "up",
-            origin.path_str(),
-            "--runners",
-            "1..4",
-            "--http",
-            &http,
-            "--interval",
-            "0.2",
-            "--test-command",
-            "sleep 1",
-            "--data-dir",
-            data.to_str().expect("utf8"),
-        ],
+        origin.path_str(),
+        "1..4",
         &[],
+        &["--test-command", "sleep 1"],
     );
-    let api = Api::new(&format!("http://{http}"));
+    let api = up.api();
     api.wait_terminal(&commits, Duration::from_secs(60));
     // Runner processes of this `up` (not the git commands they run).
-    let workdirs = format!("--workdir {}/runner-", data.display());
+    let workdirs = format!("--workdir {}/runner-", up.data.display());
     let runner_count = || {
         processes_matching(" runner --id runner-")
             .iter()
@@ -100,6 +86,6 @@ fn a_burst_grows_the_runner_pool_to_max_and_an_empty_queue_shrinks_it_to_min() {
         runners_used.len() >= 3,
         "the extra runners did work: {runners_used:?}"
     );
-    let up_log = _up.log_text();
+    let up_log = up.proc.log_text();
     assert!(up_log.contains("stopping an idle runner"), "{up_log}");
 }

@@ -439,6 +439,54 @@ impl Dispatcher {
     }
 }
 
+/// `warren up` on a repository: its own data folder and dashboard port,
+/// polling every 0.2 s.
+pub struct Up {
+    pub proc: Proc,
+    /// The dashboard's address.
+    pub url: String,
+    pub data: PathBuf,
+}
+
+impl Up {
+    /// `warren GLOBAL… up REPO --runners RUNNERS … EXTRA…`.
+    pub fn start(
+        ns: &Namespace,
+        scratch: &Scratch,
+        repo: &str,
+        runners: &str,
+        global: &[&str],
+        extra: &[&str],
+    ) -> Up {
+        let http = format!("127.0.0.1:{}", free_port());
+        let data = scratch.join("up-data");
+        let mut args: Vec<&str> = global.to_vec();
+        args.extend([
+            "up",
+            repo,
+            "--runners",
+            runners,
+            "--http",
+            &http,
+            "--interval",
+            "0.2",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+        ]);
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("up", ns, scratch, &args, &[]);
+        Up {
+            proc,
+            url: format!("http://{http}"),
+            data,
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url)
+    }
+}
+
 /// A blocking client of the dispatcher's HTTP API.
 pub struct Api {
     base: String,
