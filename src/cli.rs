@@ -102,6 +102,9 @@ pub enum Command {
     Trigger(TriggerArgs),
     /// Runners seen by the dispatcher
     Runners(RunnersArgs),
+    /// The repository registry: add, list, remove, or apply a TOML file
+    #[command(subcommand)]
+    Repo(crate::repo::RepoCommand),
     /// Run one test under a supervisor that kills its whole process tree
     /// when the test ends or the runner's liveness pipe closes (started by
     /// the runner, not by people)
@@ -196,6 +199,9 @@ pub struct StatusArgs {
     /// Only jobs of this branch
     #[arg(long)]
     pub branch: Option<String>,
+    /// Only jobs of this repository (a registered name, or a URL)
+    #[arg(long)]
+    pub repo: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -496,15 +502,26 @@ pub fn exit_on_parse_error(err: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            let rendered = err.to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            eprintln!("warren: {}", line.trim_start_matches("error: "));
+            eprintln!("warren: {}", one_line(&err.to_string()));
             ExitCode::from(2)
         }
     }
+}
+
+/// clap's message in one line: its first, and when that ends in a colon
+/// ("required arguments were not provided:") the list under it, up to
+/// the usage.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    if !first.ends_with(':') {
+        return first.to_string();
+    }
+    let listed: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+    format!("{first} {}", listed.join(", "))
 }
 
 /// How many runners `warren up` keeps: fixed (min = max) or managed.
@@ -543,7 +560,7 @@ fn parse_runner_count(value: &str) -> Result<RunnerCount, String> {
 }
 
 /// Seconds as a positive number, fractions allowed.
-fn parse_seconds(value: &str) -> Result<Duration, String> {
+pub fn parse_seconds(value: &str) -> Result<Duration, String> {
     let expected =
         || format!("expected a positive number of seconds such as 5 or 0.2, got {value:?}");
     let secs: f64 = value.trim().parse().map_err(|_| expected())?;

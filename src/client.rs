@@ -16,15 +16,15 @@ use crate::cli::{
     secret, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
 };
 
-struct Client {
-    base: String,
+pub(crate) struct Client {
+    pub(crate) base: String,
     http: reqwest::Client,
     /// WARREN_API_TOKEN (or its file), sent with every request when set.
     token: Option<String>,
 }
 
 impl Client {
-    fn new(server: &Server) -> anyhow::Result<Client> {
+    pub(crate) fn new(server: &Server) -> anyhow::Result<Client> {
         Ok(Client {
             base: server.server.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
@@ -61,7 +61,7 @@ impl Client {
         bail!("{status}: {message}")
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let response = self
             .request(self.http.get(format!("{}{path}", self.base)))
             .await?;
@@ -78,22 +78,53 @@ impl Client {
         Ok(response.text().await?)
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    /// A request with a JSON body, and its JSON answer.
+    pub(crate) async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
         let response = self
-            .request(self.http.post(format!("{}{path}", self.base)).json(body))
+            .request(self.http.request(method, url).json(body))
             .await?;
         response
             .json()
             .await
             .context("reading the dispatcher's answer")
     }
+
+    /// A `DELETE`, whose answer has no body.
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.request(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        Ok(())
+    }
 }
 
-fn or_dash(value: Option<impl ToString>) -> String {
+/// A query parameter's value, escaped (a repository may be a URL).
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(crate) fn or_dash(value: Option<impl ToString>) -> String {
     value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
@@ -124,6 +155,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!("/api/jobs?limit={}", args.limit);
     if let Some(status) = &args.status {
         path.push_str(&format!("&status={status}"));
+    }
+    if let Some(repo) = &args.repo {
+        path.push_str(&format!("&repo={}", percent_encode(repo)));
     }
     if let Some(branch) = &args.branch {
         BranchName::parse(branch).map_err(|e| anyhow!("--branch: {e}"))?;

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod repo;
 mod up;
 
 use std::process::ExitCode;
@@ -104,6 +105,7 @@ async fn run_command(cli: Cli, signals: &Signals) -> anyhow::Result<ExitCode> {
         Command::Rerun(args) => return client::rerun(args).await,
         Command::Trigger(args) => return client::trigger(args).await,
         Command::Runners(args) => return client::runners(args).await,
+        Command::Repo(command) => return repo::run(command).await,
         // Handled in main, before the runtime starts.
         Command::Supervise(_) => {}
     }

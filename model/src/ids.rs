@@ -158,6 +158,16 @@ identifier!(
     check_repo
 );
 
+identifier!(
+    /// A registered repository's name: a lowercase letter or digit, then
+    /// lowercase letters, digits, `.`, `_` or `-` (at most 100 in all). It
+    /// names the repository in the API, in `/hooks/{name}` and in file
+    /// names.
+    RepoName,
+    "name",
+    check_repo_name
+);
+
 impl CommitId {
     /// Whether the id is a SHA-256 one (64 digits) rather than SHA-1.
     pub fn is_sha256(&self) -> bool {
@@ -188,6 +198,21 @@ fn check_file_name(id: &str) -> Result<(), String> {
         return Err("expected 1 to 128 letters, digits, '-', '_' or '.'".into());
     }
     Ok(())
+}
+
+fn check_repo_name(name: &str) -> Result<(), String> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok = bytes.all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+    });
+    if first_ok && rest_ok && name.len() <= 100 {
+        Ok(())
+    } else {
+        Err("expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most 100)".into())
+    }
 }
 
 fn check_commit(commit: &str) -> Result<(), String> {
@@ -337,6 +362,16 @@ mod tests {
             assert!(RepoUrl::parse(bad).is_err(), "{bad}");
         }
         assert!(RepoUrl::parse("/srv/r").expect("path").is_local_path());
+    }
+
+    #[test]
+    fn repository_names_are_lowercase_words() {
+        for good in ["app", "app-2", "my.lib_x", "0day"] {
+            assert!(RepoName::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "App", "-x", ".x", "a/b", "a b", &"x".repeat(101)] {
+            assert!(RepoName::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,14 +11,16 @@ pub mod api;
 mod ids;
 pub mod message;
 mod record;
+pub mod repo;
 mod status;
 
-pub use ids::{BranchName, CommitId, IdError, JobId, RepoUrl, RunnerId};
+pub use ids::{BranchName, CommitId, IdError, JobId, RepoName, RepoUrl, RunnerId};
 pub use message::{
     job_id, Control, Event, Invalid, Job, JobResult, Message, OutputChunk, RunnerInfo,
     SCHEMA_VERSION,
 };
 pub use record::{JobQuery, JobRecord, RunnerRecord};
+pub use repo::{ForgeKind, Repo, RepoError, StatusTarget};
 pub use status::{JobStatus, Outcome, UnknownStatus};
 
 /// Milliseconds since the Unix epoch: the one clock format in messages.

@@ -75,6 +75,8 @@ pub struct RunnerRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobQuery {
     pub status: Option<JobStatus>,
+    /// Only jobs of this repository.
+    pub repo: Option<RepoUrl>,
     pub branch: Option<BranchName>,
     /// Only jobs with a smaller `seq` (the next page).
     pub before: Option<i64>,

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use model::{
-    CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, RunnerInfo, RunnerRecord,
+    CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Repo, RepoName, RunnerInfo,
+    RunnerRecord,
 };
 
 mod error;
@@ -246,6 +247,18 @@ pub trait Store: Send + Sync {
     /// last before `job` did (by `finished_at_ms`, then `seq`): what the
     /// notifier compares a new outcome with when it first sees a branch.
     async fn finished_before(&self, job: &JobRecord) -> Result<Option<JobRecord>, StoreError>;
+
+    /// The repository registry, by name.
+    async fn repos(&self) -> Result<Vec<Repo>, StoreError>;
+
+    async fn repo(&self, name: &RepoName) -> Result<Option<Repo>, StoreError>;
+
+    /// Adds an entry, or replaces the one of the same name; whether it is
+    /// new. The caller has validated it (`Repo::validate`).
+    async fn put_repo(&self, repo: &Repo) -> Result<bool, StoreError>;
+
+    /// Removes an entry (its jobs stay); whether there was one.
+    async fn remove_repo(&self, name: &RepoName) -> Result<bool, StoreError>;
 
     /// How many jobs have `status` now: cheap for the few queued and
     /// running ones (an index range), for the gauges of `/metrics`.

@@ -21,8 +21,8 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use model::{
-    CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Outcome, RunnerInfo,
-    RunnerRecord,
+    CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Outcome, Repo, RepoName,
+    RunnerInfo, RunnerRecord, StatusTarget,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode, Postgres};
@@ -414,6 +414,32 @@ const RUNNERS: &str =
 
 const LOG: &str = "SELECT text FROM job_logs WHERE job_id = $1";
 
+/// The registry's columns, in [`repo_from_row`]'s order.
+macro_rules! repo_columns {
+    () => {
+        "name, url, branches, poll_secs, webhook_secret_env, status_kind, status_api, status_repo, status_token_env"
+    };
+}
+
+const REPOS: &str = concat!("SELECT ", repo_columns!(), " FROM repos ORDER BY name");
+
+const REPO: &str = concat!("SELECT ", repo_columns!(), " FROM repos WHERE name = $1");
+
+/// Adds or replaces an entry; `xmax = 0`-style tricks differ by backend,
+/// so whether it was new is asked first, in the same transaction.
+const PUT_REPO: &str = "INSERT INTO repos (name, url, branches, poll_secs, webhook_secret_env, \
+     status_kind, status_api, status_repo, status_token_env, updated_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (name) DO UPDATE SET url = excluded.url, branches = excluded.branches, \
+     poll_secs = excluded.poll_secs, webhook_secret_env = excluded.webhook_secret_env, \
+     status_kind = excluded.status_kind, status_api = excluded.status_api, \
+     status_repo = excluded.status_repo, status_token_env = excluded.status_token_env, \
+     updated_at_ms = excluded.updated_at_ms";
+
+const REPO_EXISTS: &str = "SELECT COUNT(*) FROM repos WHERE name = $1";
+
+const REMOVE_REPO: &str = "DELETE FROM repos WHERE name = $1";
+
 /// $6 to $9: the four outcomes.
 const FINISHED_BEFORE: &str = concat!(
     "SELECT ",
@@ -517,6 +543,36 @@ where
     value
         .parse()
         .map_err(|err: T::Err| Fail::Corrupt(err.to_string()))
+}
+
+fn repo_from_row<'r, R>(row: &'r R) -> Result<Repo, Fail>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    f64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let branches: String = row.try_get(2)?;
+    let branches: Vec<String> = serde_json::from_str(&branches)
+        .map_err(|e| Fail::Corrupt(format!("branches {branches:?}: {e}")))?;
+    let status_kind: Option<String> = row.try_get(5)?;
+    let status = match status_kind {
+        None => None,
+        Some(kind) => Some(StatusTarget {
+            kind: parse(&kind)?,
+            api: row.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+            repo: row.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
+            token_env: row.try_get::<Option<String>, _>(8)?.unwrap_or_default(),
+        }),
+    };
+    Ok(Repo {
+        name: parse(&row.try_get::<String, _>(0)?)?,
+        url: parse(&row.try_get::<String, _>(1)?)?,
+        branches,
+        poll_secs: row.try_get(3)?,
+        webhook_secret_env: row.try_get(4)?,
+        status,
+    })
 }
 
 fn job_from_row<'r, R>(row: &'r R) -> Result<JobRecord, Fail>
@@ -1001,6 +1057,9 @@ impl SqlStore {
         if query.status.is_some() {
             conditions.push(format!("status = {}", placeholder()));
         }
+        if query.repo.is_some() {
+            conditions.push(format!("repo = {}", placeholder()));
+        }
         if query.branch.is_some() {
             conditions.push(format!("branch = {}", placeholder()));
         }
@@ -1027,6 +1086,9 @@ impl SqlStore {
             let mut select = sqlx::query(&sql);
             if let Some(status) = query.status {
                 select = select.bind(status.as_str());
+            }
+            if let Some(repo) = &query.repo {
+                select = select.bind(repo.as_str());
             }
             if let Some(branch) = &query.branch {
                 select = select.bind(branch.as_str());
@@ -1063,6 +1125,69 @@ impl SqlStore {
             .iter()
             .map(runner_from_row)
             .collect::<Result<Vec<_>, _>>()?))
+    }
+
+    async fn read_repos(&self) -> Result<Vec<Repo>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| sqlx::query(REPOS)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(repo_from_row)
+            .collect::<Result<Vec<_>, _>>()?))
+    }
+
+    async fn read_repo(&self, name: &RepoName) -> Result<Option<Repo>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| {
+            match sqlx::query(REPO)
+                .bind(name.as_str())
+                .fetch_optional(c)
+                .await?
+            {
+                Some(row) => Some(repo_from_row(&row)?),
+                None => None,
+            }
+        }))
+    }
+
+    async fn write_repo(&self, repo: &Repo) -> Result<bool, Fail> {
+        let branches = serde_json::to_string(&repo.branches)
+            .map_err(|e| Fail::Corrupt(format!("branches: {e}")))?;
+        let status = repo.status.as_ref();
+        let mut tx = self.pool.begin().await?;
+        let existed = on!(tx.conn(), |c| sqlx::query(REPO_EXISTS)
+            .bind(repo.name.as_str())
+            .fetch_one(c)
+            .await?
+            .try_get::<i64, _>(0)?)
+            > 0;
+        on!(tx.conn(), |c| sqlx::query(PUT_REPO)
+            .bind(repo.name.as_str())
+            .bind(repo.url.as_str())
+            .bind(&branches)
+            .bind(repo.poll_secs)
+            .bind(repo.webhook_secret_env.as_deref())
+            .bind(status.map(|s| s.kind.as_str()))
+            .bind(status.map(|s| s.api.as_str()))
+            .bind(status.map(|s| s.repo.as_str()))
+            .bind(status.map(|s| s.token_env.as_str()))
+            .bind(model::now_ms() as i64)
+            .execute(c)
+            .await?
+            .rows_affected());
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    async fn delete_repo(&self, name: &RepoName) -> Result<bool, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| sqlx::query(REMOVE_REPO)
+            .bind(name.as_str())
+            .execute(c)
+            .await?
+            .rows_affected())
+            > 0)
     }
 
     async fn read_count(&self, status: JobStatus) -> Result<i64, Fail> {
@@ -1251,6 +1376,30 @@ impl Store for SqlStore {
         self.read_finished_before(job)
             .await
             .map_err(self.failed("finding the previous outcome"))
+    }
+
+    async fn repos(&self) -> Result<Vec<Repo>, StoreError> {
+        self.read_repos()
+            .await
+            .map_err(self.failed("listing repositories"))
+    }
+
+    async fn repo(&self, name: &RepoName) -> Result<Option<Repo>, StoreError> {
+        self.read_repo(name)
+            .await
+            .map_err(self.failed("reading a repository"))
+    }
+
+    async fn put_repo(&self, repo: &Repo) -> Result<bool, StoreError> {
+        self.write_repo(repo)
+            .await
+            .map_err(self.failed("registering a repository"))
+    }
+
+    async fn remove_repo(&self, name: &RepoName) -> Result<bool, StoreError> {
+        self.delete_repo(name)
+            .await
+            .map_err(self.failed("removing a repository"))
     }
 
     async fn count(&self, status: JobStatus) -> Result<i64, StoreError> {

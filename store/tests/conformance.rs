@@ -524,6 +524,7 @@ conformance!(
         let running_main = store
             .jobs(&JobQuery {
                 status: Some(JobStatus::Running),
+                repo: None,
                 branch: Some(branch("main")),
                 before: Some(all[0].seq),
                 limit: 100,
@@ -1225,3 +1226,66 @@ async fn the_password_never_appears_in_an_error_even_when_the_server_repeats_it(
         "{err}"
     );
 }
+
+conformance!(
+    async fn the_registry_adds_replaces_lists_and_removes_repositories(backend) {
+        use model::{ForgeKind, Repo, RepoName, StatusTarget};
+        let store = backend.open().await;
+        assert!(store.repos().await.expect("repos").is_empty());
+        let app = Repo {
+            name: RepoName::parse("app").expect("name"),
+            url: repo("https://example.org/app.git"),
+            branches: vec!["main".into(), "release/*".into()],
+            poll_secs: Some(30.0),
+            webhook_secret_env: Some("APP_SECRET".into()),
+            status: Some(StatusTarget {
+                kind: ForgeKind::Gitlab,
+                api: "https://gitlab.example.org/api/v4".into(),
+                repo: "42".into(),
+                token_env: "GITLAB_TOKEN".into(),
+            }),
+        };
+        let lib = Repo {
+            name: RepoName::parse("lib").expect("name"),
+            url: repo("/srv/git/lib"),
+            branches: Vec::new(),
+            poll_secs: None,
+            webhook_secret_env: None,
+            status: None,
+        };
+        assert!(store.put_repo(&lib).await.expect("put"), "new");
+        assert!(store.put_repo(&app).await.expect("put"), "new");
+        assert_eq!(store.repos().await.expect("repos"), vec![app.clone(), lib.clone()]);
+        // The same name again replaces the entry.
+        let mut moved = app.clone();
+        moved.url = repo("https://example.org/moved.git");
+        moved.status = None;
+        assert!(!store.put_repo(&moved).await.expect("put"), "replaced");
+        assert_eq!(store.repo(&app.name).await.expect("repo"), Some(moved));
+        assert!(store.remove_repo(&app.name).await.expect("remove"));
+        assert!(!store.remove_repo(&app.name).await.expect("remove"), "gone");
+        assert_eq!(store.repos().await.expect("repos"), vec![lib]);
+    }
+);
+
+conformance!(
+    async fn jobs_are_listed_by_repository(backend) {
+        let store = backend.open().await;
+        for (n, path) in ["/a", "/b", "/a"].iter().enumerate() {
+            store
+                .job_queued(&job(path, "main", numbered_commit(n as u64)))
+                .await
+                .expect("queued");
+        }
+        let of_a = store
+            .jobs(&JobQuery {
+                repo: Some(repo("/a")),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("jobs");
+        assert_eq!(of_a.len(), 2);
+        assert!(of_a.iter().all(|j| j.repo == repo("/a")));
+    }
+);

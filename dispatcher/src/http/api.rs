@@ -11,6 +11,7 @@ use model::api::{JobView, QueueView, Queued, RunnerView, TriggerRequest, PAGE_DE
 use model::{BranchName, Job, JobQuery, JobStatus, RepoUrl};
 use observer::producer::{self, Producer, Target};
 use serde::Deserialize;
+use store::Store;
 
 use super::{authorize, error, find_job, internal, AppState};
 
@@ -30,14 +31,17 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     pub status: Option<String>,
+    /// A registered repository's name, or a repository's URL.
+    pub repo: Option<String>,
     pub branch: Option<String>,
     pub before: Option<String>,
     pub limit: Option<String>,
 }
 
 impl ListParams {
-    /// The store query, or a 400 that says which parameter is wrong.
-    pub fn query(self) -> Result<JobQuery, Response> {
+    /// The store query, or a 400 that says which parameter is wrong (a 404
+    /// for a repository that is neither registered nor a URL).
+    pub async fn query(self, store: &dyn Store) -> Result<JobQuery, Response> {
         let bad = |message: String| error(StatusCode::BAD_REQUEST, message);
         let status = match self.status.filter(|s| !s.is_empty()) {
             None => None,
@@ -74,8 +78,13 @@ impl ListParams {
                 }
             },
         };
+        let repo = match self.repo.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(key) => Some(super::repos::resolve(store, &key).await?),
+        };
         Ok(JobQuery {
             status,
+            repo,
             branch,
             before,
             limit,
@@ -85,7 +94,7 @@ impl ListParams {
 
 /// `GET /api/jobs`: newest first, filtered, one page.
 async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListParams>) -> Response {
-    let query = match params.query() {
+    let query = match params.query(state.store().as_ref()).await {
         Ok(query) => query,
         Err(response) => return response,
     };

@@ -13,6 +13,7 @@
 mod api;
 mod dashboard;
 mod live;
+mod repos;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(repos::routes())
         .route("/api/events", get(live::events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
