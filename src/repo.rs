@@ -17,7 +17,7 @@ use crate::client::{or_dash, Client};
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
-    /// Register a repository (its commits are built from then on)
+    /// Register a repository
     Add(AddArgs),
     /// The registered repositories
     List(ListArgs),
