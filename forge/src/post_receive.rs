@@ -269,6 +269,17 @@ mod tests {
         let listed = body["commits"].as_array().expect("commits");
         assert_eq!(listed.len(), MAX_LISTED_COMMITS);
         assert_eq!(listed[0]["id"], format!("{:040x}", 1));
+        // The dispatcher's parser reads the flag: it lists the rest itself.
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in cut.headers() {
+            headers.insert(name, value.parse().expect("a header value"));
+        }
+        let delivery = crate::parse_push(&headers, &cut.body, b"k").expect("authentic");
+        let crate::Event::Push(push) = delivery.event else {
+            panic!("a push: {delivery:?}");
+        };
+        assert!(push.truncated);
+        assert_eq!(push.commits.len(), MAX_LISTED_COMMITS);
         let whole = notification(&update, &commits[1..], b"k");
         let body: serde_json::Value = serde_json::from_slice(&whole.body).expect("json");
         assert_eq!(body["truncated"], false);

@@ -433,3 +433,32 @@ fn huge_subjects_and_names_are_cut() {
         Some(forge::MAX_AUTHOR_BYTES)
     );
 }
+
+#[test]
+fn a_github_push_listing_20_commits_or_more_may_be_cut_short() {
+    // GitHub gives no total: a list as long as its documented cap may
+    // have been cut, so the dispatcher lists the range from the repository.
+    let push_listing = |n: usize| {
+        let commits: Vec<_> = (1..=n)
+            .map(|i| serde_json::json!({"id": format!("{i:040x}"), "message": format!("c{i}")}))
+            .collect();
+        let body = serde_json::json!({
+            "ref": "refs/heads/main",
+            "before": format!("{:040x}", 0xfff),
+            "after": format!("{n:040x}"),
+            "commits": commits,
+        })
+        .to_string();
+        push_of(
+            parse_push(
+                &github("push", body.as_bytes(), SECRET),
+                body.as_bytes(),
+                SECRET,
+            )
+            .expect("valid"),
+        )
+    };
+    assert!(!push_listing(19).truncated);
+    assert!(push_listing(20).truncated);
+    assert!(push_listing(2048).truncated);
+}
