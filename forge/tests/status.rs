@@ -33,15 +33,23 @@ fn quick() -> StatusSettings {
     }
 }
 
+/// A reporter, its tasks, and everything logged meanwhile (the tests run
+/// on one thread, so the reporter's tasks log there too).
 struct Setup {
     reporter: StatusReporter,
     tasks: Tasks,
+    logs: LogCapture,
 }
 
 fn start(settings: StatusSettings) -> Setup {
+    let logs = LogCapture::start();
     let tasks = Tasks::new(&CancellationToken::new());
     let reporter = StatusReporter::start(settings, &tasks).expect("a reporter");
-    Setup { reporter, tasks }
+    Setup {
+        reporter,
+        tasks,
+        logs,
+    }
 }
 
 impl Setup {
@@ -51,11 +59,14 @@ impl Setup {
             .expect("every report settled within 10 s");
     }
 
+    /// Stops the reporter, and checks that no log line held the token.
     async fn stop(self) {
         assert!(
             self.tasks.stop(Duration::from_secs(2)).await,
             "the reporter's tasks end on shutdown"
         );
+        let text = self.logs.text();
+        assert!(!text.contains(TOKEN), "the token is never logged: {text}");
     }
 }
 
@@ -149,9 +160,13 @@ async fn each_forge_gets_its_path_token_header_and_state_words() {
 
 #[tokio::test]
 async fn each_commit_gets_pending_first_and_its_final_state_last() {
-    // Slow answers, so later reports pile up behind the ones in flight.
-    let forge =
-        FakeForge::scripted(|_, _| Answer::status(201).after(Duration::from_millis(30))).await;
+    // Pending is answered slowly, so later reports pile up behind it, and
+    // a final state sent beside it would be answered first.
+    let forge = FakeForge::scripted(|request, _| {
+        let delay = if request.state() == "pending" { 60 } else { 5 };
+        Answer::status(201).after(Duration::from_millis(delay))
+    })
+    .await;
     let setup = start(quick());
     let target = target(StatusKind::GitHub, &forge, "", "octo/hello");
     let finals = [
@@ -192,6 +207,11 @@ async fn each_commit_gets_pending_first_and_its_final_state_last() {
             "{n}: nothing after the final state: {states:?}"
         );
     }
+    assert_eq!(
+        forge.overlapped_paths(),
+        Vec::<String>::new(),
+        "one request at a time per commit"
+    );
     let counts = setup.reporter.counts();
     assert_eq!(counts.sent + counts.superseded, 18, "{counts:?}");
     assert!(
@@ -256,7 +276,6 @@ async fn refusals_are_final_and_gitlab_saying_the_state_is_there_counts_as_sent(
 
 #[tokio::test]
 async fn a_forge_that_keeps_failing_is_given_up_on_after_the_bound_and_logs_no_token() {
-    let logs = LogCapture::start();
     let forge = FakeForge::scripted(|_, _| Answer::status(500)).await;
     let unreachable = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -288,11 +307,14 @@ async fn a_forge_that_keeps_failing_is_given_up_on_after_the_bound_and_logs_no_t
     // 25, 50, 100, 200 ms of back-off fit 400 ms at most: 4 or 5 tries.
     assert!((3..=5).contains(&tries), "{tries} tries");
     assert_eq!(setup.reporter.counts().given_up, 2);
-    let text = logs.text();
+    let text = setup.logs.text();
     assert!(text.contains("giving up on the commit status"), "{text}");
     let host = forge.url.trim_start_matches("http://");
     assert!(text.contains(host), "the forge's host is named: {text}");
-    assert!(!text.contains(TOKEN), "the token is never logged: {text}");
+    assert!(
+        text.contains(unreachable.trim_start_matches("http://")),
+        "{text}"
+    );
     setup.stop().await;
 }
 

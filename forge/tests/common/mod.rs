@@ -90,6 +90,9 @@ struct ForgeState {
     count: tokio::sync::watch::Sender<usize>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Requests being answered per path, and whether two ever overlapped.
+    in_flight_per_path: Mutex<HashMap<String, usize>>,
+    overlapped: Mutex<Vec<String>>,
 }
 
 /// An HTTP server on 127.0.0.1 standing in for a forge's API. It lives as
@@ -120,6 +123,8 @@ impl FakeForge {
             count: tokio::sync::watch::Sender::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            in_flight_per_path: Mutex::default(),
+            overlapped: Mutex::default(),
         });
         let app = axum::Router::new()
             .fallback(record_and_answer)
@@ -156,6 +161,12 @@ impl FakeForge {
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
+
+    /// The paths that received a request while another to the same path
+    /// was still being answered.
+    pub fn overlapped_paths(&self) -> Vec<String> {
+        self.state.overlapped.lock().expect("lock").clone()
+    }
 }
 
 async fn record_and_answer(
@@ -186,6 +197,18 @@ async fn record_and_answer(
     };
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    {
+        let mut per_path = state.in_flight_per_path.lock().expect("lock");
+        let on_path = per_path.entry(recorded.path.clone()).or_default();
+        *on_path += 1;
+        if *on_path > 1 {
+            state
+                .overlapped
+                .lock()
+                .expect("lock")
+                .push(recorded.path.clone());
+        }
+    }
     state.count.send_modify(|c| *c += 1);
     let answer = (state.script)(&recorded, index);
     if answer.hang {
@@ -195,6 +218,14 @@ async fn record_and_answer(
         tokio::time::sleep(answer.delay).await;
     }
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if let Some(on_path) = state
+        .in_flight_per_path
+        .lock()
+        .expect("lock")
+        .get_mut(&recorded.path)
+    {
+        *on_path -= 1;
+    }
     let mut response = (
         StatusCode::from_u16(answer.status).expect("a status"),
         answer.body,
