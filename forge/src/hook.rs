@@ -72,7 +72,8 @@ impl std::fmt::Display for Forge {
 pub struct Delivery {
     pub forge: Forge,
     /// The forge's id for this delivery (`X-GitHub-Delivery`,
-    /// `X-Gitea-Delivery`, `X-Gitlab-Event-UUID`, `X-Warren-Delivery`),
+    /// `X-Gitea-Delivery`, GitLab's `Idempotency-Key` or else
+    /// `X-Gitlab-Event-UUID`, `X-Warren-Delivery`),
     /// the same when the forge delivers it again; `None` when the forge
     /// sent none. At most 128 visible ASCII characters.
     pub id: Option<String>,
@@ -271,10 +272,14 @@ fn verify(forge: Forge, headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Resu
     }
 }
 
+/// GitLab 17.4 and later send `Idempotency-Key`, documented as the same
+/// on every retry of one delivery; before, `X-Gitlab-Event-UUID` is all
+/// there is.
 fn delivery_id(forge: Forge, headers: &HeaderMap) -> Result<Option<String>, HookError> {
     let name = match forge {
         Forge::GitHub => "x-github-delivery",
         Forge::Gitea => "x-gitea-delivery",
+        Forge::GitLab if headers.contains_key("idempotency-key") => "idempotency-key",
         Forge::GitLab => "x-gitlab-event-uuid",
         Forge::Warren => "x-warren-delivery",
     };

@@ -214,6 +214,18 @@ fn gitlab_pushes_and_a_truncated_one() {
     assert_eq!(push.commits[1].author.as_deref(), Some("GitLab dev user"));
     assert!(!push.truncated);
 
+    // GitLab 17.4 and later: the key that stays the same on retries wins.
+    let mut retried = gitlab("Push Hook", secret_text());
+    retried.insert(
+        "idempotency-key",
+        HeaderValue::from_static("908a6d9e-45fd-46c8-97e6-c4f350f219dd"),
+    );
+    let delivery = parse_push(&retried, &body, SECRET).expect("valid");
+    assert_eq!(
+        delivery.id.as_deref(),
+        Some("908a6d9e-45fd-46c8-97e6-c4f350f219dd")
+    );
+
     let body = fixture("gitlab_push_truncated.json");
     let push =
         push_of(parse_push(&gitlab("Push Hook", secret_text()), &body, SECRET).expect("valid"));
