@@ -356,7 +356,7 @@ poll = false
         assert_eq!(repos[0].branches, ["main", "release/*"]);
         assert_eq!(
             repos[0].status.as_ref().map(|s| s.kind),
-            Some(ForgeKind::Github)
+            Some(ForgeKind::GitHub)
         );
         assert_eq!(repos[1].poll_secs, None);
         assert!(repos[1].branches.is_empty());

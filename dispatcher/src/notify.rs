@@ -22,9 +22,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
 use tasks::Tasks;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
@@ -87,19 +85,7 @@ pub fn decide(previous: Option<JobStatus>, current: JobStatus) -> Option<Event> 
     }
 }
 
-/// `sha256=<hex>`: the HMAC-SHA256 of `body` keyed with `secret`.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 2 * digest.len());
-    out.push_str("sha256=");
-    for byte in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
-    }
-    out
-}
+pub use forge::sign;
 
 /// The job an event compares with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -15,8 +15,9 @@
 //! 2. **Commit statuses** ([`StatusReporter`]): each job change reported to
 //!    the forge's commit-status API for a [`StatusTarget`], in order per
 //!    commit, retried with back-off, never blocking the caller.
-//! 3. **Branch patterns** ([`branch_matches`]): `main`, `release/*`,
-//!    `team/**`.
+//!
+//! Branch patterns (`main`, `release/*`, `team/**`) belong to the registry,
+//! not to a forge: they are `model::branch`.
 //!
 //! # For the dispatcher: `POST /hooks/{name}`
 //!
@@ -41,7 +42,7 @@
 //!     let Some(branch) = push.built_branch() else {
 //!         return (200, "nothing to build".into()); // a tag, or a deleted branch
 //!     };
-//!     // Check `branch` against the repository's patterns with forge::branch_matches.
+//!     // Check `branch` against the repository's patterns with model::branch::branch_matches.
 //!     let commits = if push.truncated {
 //!         list_from_repository(&push) // before..after, oldest first
 //!     } else {
@@ -71,18 +72,16 @@
 //! # Ok(()) }
 //! ```
 
-pub mod branch;
 mod hook;
 pub mod post_receive;
 mod reporter;
 mod signature;
 mod status;
 
-pub use branch::{branch_matches, check_branch_pattern, PatternError};
 pub use hook::{
     parse_push, Delivery, Denial, Event, Forge, HookError, Push, PushedCommit, MAX_AUTHOR_BYTES,
     MAX_BODY_BYTES, MAX_SUBJECT_BYTES,
 };
 pub use reporter::{ReporterError, StatusCounts, StatusReporter, StatusSettings};
 pub use signature::sign;
-pub use status::{StatusKind, StatusTarget, StatusUpdate, TargetError, MAX_DESCRIPTION_CHARS};
+pub use status::{status_word, StatusTarget, StatusUpdate, TargetError, MAX_DESCRIPTION_CHARS};

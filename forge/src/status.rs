@@ -13,61 +13,33 @@
 //! `https://HOST/api/v4` (GitLab).
 
 use std::fmt;
-use std::str::FromStr;
 
-use model::{CommitId, JobStatus};
+use model::{CommitId, ForgeKind, JobStatus};
 use serde_json::json;
 
 /// The most characters a status description may have (GitHub's limit).
 pub const MAX_DESCRIPTION_CHARS: usize = 140;
 
-/// Which commit-status API a repository reports to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StatusKind {
-    GitHub,
-    /// Gitea and Forgejo.
-    Gitea,
-    GitLab,
-}
-
-impl StatusKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusKind::GitHub => "github",
-            StatusKind::Gitea => "gitea",
-            StatusKind::GitLab => "gitlab",
-        }
-    }
-
-    /// The forge's word for a job's status: queued and running are
-    /// `pending` (GitLab: `pending`, `running`), passed is `success`,
-    /// failed is `failure` (GitLab: `failed`), error and timeout are
-    /// `error` (GitLab has no such state: `failed`).
-    pub fn state(self, status: JobStatus) -> &'static str {
-        let gitlab = self == StatusKind::GitLab;
-        match status {
-            JobStatus::Queued => "pending",
-            JobStatus::Running if gitlab => "running",
-            JobStatus::Running => "pending",
-            JobStatus::Passed => "success",
-            JobStatus::Failed | JobStatus::Error | JobStatus::Timeout if gitlab => "failed",
-            JobStatus::Failed => "failure",
-            JobStatus::Error | JobStatus::Timeout => "error",
-        }
-    }
-}
-
-impl fmt::Display for StatusKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The forge's word for a job's status: queued and running are `pending`
+/// (GitLab: `pending`, `running`), passed is `success`, failed is
+/// `failure` (GitLab: `failed`), error and timeout are `error` (GitLab has
+/// no such state: `failed`).
+pub fn status_word(kind: ForgeKind, status: JobStatus) -> &'static str {
+    let gitlab = kind == ForgeKind::GitLab;
+    match status {
+        JobStatus::Queued => "pending",
+        JobStatus::Running if gitlab => "running",
+        JobStatus::Running => "pending",
+        JobStatus::Passed => "success",
+        JobStatus::Failed | JobStatus::Error | JobStatus::Timeout if gitlab => "failed",
+        JobStatus::Failed => "failure",
+        JobStatus::Error | JobStatus::Timeout => "error",
     }
 }
 
 /// A status target that is not usable; the text names the flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("--status-kind {0:?}: expected github, gitea or gitlab")]
-    Kind(String),
     #[error("--status-api: {0}")]
     Api(String),
     #[error("--status-repo {repo:?}: {reason}")]
@@ -76,23 +48,11 @@ pub enum TargetError {
     Token(&'static str),
 }
 
-impl FromStr for StatusKind {
-    type Err = TargetError;
-    fn from_str(word: &str) -> Result<Self, TargetError> {
-        match word {
-            "github" => Ok(StatusKind::GitHub),
-            "gitea" => Ok(StatusKind::Gitea),
-            "gitlab" => Ok(StatusKind::GitLab),
-            other => Err(TargetError::Kind(other.to_string())),
-        }
-    }
-}
-
 /// Where one repository's statuses go, and the token that may write them.
 /// Its `Debug` never shows the token; nothing in this crate logs it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StatusTarget {
-    kind: StatusKind,
+    kind: ForgeKind,
     /// The API's base URL, without a trailing `/`.
     api: String,
     /// What logs call the forge: the API's host (and port).
@@ -110,7 +70,7 @@ impl StatusTarget {
     /// credentials, query or fragment; `repo` `OWNER/REPO` (GitHub, Gitea)
     /// or a project id or `group/project` path (GitLab); `token` the
     /// token's text (from the variable the registry names).
-    pub fn new(kind: StatusKind, api: &str, repo: &str, token: &str) -> Result<Self, TargetError> {
+    pub fn new(kind: ForgeKind, api: &str, repo: &str, token: &str) -> Result<Self, TargetError> {
         let url =
             reqwest::Url::parse(api).map_err(|err| TargetError::Api(format!("{api:?}: {err}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -153,7 +113,7 @@ impl StatusTarget {
         })
     }
 
-    pub fn kind(&self) -> StatusKind {
+    pub fn kind(&self) -> ForgeKind {
         self.kind
     }
 
@@ -180,23 +140,23 @@ impl StatusTarget {
 
     /// The request that reports `update` for this target.
     pub(crate) fn request(&self, update: &StatusUpdate) -> StatusRequest {
-        let state = self.kind.state(update.status);
+        let state = status_word(self.kind, update.status);
         let (url, auth) = match self.kind {
-            StatusKind::GitHub => (
+            ForgeKind::GitHub => (
                 format!(
                     "{}/repos/{}/statuses/{}",
                     self.api, self.repo_path, update.commit
                 ),
                 ("authorization", format!("Bearer {}", self.token)),
             ),
-            StatusKind::Gitea => (
+            ForgeKind::Gitea => (
                 format!(
                     "{}/repos/{}/statuses/{}",
                     self.api, self.repo_path, update.commit
                 ),
                 ("authorization", format!("token {}", self.token)),
             ),
-            StatusKind::GitLab => (
+            ForgeKind::GitLab => (
                 format!(
                     "{}/projects/{}/statuses/{}",
                     self.api, self.repo_path, update.commit
@@ -206,7 +166,7 @@ impl StatusTarget {
         };
         let description = cut_description(&update.description);
         // GitLab calls the context `name` (it takes `context` as an alias).
-        let label = if self.kind == StatusKind::GitLab {
+        let label = if self.kind == ForgeKind::GitLab {
             "name"
         } else {
             "context"
@@ -219,7 +179,7 @@ impl StatusTarget {
         if let Some(target_url) = &update.target_url {
             body["target_url"] = json!(target_url);
         }
-        let accept = if self.kind == StatusKind::GitHub {
+        let accept = if self.kind == ForgeKind::GitHub {
             "application/vnd.github+json"
         } else {
             "application/json"
@@ -229,7 +189,7 @@ impl StatusTarget {
             ("accept", accept.to_string()),
             ("content-type", "application/json".to_string()),
         ];
-        if self.kind == StatusKind::GitHub {
+        if self.kind == ForgeKind::GitHub {
             headers.push(("x-github-api-version", "2022-11-28".to_string()));
         }
         StatusRequest {
@@ -253,7 +213,7 @@ impl fmt::Debug for StatusTarget {
     }
 }
 
-fn repo_path(kind: StatusKind, repo: &str) -> Result<String, TargetError> {
+fn repo_path(kind: ForgeKind, repo: &str) -> Result<String, TargetError> {
     let wrong = |reason: &str| TargetError::Repo {
         repo: repo.to_string(),
         reason: reason.to_string(),
@@ -268,7 +228,7 @@ fn repo_path(kind: StatusKind, repo: &str) -> Result<String, TargetError> {
     };
     let components: Vec<&str> = repo.split('/').collect();
     match kind {
-        StatusKind::GitHub | StatusKind::Gitea => {
+        ForgeKind::GitHub | ForgeKind::Gitea => {
             if components.len() == 2 && components.iter().all(|c| component_ok(c)) {
                 Ok(repo.to_string())
             } else {
@@ -277,7 +237,7 @@ fn repo_path(kind: StatusKind, repo: &str) -> Result<String, TargetError> {
                 ))
             }
         }
-        StatusKind::GitLab => {
+        ForgeKind::GitLab => {
             if !repo.is_empty() && repo.bytes().all(|b| b.is_ascii_digit()) {
                 Ok(repo.to_string())
             } else if components.len() >= 2 && components.iter().all(|c| component_ok(c)) {
@@ -366,22 +326,23 @@ mod tests {
         use JobStatus::*;
         let expected = [
             (
-                StatusKind::GitHub,
+                ForgeKind::GitHub,
                 ["pending", "pending", "success", "failure", "error", "error"],
             ),
             (
-                StatusKind::Gitea,
+                ForgeKind::Gitea,
                 ["pending", "pending", "success", "failure", "error", "error"],
             ),
             (
-                StatusKind::GitLab,
+                ForgeKind::GitLab,
                 [
                     "pending", "running", "success", "failed", "failed", "failed",
                 ],
             ),
         ];
         for (kind, words) in expected {
-            let got = [Queued, Running, Passed, Failed, Error, Timeout].map(|s| kind.state(s));
+            let got =
+                [Queued, Running, Passed, Failed, Error, Timeout].map(|s| status_word(kind, s));
             assert_eq!(got, words, "{kind}");
         }
     }
@@ -402,53 +363,47 @@ mod tests {
 
     #[test]
     fn targets_are_checked_and_name_the_flag() {
-        let ok = StatusTarget::new(StatusKind::GitHub, "https://api.github.com/", "o/r", "t")
+        let ok = StatusTarget::new(ForgeKind::GitHub, "https://api.github.com/", "o/r", "t")
             .expect("valid");
         assert_eq!(ok.host(), "api.github.com");
         let cases = [
-            (StatusKind::GitHub, "ftp://x", "o/r", "t", "--status-api"),
+            (ForgeKind::GitHub, "ftp://x", "o/r", "t", "--status-api"),
             (
-                StatusKind::GitHub,
+                ForgeKind::GitHub,
                 "https://u:p@x",
                 "o/r",
                 "t",
                 "--status-api",
             ),
             (
-                StatusKind::GitHub,
+                ForgeKind::GitHub,
                 "https://x/?q=1",
                 "o/r",
                 "t",
                 "--status-api",
             ),
-            (StatusKind::GitHub, "not a url", "o/r", "t", "--status-api"),
-            (StatusKind::GitHub, "https://x", "o", "t", "--status-repo"),
+            (ForgeKind::GitHub, "not a url", "o/r", "t", "--status-api"),
+            (ForgeKind::GitHub, "https://x", "o", "t", "--status-repo"),
             (
-                StatusKind::GitHub,
+                ForgeKind::GitHub,
                 "https://x",
                 "o/r/x",
                 "t",
                 "--status-repo",
             ),
-            (StatusKind::Gitea, "https://x", "../r", "t", "--status-repo"),
+            (ForgeKind::Gitea, "https://x", "../r", "t", "--status-repo"),
+            (ForgeKind::Gitea, "https://x", "o/r?x", "t", "--status-repo"),
+            (ForgeKind::GitLab, "https://x", "", "t", "--status-repo"),
+            (ForgeKind::GitLab, "https://x", "a b", "t", "--status-repo"),
             (
-                StatusKind::Gitea,
-                "https://x",
-                "o/r?x",
-                "t",
-                "--status-repo",
-            ),
-            (StatusKind::GitLab, "https://x", "", "t", "--status-repo"),
-            (StatusKind::GitLab, "https://x", "a b", "t", "--status-repo"),
-            (
-                StatusKind::GitHub,
+                ForgeKind::GitHub,
                 "https://x",
                 "o/r",
                 "",
                 "--status-token-env",
             ),
             (
-                StatusKind::GitHub,
+                ForgeKind::GitHub,
                 "https://x",
                 "o/r",
                 "a\nb",
@@ -459,18 +414,17 @@ mod tests {
             let err = StatusTarget::new(kind, api, repo, token).expect_err(api);
             assert!(err.to_string().starts_with(flag), "{api} {repo}: {err}");
         }
-        assert_eq!("gitlab".parse::<StatusKind>(), Ok(StatusKind::GitLab));
+        assert_eq!("gitlab".parse::<ForgeKind>(), Ok(ForgeKind::GitLab));
         assert!("bitbucket"
-            .parse::<StatusKind>()
+            .parse::<ForgeKind>()
             .expect_err("unknown")
-            .to_string()
-            .starts_with("--status-kind"));
+            .contains("unknown forge"));
     }
 
     #[test]
     fn the_debug_form_hides_the_token() {
         let target = StatusTarget::new(
-            StatusKind::Gitea,
+            ForgeKind::Gitea,
             "https://git.example/api/v1",
             "o/r",
             "hunter2",
@@ -484,7 +438,7 @@ mod tests {
     #[test]
     fn each_forge_gets_its_path_token_header_and_body() {
         let github = StatusTarget::new(
-            StatusKind::GitHub,
+            ForgeKind::GitHub,
             "https://api.github.com",
             "octo/hello",
             "ghp_x",
@@ -509,7 +463,7 @@ mod tests {
         );
 
         let gitea = StatusTarget::new(
-            StatusKind::Gitea,
+            ForgeKind::Gitea,
             "http://gitea.local:3000/api/v1/",
             "o/r",
             "tok",
@@ -528,7 +482,7 @@ mod tests {
         assert_eq!(gitea.host(), "gitea.local:3000");
 
         let gitlab = StatusTarget::new(
-            StatusKind::GitLab,
+            ForgeKind::GitLab,
             "https://gitlab.example/api/v4",
             "group/sub/proj",
             "glpat",
@@ -548,7 +502,7 @@ mod tests {
             json!({"state": "failed", "name": "warren/main", "description": "Timed out"})
         );
         let by_id = StatusTarget::new(
-            StatusKind::GitLab,
+            ForgeKind::GitLab,
             "https://gitlab.example/api/v4",
             "42",
             "glpat",

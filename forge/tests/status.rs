@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Answer, FakeForge, LogCapture};
-use forge::{StatusKind, StatusReporter, StatusSettings, StatusTarget, StatusUpdate};
-use model::{CommitId, JobStatus};
+use forge::{status_word, StatusReporter, StatusSettings, StatusTarget, StatusUpdate};
+use model::{CommitId, ForgeKind, JobStatus};
 use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +70,7 @@ impl Setup {
     }
 }
 
-fn target(kind: StatusKind, forge: &FakeForge, api_path: &str, repo: &str) -> Arc<StatusTarget> {
+fn target(kind: ForgeKind, forge: &FakeForge, api_path: &str, repo: &str) -> Arc<StatusTarget> {
     Arc::new(
         StatusTarget::new(kind, &format!("{}{api_path}", forge.url), repo, TOKEN)
             .expect("a valid target"),
@@ -84,7 +84,7 @@ async fn each_forge_gets_its_path_token_header_and_state_words() {
     let sha = commit(1);
     let forges = [
         (
-            StatusKind::GitHub,
+            ForgeKind::GitHub,
             "",
             "octo/hello",
             format!("/repos/octo/hello/statuses/{sha}"),
@@ -93,7 +93,7 @@ async fn each_forge_gets_its_path_token_header_and_state_words() {
             ["pending", "pending", "success", "failure", "error", "error"],
         ),
         (
-            StatusKind::Gitea,
+            ForgeKind::Gitea,
             "/api/v1",
             "gitea/webhooks",
             format!("/api/v1/repos/gitea/webhooks/statuses/{sha}"),
@@ -102,7 +102,7 @@ async fn each_forge_gets_its_path_token_header_and_state_words() {
             ["pending", "pending", "success", "failure", "error", "error"],
         ),
         (
-            StatusKind::GitLab,
+            ForgeKind::GitLab,
             "/api/v4",
             "mike/diaspora",
             format!("/api/v4/projects/mike%2Fdiaspora/statuses/{sha}"),
@@ -168,7 +168,7 @@ async fn each_commit_gets_pending_first_and_its_final_state_last() {
     })
     .await;
     let setup = start(quick());
-    let target = target(StatusKind::GitHub, &forge, "", "octo/hello");
+    let target = target(ForgeKind::GitHub, &forge, "", "octo/hello");
     let finals = [
         JobStatus::Passed,
         JobStatus::Failed,
@@ -191,7 +191,7 @@ async fn each_commit_gets_pending_first_and_its_final_state_last() {
             .iter()
             .map(|r| r.state())
             .collect();
-        let last = StatusKind::GitHub.state(*outcome);
+        let last = status_word(ForgeKind::GitHub, *outcome);
         assert_eq!(
             states.first().map(String::as_str),
             Some("pending"),
@@ -231,7 +231,7 @@ async fn server_errors_and_429_are_retried_with_the_same_body_then_succeed() {
     })
     .await;
     let setup = start(quick());
-    let target = target(StatusKind::Gitea, &forge, "/api/v1", "o/r");
+    let target = target(ForgeKind::Gitea, &forge, "/api/v1", "o/r");
     let started = Instant::now();
     setup
         .reporter
@@ -259,8 +259,8 @@ async fn refusals_are_final_and_gitlab_saying_the_state_is_there_counts_as_sent(
     })
     .await;
     let setup = start(quick());
-    let github = target(StatusKind::GitHub, &forge, "", "octo/hello");
-    let gitlab = target(StatusKind::GitLab, &forge, "/api/v4", "15");
+    let github = target(ForgeKind::GitHub, &forge, "", "octo/hello");
+    let gitlab = target(ForgeKind::GitLab, &forge, "/api/v4", "15");
     setup
         .reporter
         .report(&github, StatusUpdate::new(commit(1), JobStatus::Running));
@@ -289,9 +289,9 @@ async fn a_forge_that_keeps_failing_is_given_up_on_after_the_bound_and_logs_no_t
         first_delay: Duration::from_millis(25),
         ..quick()
     });
-    let failing = target(StatusKind::GitHub, &forge, "", "octo/hello");
+    let failing = target(ForgeKind::GitHub, &forge, "", "octo/hello");
     let down = Arc::new(
-        StatusTarget::new(StatusKind::GitLab, &unreachable, "mike/diaspora", TOKEN).expect("valid"),
+        StatusTarget::new(ForgeKind::GitLab, &unreachable, "mike/diaspora", TOKEN).expect("valid"),
     );
     let started = Instant::now();
     setup
@@ -334,7 +334,7 @@ async fn a_forge_that_never_answers_holds_up_neither_report_nor_other_commits() 
         request_timeout: Duration::from_secs(60),
         ..quick()
     });
-    let target = target(StatusKind::GitHub, &forge, "", "octo/hello");
+    let target = target(ForgeKind::GitHub, &forge, "", "octo/hello");
     setup
         .reporter
         .report(&target, StatusUpdate::new(stuck.clone(), JobStatus::Queued));
@@ -383,7 +383,7 @@ async fn a_newer_report_replaces_one_being_retried() {
         give_up_after: Duration::from_secs(60),
         ..quick()
     });
-    let target = target(StatusKind::GitHub, &forge, "", "octo/hello");
+    let target = target(ForgeKind::GitHub, &forge, "", "octo/hello");
     let started = Instant::now();
     setup
         .reporter
@@ -416,7 +416,7 @@ async fn commits_are_reported_side_by_side_up_to_the_bound() {
         parallel: 2,
         ..quick()
     });
-    let target = target(StatusKind::GitLab, &forge, "/api/v4", "15");
+    let target = target(ForgeKind::GitLab, &forge, "/api/v4", "15");
     for n in 0..6 {
         setup
             .reporter
@@ -439,9 +439,9 @@ async fn a_redirect_never_carries_the_token_elsewhere() {
             .await;
     let setup = start(quick());
     for (kind, api_path, repo) in [
-        (StatusKind::GitLab, "/api/v4", "15"),
-        (StatusKind::Gitea, "/api/v1", "o/r"),
-        (StatusKind::GitHub, "", "o/r"),
+        (ForgeKind::GitLab, "/api/v4", "15"),
+        (ForgeKind::Gitea, "/api/v1", "o/r"),
+        (ForgeKind::GitHub, "", "o/r"),
     ] {
         setup.reporter.report(
             &target(kind, &forge, api_path, repo),

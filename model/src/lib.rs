@@ -8,6 +8,7 @@
 //! which status follows which) are written once.
 
 pub mod api;
+pub mod branch;
 mod ids;
 pub mod message;
 mod record;

@@ -19,11 +19,11 @@ pub struct PatternError {
 }
 
 /// Checks that `pattern` is a branch name once its wildcards are taken
-/// for letters (git's ref-format rules, as [`model::BranchName`] has
+/// for letters (git's ref-format rules, as [`crate::BranchName`] has
 /// them), so that it can match something and cannot be read as an option.
 pub fn check_branch_pattern(pattern: &str) -> Result<(), PatternError> {
     let as_name = pattern.replace('*', "x");
-    model::BranchName::parse(&as_name)
+    crate::BranchName::parse(&as_name)
         .map(|_| ())
         .map_err(|err| PatternError {
             pattern: pattern.to_string(),
