@@ -1239,7 +1239,7 @@ conformance!(
             poll_secs: Some(30.0),
             webhook_secret_env: Some("APP_SECRET".into()),
             status: Some(StatusTarget {
-                kind: ForgeKind::Gitlab,
+                kind: ForgeKind::GitLab,
                 api: "https://gitlab.example.org/api/v4".into(),
                 repo: "42".into(),
                 token_env: "GITLAB_TOKEN".into(),
