@@ -260,15 +260,20 @@ pub struct RunnersArgs {
 #[derive(Debug, Clone, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct ObserverArgs {
-    /// Seconds between polls (fractions such as 0.2 are accepted)
+    /// Repository to watch alone: a local path or a git URL. Without it the
+    /// observer watches every repository in the dispatcher's registry
+    #[arg(env = "WARREN_REPO")]
+    pub repo: Option<String>,
+
+    /// With REPO: seconds between polls (fractions such as 0.2 are accepted)
     #[arg(long, env = "WARREN_INTERVAL", default_value = "5", value_parser = parse_seconds)]
     pub interval: Duration,
 
-    /// Branch to watch; repeat for several [default: the repository's HEAD branch]
+    /// With REPO: branch to watch; repeat for several [default: the repository's HEAD branch]
     #[arg(long = "branch", env = "WARREN_BRANCH", value_delimiter = ',', value_parser = parse_branch)]
     pub branches: Vec<BranchName>,
 
-    /// File where the last published commit per branch is kept
+    /// With REPO: file where the last published commit per branch is kept
     #[arg(
         long,
         env = "WARREN_STATE",
@@ -276,24 +281,58 @@ pub struct ObserverArgs {
     )]
     pub state: PathBuf,
 
-    /// Repository to watch: a local path or a git URL
-    #[arg(env = "WARREN_REPO")]
-    pub repo: String,
+    #[command(flatten)]
+    pub server: Server,
+
+    /// Without REPO: folder for each repository's state (NAME.json) and
+    /// mirror
+    #[arg(long, env = "WARREN_STATE_DIR", default_value = "warren-observer")]
+    pub state_dir: PathBuf,
+
+    /// Without REPO: address where webhooks are received (POST /hooks/NAME)
+    #[arg(long, env = "WARREN_HOOKS_HTTP", default_value = "127.0.0.1:8081")]
+    pub hooks_http: SocketAddr,
+
+    /// Without REPO: repositories read (fetched, listed) at once, at most
+    #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
 
     #[command(flatten)]
     pub git: GitArgs,
 }
 
+/// What `warren observer` runs.
+pub enum ObserverMode {
+    /// One repository, given on the command line.
+    Alone(observer::ObserverConfig),
+    /// Every repository of the registry.
+    Registry(observer::registry::RegistryConfig),
+}
+
 impl ObserverArgs {
-    pub fn into_config(self, broker: BrokerConfig) -> observer::ObserverConfig {
-        observer::ObserverConfig {
+    pub fn into_mode(self, broker: BrokerConfig) -> anyhow::Result<ObserverMode> {
+        let Some(repo) = self.repo else {
+            if !self.branches.is_empty() {
+                anyhow::bail!("--branch: only with REPO; a registered repository's branches are in the registry (warren repo add --branch)");
+            }
+            return Ok(ObserverMode::Registry(observer::registry::RegistryConfig {
+                broker,
+                server: self.server.server,
+                state_dir: self.state_dir,
+                hooks_http: self.hooks_http,
+                git_timeout: self.git.git_timeout,
+                concurrency: usize::from(self.concurrency),
+                secrets: std::sync::Arc::new(secret),
+            }));
+        };
+        Ok(ObserverMode::Alone(observer::ObserverConfig {
             broker,
-            repo: self.repo,
+            repo,
             branches: self.branches,
             interval: self.interval,
             state_file: self.state,
             git_timeout: self.git.git_timeout,
-        }
+        }))
     }
 }
 
@@ -424,9 +463,15 @@ impl DispatcherArgs {
 #[derive(Debug, Clone, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct UpArgs {
-    /// Repository to watch: a local path or a git URL
-    #[arg(env = "WARREN_REPO")]
-    pub repo: String,
+    /// Repositories to watch: local paths or git URLs. Each is put in the
+    /// registry under the last part of its path (`app` for
+    /// `/srv/app.git`) unless its URL is registered already
+    #[arg(env = "WARREN_REPO", required = true, value_delimiter = ',')]
+    pub repos: Vec<String>,
+
+    /// Address where the observer receives webhooks (POST /hooks/NAME)
+    #[arg(long, env = "WARREN_HOOKS_HTTP", default_value = "127.0.0.1:8081")]
+    pub hooks_http: SocketAddr,
 
     /// Number of runner processes: N, or MIN..MAX to let the runner
     /// manager start runners while jobs wait and stop idle ones
@@ -441,7 +486,7 @@ pub struct UpArgs {
     #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
     pub data_dir: PathBuf,
 
-    /// Seconds between polls of the repository
+    /// Seconds between polls of each repository (as registered by `up`)
     #[arg(long, env = "WARREN_INTERVAL", default_value = "5", value_parser = parse_seconds)]
     pub interval: Duration,
 

@@ -83,9 +83,12 @@ async fn run_command(cli: Cli, signals: &Signals) -> anyhow::Result<ExitCode> {
     let shutdown = signals.shutdown.clone();
     let broker = cli.common.broker_config();
     match cli.command {
-        Command::Observer(args) => {
-            observer::run(args.into_config(broker), shutdown).await?;
-        }
+        Command::Observer(args) => match args.into_mode(broker)? {
+            cli::ObserverMode::Alone(config) => observer::run(config, shutdown).await?,
+            cli::ObserverMode::Registry(config) => {
+                observer::registry::run(config, shutdown).await?
+            }
+        },
         Command::Runner(args) => {
             runner::run(args.into_config(broker), shutdown).await?;
         }

@@ -20,6 +20,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Common, UpArgs};
+use crate::client::Client;
+use model::{Repo, RepoName, RepoUrl};
 
 /// How long children get to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -191,6 +193,131 @@ pub fn plan(
     }
 }
 
+/// The repositories `up` was given, put in the registry once the
+/// dispatcher answers (tried on each tick until then).
+struct Registration {
+    client: Client,
+    pending: Vec<(String, RepoUrl)>,
+    poll_secs: f64,
+    /// When the first try failed, to say so once after a while.
+    failing_since: Option<Instant>,
+}
+
+/// How long registering may fail before `up` says so.
+const REGISTRATION_QUIET: Duration = Duration::from_secs(15);
+
+impl Registration {
+    fn new(args: &UpArgs) -> anyhow::Result<Registration> {
+        let mut pending = Vec::new();
+        for given in &args.repos {
+            // A local path is registered absolute: jobs name it so.
+            let location = if observer::is_url(given) {
+                given.clone()
+            } else {
+                let path =
+                    std::fs::canonicalize(given).with_context(|| format!("REPO {given:?}"))?;
+                path.to_str()
+                    .with_context(|| format!("REPO {given:?}: not UTF-8"))?
+                    .to_string()
+            };
+            let url =
+                RepoUrl::parse(&location).map_err(|e| anyhow::anyhow!("REPO {given:?}: {e}"))?;
+            pending.push((registry_name(&location), url));
+        }
+        let server = crate::cli::Server {
+            server: format!("http://{}", args.http),
+        };
+        Ok(Registration {
+            client: Client::new(&server)?,
+            pending,
+            poll_secs: args.interval.as_secs_f64(),
+            failing_since: None,
+        })
+    }
+
+    /// Registers what is pending, if the dispatcher answers.
+    async fn try_once(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(TICK * 4, self.register()).await {
+            Ok(Ok(())) => self.failing_since = None,
+            Ok(Err(err)) => self.failed(format!("{err:#}")),
+            Err(_) => self.failed("the dispatcher did not answer".into()),
+        }
+    }
+
+    fn failed(&mut self, why: String) {
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= REGISTRATION_QUIET {
+            tracing::warn!("cannot register the repositories yet: {why}");
+            self.failing_since = Some(Instant::now());
+        }
+    }
+
+    async fn register(&mut self) -> anyhow::Result<()> {
+        let held: Vec<Repo> = self.client.get("/api/repos").await?;
+        while let Some((base, url)) = self.pending.first().cloned() {
+            if let Some(known) = held.iter().find(|repo| repo.url == url) {
+                println!("{url} is registered as {}", known.name);
+                self.pending.remove(0);
+                continue;
+            }
+            let taken = |name: &str| held.iter().any(|repo| repo.name.as_str() == name);
+            let name = (1..)
+                .map(|n| {
+                    if n == 1 {
+                        base.clone()
+                    } else {
+                        format!("{base}-{n}")
+                    }
+                })
+                .find(|name| !taken(name))
+                .unwrap_or(base);
+            let repo = Repo {
+                name: RepoName::parse(&name).map_err(|e| anyhow::anyhow!("{name:?}: {e}"))?,
+                url: url.clone(),
+                branches: Vec::new(),
+                poll_secs: Some(self.poll_secs),
+                webhook_secret_env: None,
+                status: None,
+            };
+            let _: Repo = self
+                .client
+                .send(reqwest::Method::PUT, &format!("/api/repos/{name}"), &repo)
+                .await
+                .with_context(|| format!("registering {url} as {name}"))?;
+            println!("registered {url} as {name}");
+            self.pending.remove(0);
+        }
+        Ok(())
+    }
+}
+
+/// A registry name for a location: the last part of its path, without
+/// `.git`, in the characters names allow.
+fn registry_name(location: &str) -> String {
+    let last = location
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    let last = last.strip_suffix(".git").unwrap_or(last);
+    let name: String = last
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '_' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    let name = name.trim_start_matches(['.', '_', '-']);
+    if name.is_empty() {
+        "repo".to_string()
+    } else {
+        name.chars().take(64).collect()
+    }
+}
+
 /// Runs until `shutdown`; then stops the children, at once if `again`
 /// fires (a second Ctrl-C).
 pub async fn run(
@@ -200,6 +327,7 @@ pub async fn run(
     again: CancellationToken,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the warren binary")?;
+    let mut unregistered = Registration::new(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)
@@ -232,13 +360,14 @@ pub async fn run(
             "observer".into(),
             vec![
                 "observer".into(),
-                "--interval".into(),
-                args.interval.as_secs_f64().to_string(),
-                "--state".into(),
-                path(&data.join("observer-state.json")),
+                "--server".into(),
+                format!("http://{}", args.http),
+                "--state-dir".into(),
+                path(&data.join("observer")),
+                "--hooks-http".into(),
+                args.hooks_http.to_string(),
                 "--git-timeout".into(),
                 git_timeout.clone(),
-                args.repo.clone(),
             ],
         ),
     ];
@@ -305,6 +434,7 @@ pub async fn run(
         for service in services.iter_mut().chain(runners.iter_mut()) {
             service.supervise(&launch);
         }
+        unregistered.try_once().await;
         runners.retain(|r| !(r.retiring && r.child.is_none()));
         if let Some(manager) = manager.as_mut() {
             let alive: Vec<String> = runners
@@ -543,6 +673,22 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_name_is_the_last_part_of_the_location() {
+        assert_eq!(registry_name("/srv/git/App.git"), "app");
+        assert_eq!(
+            registry_name("https://example.org/org/my_lib.git/"),
+            "my_lib"
+        );
+        assert_eq!(registry_name("git@host:org/Web Site"), "web-site");
+        assert_eq!(registry_name("/"), "repo");
+        assert_eq!(registry_name("/tmp/.hidden"), "hidden");
+        for location in ["/srv/git/App.git", "git@host:org/Web Site", "/", "/x/-é-"] {
+            let name = registry_name(location);
+            assert!(RepoName::parse(&name).is_ok(), "{location} gives {name}");
+        }
+    }
 
     fn names(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("runner-{i}")).collect()

@@ -231,9 +231,10 @@ fn warren_up_restarts_a_crashing_child_with_growing_delays() {
     let repo = Repo::new(scratch.join("repo"));
     repo.commit("initial");
     let data = scratch.join("up-data");
-    std::fs::create_dir_all(&data).expect("mkdir");
-    // The observer refuses a corrupt state file at start: it crashes each time.
-    std::fs::write(data.join("observer-state.json"), "{").expect("corrupt state");
+    // The observer cannot listen for webhooks on a port in use: it exits
+    // at start each time.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hooks = taken.local_addr().expect("addr").to_string();
     let http = format!("127.0.0.1:{}", free_port());
     let mut up = Proc::spawn(
         "up",
@@ -246,6 +247,8 @@ fn warren_up_restarts_a_crashing_child_with_growing_delays() {
             "1",
             "--http",
             &http,
+            "--hooks-http",
+            &hooks,
             "--data-dir",
             data.to_str().expect("utf8"),
         ],
@@ -302,6 +305,8 @@ fn a_second_ctrl_c_stops_warren_up_and_every_child_at_once() {
             "0.2",
             "--http",
             &http,
+            "--hooks-http",
+            &format!("127.0.0.1:{}", free_port()),
             "--data-dir",
             &marker,
         ],

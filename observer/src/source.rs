@@ -27,7 +27,9 @@ pub struct RepoSource {
     mirrored: bool,
 }
 
-fn is_url(repo: &str) -> bool {
+/// Whether `repo` names a remote (a URL, or `user@host:path`) rather than a
+/// local path.
+pub fn is_url(repo: &str) -> bool {
     repo.contains("://")
         || repo
             .split_once(':')
@@ -68,6 +70,32 @@ impl RepoSource {
             git,
             mirrored: false,
         })
+    }
+
+    /// A registered repository, under the exact location the registry
+    /// gives (jobs are attributed to it): a URL is mirrored next to the
+    /// state file, a local path read directly. Nothing is read yet, so a
+    /// path that does not exist is a failed poll, retried, not an error.
+    pub fn open_registered(url: &RepoUrl, state_file: &Path, git_timeout: Duration) -> RepoSource {
+        if is_url(url) {
+            let mut mirror = state_file.as_os_str().to_owned();
+            mirror.push(".mirror");
+            return RepoSource {
+                location: url.clone(),
+                git: Git::new(PathBuf::from(mirror)).with_timeout(git_timeout),
+                mirrored: true,
+            };
+        }
+        RepoSource {
+            location: url.clone(),
+            git: Git::new(Path::new(url.as_str())).with_timeout(git_timeout),
+            mirrored: false,
+        }
+    }
+
+    /// Where a mirror of a URL is kept; `None` for a local repository.
+    pub fn mirror_dir(&self) -> Option<&Path> {
+        self.mirrored.then(|| self.git.dir()).flatten()
     }
 
     /// The location put into jobs: an absolute path or the URL.
@@ -146,6 +174,25 @@ impl RepoSource {
             ])
             .await?;
         Ok(head.map(|id| CommitId::parse(&id)).transpose()?)
+    }
+
+    /// Every branch and the commit it points to.
+    pub async fn branch_heads(&self) -> anyhow::Result<Vec<(BranchName, CommitId)>> {
+        let listed = self
+            .git
+            .run(&[
+                "for-each-ref",
+                "--format=%(refname:strip=2) %(objectname)",
+                "refs/heads/",
+            ])
+            .await?;
+        Ok(listed
+            .lines()
+            .filter_map(|line| {
+                let (name, id) = line.rsplit_once(' ')?;
+                Some((BranchName::parse(name).ok()?, CommitId::parse(id).ok()?))
+            })
+            .collect())
     }
 
     /// Commits to publish, oldest first: those after `last` up to `head`,

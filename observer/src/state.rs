@@ -5,7 +5,7 @@
 //! A missing file means "first start"; an unreadable or corrupt one is an
 //! error, never a silent reset that would publish everything again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -57,7 +57,15 @@ pub struct State {
     /// the uncertain commits again. Cleared with `publishing`.
     #[serde(default)]
     broker_failed: bool,
+    /// The forge's ids of the last webhook deliveries acted on, oldest
+    /// first: a delivery sent again (forges redeliver) queues nothing.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    deliveries: VecDeque<String>,
 }
+
+/// Delivery ids remembered per repository: far more than a forge
+/// redelivers within its retry window.
+pub const REMEMBERED_DELIVERIES: usize = 1000;
 
 impl State {
     /// Loads the state, or an empty one if the file does not exist.
@@ -124,6 +132,28 @@ impl State {
         if !publishing {
             self.broker_failed = false;
         }
+    }
+
+    /// Whether a webhook delivery with this id was acted on before.
+    pub fn seen_delivery(&self, id: &str) -> bool {
+        self.deliveries.iter().any(|seen| seen == id)
+    }
+
+    /// Remembers a delivery acted on; the oldest is forgotten past
+    /// [`REMEMBERED_DELIVERIES`].
+    pub fn remember_delivery(&mut self, id: &str) {
+        if self.seen_delivery(id) {
+            return;
+        }
+        if self.deliveries.len() == REMEMBERED_DELIVERIES {
+            self.deliveries.pop_front();
+        }
+        self.deliveries.push_back(id.to_string());
+    }
+
+    /// The branches with a last published commit.
+    pub fn branches(&self) -> impl Iterator<Item = &str> {
+        self.branches.keys().map(String::as_str)
     }
 
     pub fn broker_failed(&self) -> bool {
@@ -268,5 +298,23 @@ mod tests {
             state.check_repo("/b"),
             Err(StateError::OtherRepo { .. })
         ));
+    }
+
+    #[test]
+    fn delivery_ids_are_remembered_across_saves_and_the_oldest_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let mut state = State::load(&path).expect("empty");
+        for n in 0..=REMEMBERED_DELIVERIES {
+            state.remember_delivery(&format!("d{n}"));
+        }
+        state.remember_delivery("d5");
+        state.save(&path).expect("save");
+        let again = State::load(&path).expect("load");
+        assert!(!again.seen_delivery("d0"), "the oldest is forgotten");
+        assert!(
+            again.seen_delivery("d1") && again.seen_delivery(&format!("d{REMEMBERED_DELIVERIES}"))
+        );
+        assert_eq!(again.deliveries.len(), REMEMBERED_DELIVERIES);
     }
 }

@@ -459,6 +459,7 @@ impl Up {
         extra: &[&str],
     ) -> Up {
         let http = format!("127.0.0.1:{}", free_port());
+        let hooks = format!("127.0.0.1:{}", free_port());
         let data = scratch.join("up-data");
         let mut args: Vec<&str> = global.to_vec();
         args.extend([
@@ -468,6 +469,8 @@ impl Up {
             runners,
             "--http",
             &http,
+            "--hooks-http",
+            &hooks,
             "--interval",
             "0.2",
             "--data-dir",
