@@ -105,6 +105,9 @@ pub enum Command {
     /// The repository registry: add, list, remove, or apply a TOML file
     #[command(subcommand)]
     Repo(crate::repo::RepoCommand),
+    /// Git hooks: `warren hook post-receive` in a bare repository
+    #[command(subcommand)]
+    Hook(crate::hook::HookCommand),
     /// Run one test under a supervisor that kills its whole process tree
     /// when the test ends or the runner's liveness pipe closes (started by
     /// the runner, not by people)
@@ -713,7 +716,7 @@ pub fn resolve_secrets(cli: &mut Cli, matches: &ArgMatches) -> Result<(), String
     resolve_flag_secret(&mut cli.common.amqp_url, amqp_source, "WARREN_AMQP_URL")
 }
 
-fn parse_http_url(value: &str) -> Result<String, String> {
+pub fn parse_http_url(value: &str) -> Result<String, String> {
     if value.starts_with("http://") || value.starts_with("https://") {
         Ok(value.to_string())
     } else {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod hook;
 mod repo;
 mod up;
 
@@ -109,6 +110,7 @@ async fn run_command(cli: Cli, signals: &Signals) -> anyhow::Result<ExitCode> {
         Command::Trigger(args) => return client::trigger(args).await,
         Command::Runners(args) => return client::runners(args).await,
         Command::Repo(command) => return repo::run(command).await,
+        Command::Hook(command) => return hook::run(command).await,
         // Handled in main, before the runtime starts.
         Command::Supervise(_) => {}
     }

@@ -250,13 +250,16 @@ impl Watcher {
             return Ok(PushOutcome::NotBuilt);
         }
         let last = self.state.last(&push.branch).cloned();
+        // Nothing published for the branch yet (a repository that is not
+        // polled, or not yet): the push says where it starts.
+        let base = last.clone().or_else(|| push.before.clone());
         let ends_at_after = push.commits.last().map(|c| &c.id) == Some(&push.after);
         let commits = if last.as_ref() == Some(&push.after) {
             Vec::new()
-        } else if push.complete && ends_at_after && last.is_some() && push.before == last {
+        } else if push.complete && ends_at_after && base.is_some() && push.before == base {
             push.commits
-        } else if last.is_none() && ends_at_after {
-            // A branch seen for the first time: its head only, as a poll does.
+        } else if base.is_none() && ends_at_after {
+            // A new branch: its head only, as a first poll does.
             push.commits.into_iter().last().into_iter().collect()
         } else {
             // Cut short, force-pushed, or behind what was published: the
@@ -270,7 +273,7 @@ impl Watcher {
             match head {
                 Some(head) if last.as_ref() != Some(&head) => self
                     .source
-                    .new_commits(last.as_ref(), &head)
+                    .new_commits(base.as_ref(), &head)
                     .await
                     .map_err(WatchError::Repo)?,
                 _ => Vec::new(),
