@@ -55,20 +55,18 @@ pub const CONTEXT: &str = "warren";
 /// credentials, query or fragment. Returns it without a trailing `/`.
 pub fn parse_public_url(value: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(value)
-        .map_err(|err| format!("expected an http:// or https:// URL, got {value:?}: {err}"))?;
+        .map_err(|err| format!("expected an http:// or https:// URL ({err})"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "expected an http:// or https:// URL, got {value:?}"
-        ));
+        return Err("expected an http:// or https:// URL".into());
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("expected a host in {value:?}"));
+        return Err("expected a host".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("the URL must not hold credentials: forges show it to everyone".into());
+        return Err("expected no credentials: forges show the links to everyone".into());
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("expected no query or fragment in {value:?}"));
+        return Err("expected no query or fragment".into());
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
