@@ -221,7 +221,10 @@ fn every_job_change_of_a_registered_repository_is_reported_to_its_forge() {
             .unwrap_or_else(|| panic!("a commit-status path: {}", request.path));
         by_commit.entry(commit).or_default().push(request);
     }
-    for ((commit, job), outcome) in jobs.iter().zip([("success", "Passed"), ("failure", "Failed")]) {
+    for ((commit, job), outcome) in jobs
+        .iter()
+        .zip([("success", "Passed"), ("failure", "Failed")])
+    {
         let id = job["id"].as_str().expect("id");
         let seen = &by_commit[commit.as_str()];
         let states: Vec<(&str, &str)> = seen
@@ -268,7 +271,10 @@ fn every_job_change_of_a_registered_repository_is_reported_to_its_forge() {
     // The token is never logged.
     let log = dispatcher.proc.log_text();
     assert!(!log.contains(FORGE_TOKEN), "the forge token is in the log");
-    assert!(log.contains(PUBLIC_URL), "the public URL is logged at start");
+    assert!(
+        log.contains(PUBLIC_URL),
+        "the public URL is logged at start"
+    );
 }
 
 #[test]

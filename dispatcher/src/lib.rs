@@ -146,13 +146,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    status::CommitStatuses::start(
-        reporter,
-        store.clone(),
-        bus.subscribe(),
-        public_url,
-        &tasks,
-    );
+    status::CommitStatuses::start(reporter, store.clone(), bus.subscribe(), public_url, &tasks);
     tasks.lifetime(
         "the metrics' event follower",
         metrics::follow(metrics.clone(), bus.subscribe(), stopping.clone()),

@@ -187,12 +187,10 @@ impl Registry {
         let var = &status.token_env;
         let token = match (self.token)(var) {
             Ok(Some(token)) => token,
-            Ok(None) => {
-                return Err(format!(
-                    "no forge token: neither {var} nor {var}{} is set in the dispatcher's environment",
-                    tasks::SECRET_FILE_SUFFIX
-                ))
-            }
+            Ok(None) => return Err(format!(
+                "no forge token: neither {var} nor {var}{} is set in the dispatcher's environment",
+                tasks::SECRET_FILE_SUFFIX
+            )),
             Err(err) => return Err(format!("cannot read the forge token: {err}")),
         };
         StatusTarget::new(status.kind, &status.api, &status.repo, &token)
@@ -337,7 +335,8 @@ mod tests {
             change,
             job: job.clone(),
         };
-        let queued = update_for(&event(Change::Queued, &record), "http://ci:8080/").expect("queued");
+        let queued =
+            update_for(&event(Change::Queued, &record), "http://ci:8080/").expect("queued");
         assert_eq!(queued.status, JobStatus::Queued);
         assert_eq!(queued.context, "warren");
         assert_eq!(
@@ -356,7 +355,10 @@ mod tests {
         )
         .expect("finished");
         assert_eq!(finished.status, JobStatus::Failed);
-        assert_eq!(update_for(&event(Change::Duplicate, &record), "http://ci"), None);
+        assert_eq!(
+            update_for(&event(Change::Duplicate, &record), "http://ci"),
+            None
+        );
     }
 
     type Seen = Arc<Mutex<Vec<(String, HeaderMap, serde_json::Value)>>>;
@@ -369,7 +371,9 @@ mod tests {
             let log = log.clone();
             async move {
                 let json = serde_json::from_slice(&body).unwrap_or_default();
-                log.lock().expect("lock").push((uri.to_string(), headers, json));
+                log.lock()
+                    .expect("lock")
+                    .push((uri.to_string(), headers, json));
                 (axum::http::StatusCode::CREATED, "{}")
             }
         });
@@ -409,12 +413,20 @@ mod tests {
             token_env: token_env.into(),
         };
         store
-            .put_repo(&registered("app", "/srv/app.git", Some(gitlab("GITLAB_TOKEN"))))
+            .put_repo(&registered(
+                "app",
+                "/srv/app.git",
+                Some(gitlab("GITLAB_TOKEN")),
+            ))
             .await
             .expect("put");
         // Registered, without a usable token: one warning, nothing sent.
         store
-            .put_repo(&registered("lib", "/srv/lib.git", Some(gitlab("NO_SUCH_TOKEN"))))
+            .put_repo(&registered(
+                "lib",
+                "/srv/lib.git",
+                Some(gitlab("NO_SUCH_TOKEN")),
+            ))
             .await
             .expect("put");
         // Registered without a status target.
@@ -424,8 +436,8 @@ mod tests {
             .expect("put");
 
         let tasks = Tasks::new(&CancellationToken::new());
-        let reporter = StatusReporter::start(forge::StatusSettings::default(), &tasks)
-            .expect("reporter");
+        let reporter =
+            StatusReporter::start(forge::StatusSettings::default(), &tasks).expect("reporter");
         let bus = EventBus::new();
         let jobs = Jobs::new(store.clone(), bus.clone());
         CommitStatuses::start_with(
@@ -519,7 +531,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(by_commit.len(), 2, "only app's commits: {seen:?}");
-        assert_eq!(by_commit[passed.commit.as_str()], expect(&passed, "success"));
+        assert_eq!(
+            by_commit[passed.commit.as_str()],
+            expect(&passed, "success")
+        );
         assert_eq!(by_commit[failed.commit.as_str()], expect(&failed, "failed"));
         assert!(tasks.stop(Duration::from_secs(5)).await);
     }
@@ -538,7 +553,11 @@ mod tests {
             token_env: token_env.into(),
         };
         store
-            .put_repo(&registered("lib", "/srv/lib.git", Some(target("NO_SUCH_TOKEN"))))
+            .put_repo(&registered(
+                "lib",
+                "/srv/lib.git",
+                Some(target("NO_SUCH_TOKEN")),
+            ))
             .await
             .expect("put");
         let mut registry = Registry::new(store.clone(), token);
@@ -551,7 +570,11 @@ mod tests {
         assert_eq!(registry.warnings, 1, "one warning per repository");
         assert!(registry.target(&app).await.is_none());
         store
-            .put_repo(&registered("app", "/srv/app.git", Some(target("GITLAB_TOKEN"))))
+            .put_repo(&registered(
+                "app",
+                "/srv/app.git",
+                Some(target("GITLAB_TOKEN")),
+            ))
             .await
             .expect("put");
         // A miss reads the registry again (once MISS_REFRESH has passed).

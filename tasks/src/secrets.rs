@@ -63,7 +63,10 @@ mod tests {
         );
         std::env::set_var("WARREN_T_SECRET_A_FILE", &file);
         let both = secret("WARREN_T_SECRET_A").expect_err("both");
-        assert!(both.contains("both set") && !both.contains("from-"), "{both}");
+        assert!(
+            both.contains("both set") && !both.contains("from-"),
+            "{both}"
+        );
         std::env::set_var("WARREN_T_SECRET_C", "");
         assert_eq!(secret("WARREN_T_SECRET_C"), Ok(None));
         std::fs::write(&file, "\n").expect("write");
