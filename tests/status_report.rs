@@ -290,3 +290,88 @@ fn a_bad_public_url_is_refused_in_one_line_naming_the_flag() {
         assert!(err.contains("--public-url"), "{err}");
     }
 }
+
+/// A forge that accepts connections and never answers; counts them.
+struct SilentForge {
+    api: String,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentForge {
+    fn start() -> SilentForge {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let api = format!("http://{}", listener.local_addr().expect("addr"));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let held = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                held.lock().expect("lock").push(stream);
+            }
+        });
+        SilentForge { api, connections }
+    }
+
+    fn count(&self) -> usize {
+        self.connections.lock().expect("lock").len()
+    }
+}
+
+#[test]
+fn a_forge_that_never_answers_holds_up_neither_recording_nor_the_stop() {
+    let ns = Namespace::new("status-silent");
+    let scratch = Scratch::new();
+    let forge = SilentForge::start();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(".warren-test", "true");
+    let commit = repo.commit("a commit");
+
+    let mut dispatcher = Dispatcher::start_with_env(
+        &ns,
+        &scratch,
+        &[],
+        &[("WARREN_API_TOKEN", API_TOKEN), (TOKEN_VAR, FORGE_TOKEN)],
+    );
+    let api = dispatcher.api();
+    let (code, _, err) = warren(
+        &dispatcher.url,
+        &[
+            "repo",
+            "add",
+            "app",
+            repo.path_str(),
+            "--no-poll",
+            "--status-kind",
+            "gitea",
+            "--status-api",
+            &forge.api,
+            "--status-repo",
+            "o/r",
+            "--status-token-env",
+            TOKEN_VAR,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let _runner = runner(&ns, &scratch, "r1", &[]);
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    // Recorded to the end while the forge holds the first status.
+    let done = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
+    assert_eq!(done[&commit][0]["status"], "passed");
+    wait_for("the forge to be called", Duration::from_secs(10), || {
+        (forge.count() > 0).then_some(())
+    });
+
+    dispatcher.proc.signal(libc::SIGTERM);
+    let status = dispatcher.proc.wait_exit(Duration::from_secs(2));
+    let log = dispatcher.proc.log_text();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("commit statuses not sent"),
+        "the stop says statuses were left: {log}"
+    );
+    // The default public URL is the --http address.
+    assert!(
+        log.contains(&format!("job links under {}", dispatcher.url)),
+        "{log}"
+    );
+    assert!(!log.contains(FORGE_TOKEN));
+}

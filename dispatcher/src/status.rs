@@ -187,10 +187,12 @@ impl Registry {
         let var = &status.token_env;
         let token = match (self.token)(var) {
             Ok(Some(token)) => token,
-            Ok(None) => return Err(format!(
+            Ok(None) => {
+                return Err(format!(
                 "no forge token: neither {var} nor {var}{} is set in the dispatcher's environment",
                 tasks::SECRET_FILE_SUFFIX
-            )),
+            ))
+            }
             Err(err) => return Err(format!("cannot read the forge token: {err}")),
         };
         StatusTarget::new(status.kind, &status.api, &status.repo, &token)
