@@ -434,6 +434,11 @@ pub struct DispatcherArgs {
     #[arg(long = "webhook", env = "WARREN_WEBHOOKS", value_delimiter = ',', value_parser = parse_http_url)]
     pub webhooks: Vec<String>,
 
+    /// Where the dashboard is reached from outside: commit statuses on the
+    /// forges link to PUBLIC_URL/jobs/ID [default: http://<--http>]
+    #[arg(long, env = "WARREN_PUBLIC_URL", value_parser = dispatcher::status::parse_public_url)]
+    pub public_url: Option<String>,
+
     /// From WARREN_WEBHOOK_SECRET or its file (see [`resolve_secrets`]).
     #[arg(skip)]
     pub webhook_secret: Option<String>,
@@ -459,6 +464,7 @@ impl DispatcherArgs {
             webhook_secret: self.webhook_secret,
             api_token: self.api_token,
             git_timeout: self.git.git_timeout,
+            public_url: self.public_url,
         })
     }
 }
@@ -627,39 +633,10 @@ fn parse_message_cap(value: &str) -> Result<usize, String> {
     }
 }
 
-/// Suffix of the variable naming a file that holds a secret (the
-/// Docker-secrets convention: `WARREN_API_TOKEN_FILE=/run/secrets/token`).
-const FILE_SUFFIX: &str = "_FILE";
-
-/// A secret given as `NAME` or as a file named by `NAME_FILE` (never a
-/// flag, so never in `ps` or `--help`): its value, or `None` when neither
-/// is set. Empty variables count as unset. The file's content is the value,
-/// less trailing newlines. Errors are one line naming the variables (and
-/// the file), never the value.
-pub fn secret(name: &str) -> Result<Option<String>, String> {
-    let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
-    let file_var = format!("{name}{FILE_SUFFIX}");
-    match (set(name), set(&file_var)) {
-        (Some(_), Some(_)) => Err(format!(
-            "{name} and {file_var} are both set; set only one of them"
-        )),
-        (None, Some(path)) => {
-            let path = PathBuf::from(path);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {file_var} ({}): {e}", path.display()))?;
-            let value = text.trim_end_matches(['\n', '\r']);
-            if value.is_empty() {
-                return Err(format!("{file_var} ({}) is empty", path.display()));
-            }
-            Ok(Some(value.to_string()))
-        }
-        (Some(value), None) => value
-            .into_string()
-            .map(Some)
-            .map_err(|_| format!("{name} is not valid UTF-8")),
-        (None, None) => Ok(None),
-    }
-}
+/// A secret given as `NAME` or as a file named by `NAME_FILE`: one rule
+/// for the binary and the dispatcher (which reads the forge tokens the
+/// registry names), kept in the `tasks` crate they share.
+pub use tasks::secret;
 
 /// A secret that is also a flag (`--amqp-url`): the flag given on the
 /// command line wins; otherwise `NAME` or its file as [`secret`] reads

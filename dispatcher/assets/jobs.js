@@ -1,10 +1,13 @@
 // Warren dashboard: the jobs list (`/`).
 //
-// The URL holds the view: `?status=`, `?branch=`, `?limit=` (jobs per
+// The URL holds the view: `?status=`, `?repo=` (a registered repository's
+// name, or a repository's URL), `?branch=`, `?limit=` (jobs per
 // page, default 50) and `?before=<seq>` (keyset pagination: the next page is "jobs with seq below the last one
 // shown", which costs the same on page 1 and page 2,000). The first page
 // follows /api/events: new jobs are inserted at the top, and every row
-// on screen is updated in place when its job changes.
+// on screen is updated in place when its job changes. The repository
+// registry (`/api/repos`) names the jobs' repositories and fills the
+// repository filter.
 'use strict';
 
 (function () {
@@ -14,6 +17,7 @@
   const PAGE = Math.min(500, Math.max(1, Number.parseInt(params.get('limit'), 10) || 50));
   const filter = {
     status: params.get('status') || '',
+    repo: params.get('repo') || '',
     branch: params.get('branch') || '',
     before: params.get('before') || '',
   };
@@ -23,20 +27,26 @@
   const older = document.getElementById('older');
   const newest = document.getElementById('newest');
   const rows = new Map(); // job id → { tr, job }
+  const names = new Map(); // registered repository URL → name
+  const urls = new Map(); // registered name → URL
 
   // The filter form shows the current filters and applies a new status at once.
   const statusFilter = document.getElementById('status-filter');
+  const repoFilter = document.getElementById('repo-filter');
   const branchFilter = document.getElementById('branch-filter');
   statusFilter.value = W.STATUSES.includes(filter.status) ? filter.status : '';
   branchFilter.value = filter.branch;
   statusFilter.addEventListener('change', () => document.getElementById('filters').requestSubmit());
-  document.getElementById('clear-filters').hidden = !(filter.status || filter.branch);
+  repoFilter.addEventListener('change', () => document.getElementById('filters').requestSubmit());
+  showRepoOptions();
+  document.getElementById('clear-filters').hidden = !(filter.status || filter.repo || filter.branch);
   newest.hidden = !filter.before;
   newest.setAttribute('href', pageUrl(''));
 
   function pageUrl(before) {
     const q = new URLSearchParams();
     if (filter.status) q.set('status', filter.status);
+    if (filter.repo) q.set('repo', filter.repo);
     if (filter.branch) q.set('branch', filter.branch);
     if (params.has('limit')) q.set('limit', PAGE);
     if (before) q.set('before', before);
@@ -46,7 +56,37 @@
 
   function matches(job) {
     return (!filter.status || job.status === filter.status) &&
+      (!filter.repo || job.repo === (urls.get(filter.repo) || filter.repo)) &&
       (!filter.branch || job.branch === filter.branch);
+  }
+
+  // The registry's names, in the filter and the rows; the filter keeps a
+  // repository given by URL (or no longer registered) selectable.
+  function setRegistry(repos) {
+    names.clear();
+    urls.clear();
+    for (const repo of repos) {
+      names.set(repo.url, repo.name);
+      urls.set(repo.name, repo.url);
+    }
+    showRepoOptions();
+  }
+
+  function showRepoOptions() {
+    const choices = [...urls.keys()].sort();
+    if (filter.repo && !urls.has(filter.repo)) choices.push(filter.repo);
+    repoFilter.replaceChildren(
+      el('option', { value: '' }, 'all'),
+      ...choices.map((name) => el('option', { value: name, title: urls.get(name) || name }, name)));
+    repoFilter.value = filter.repo;
+  }
+
+  // A registered repository by its name, any other by its URL's last part.
+  function repoCell(job) {
+    const name = names.get(job.repo);
+    const key = name || job.repo;
+    return el('td', { className: 'repo', title: job.repo },
+      el('a', { className: 'repo-link', href: '/?' + new URLSearchParams({ repo: key }), title: 'only ' + key }, name || W.repoName(job.repo)));
   }
 
   function startedText(job) {
@@ -76,7 +116,7 @@
       'data-status': job.status,
     },
     el('td', {}, W.badge(job.status)),
-    el('td', { className: 'repo', title: job.repo }, W.repoName(job.repo)),
+    repoCell(job),
     el('td', {}, branchLink),
     commit,
     el('td', { className: 'runner' }, job.runner || ''),
@@ -104,7 +144,7 @@
 
   function updateEmpty() {
     empty.hidden = rows.size > 0;
-    empty.textContent = filter.status || filter.branch || filter.before
+    empty.textContent = filter.status || filter.repo || filter.branch || filter.before
       ? 'No jobs match these filters.'
       : 'No jobs yet. Make a commit in a watched repository and it appears here.';
   }
@@ -132,9 +172,12 @@
     loading = true;
     const q = new URLSearchParams({ limit: PAGE + 1 });
     if (filter.status) q.set('status', filter.status);
+    if (filter.repo) q.set('repo', filter.repo);
     if (filter.branch) q.set('branch', filter.branch);
     if (filter.before) q.set('before', filter.before);
     try {
+      // Without the registry the jobs still show, by their URLs.
+      setRegistry(await W.getJSON('/api/repos').catch(() => []));
       const jobs = await W.getJSON('/api/jobs?' + q);
       render(jobs.slice(0, PAGE), jobs.length > PAGE);
       W.showError('');

@@ -1,8 +1,8 @@
 //! Domain events: every change of a job, announced once on one channel.
 //!
 //! The recorder changes jobs (through [`crate::jobs::Jobs`], the one place
-//! that does) and does not know who cares; the live view, the notifier and
-//! the metrics subscribe here. So no module calls another to say "this job
+//! that does) and does not know who cares; the live view, the notifier,
+//! the commit statuses and the metrics subscribe here. So no module calls another to say "this job
 //! changed", and adding a listener touches nothing else.
 //!
 //! Two kinds of subscriber: [`EventBus::subscribe`] gives a queue that

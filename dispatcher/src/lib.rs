@@ -11,8 +11,9 @@
 //! - [`jobs`] is the one place a job's state changes (a store transition,
 //!   then an event on the [`events`] bus);
 //! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
-//! - [`notify`] and [`metrics`] follow the events; [`http`] serves the API,
-//!   the pages and the live feed (also from the events).
+//! - [`notify`], [`status`] (commit statuses on the forges) and [`metrics`]
+//!   follow the events; [`http`] serves the API, the pages and the live
+//!   feed (also from the events).
 //!
 //! Every task it starts is tracked ([`tasks::Tasks`]) and awaited when it
 //! stops. One that should run as long as the dispatcher (the HTTP server,
@@ -28,6 +29,7 @@ pub mod management;
 pub mod metrics;
 pub mod notify;
 pub mod recorder;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -72,6 +74,10 @@ pub struct DispatcherConfig {
     pub api_token: Option<String>,
     /// How long one git call (the trigger's `ls-remote`) may take.
     pub git_timeout: Duration,
+    /// Where the dashboard is reached from outside (`--public-url`, checked
+    /// by [`status::parse_public_url`]): commit statuses link to
+    /// `{public_url}/jobs/{id}`. `None`: `http://{the --http address}`.
+    pub public_url: Option<String>,
 }
 
 /// How long the dispatcher's tasks get to end once it stops (the whole
@@ -124,6 +130,9 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
     // task died.
     let tasks = Tasks::new(&shutdown);
     let stopping = tasks.stopping().clone();
+    // First: if it cannot start, nothing else has.
+    let reporter = forge::StatusReporter::start(forge::StatusSettings::default(), &tasks)
+        .context("starting the commit-status reporter")?;
     let bus = EventBus::new();
     let jobs = Jobs::new(store.clone(), bus.clone());
     notify::Notifier::start(
@@ -133,6 +142,11 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         bus.subscribe(),
         &tasks,
     );
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    status::CommitStatuses::start(reporter, store.clone(), bus.subscribe(), public_url, &tasks);
     tasks.lifetime(
         "the metrics' event follower",
         metrics::follow(metrics.clone(), bus.subscribe(), stopping.clone()),

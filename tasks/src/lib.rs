@@ -9,7 +9,13 @@
 //!
 //! The dispatcher, the runner and the `warren` binary share it, so it lives
 //! in a crate of its own: the broker crate, the one they all depend on, is
-//! about RabbitMQ only.
+//! about RabbitMQ only. For the same reason it holds the one rule for
+//! reading a secret from the environment ([`secret`]: `NAME`, or the file
+//! `NAME_FILE` names).
+
+mod secrets;
+
+pub use secrets::{secret, SECRET_FILE_SUFFIX};
 
 use std::any::Any;
 use std::future::Future;

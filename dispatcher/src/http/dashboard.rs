@@ -9,7 +9,7 @@
 //!
 //! | path | page |
 //! |---|---|
-//! | `/` | jobs, newest first; `?status=`, `?branch=`, `?before=<seq>` |
+//! | `/` | jobs, newest first; `?status=`, `?repo=` (a registered name or a URL), `?branch=`, `?before=<seq>` |
 //! | `/jobs/{id}` | one job (id or commit), its log, rerun |
 //! | `/runners` | runners, queue depth, dead letters |
 //! | `/assets/{name}` | the CSS and scripts |
