@@ -15,10 +15,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -149,7 +148,7 @@ fn router(hooks: Hooks) -> Router {
     Router::new()
         .route("/hooks/{name}", post(receive))
         // The body's limit is the forge crate's, answered as JSON below.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::disable())
         .fallback(|| async {
             answer(
                 StatusCode::NOT_FOUND,
@@ -176,7 +175,7 @@ async fn receive(
     State(hooks): State<Hooks>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let Ok(name) = RepoName::parse(&name) else {
         return error(StatusCode::NOT_FOUND, "no such repository");
@@ -187,15 +186,21 @@ async fn receive(
             format!("no repository {name} in the registry"),
         );
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                HookError::TooLarge.to_string(),
-            )
-        }
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    // A declared length over the limit is refused before reading a byte.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            HookError::TooLarge.to_string(),
+        );
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            HookError::TooLarge.to_string(),
+        );
     };
     // No secret: every delivery is refused (as one with a wrong signature;
     // why is for this log only).
