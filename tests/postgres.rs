@@ -97,6 +97,7 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
         id: RunnerId::parse(id).expect("id"),
         host: "h".into(),
         connection: format!("c-{id}"),
+        sandbox: Default::default(),
     };
     let mut messages = Vec::new();
     let mut jobs = Vec::new();

@@ -148,6 +148,7 @@ mod tests {
             id: RunnerId::parse("r1").expect("id"),
             host: "h".into(),
             connection: "c".into(),
+            sandbox: Default::default(),
         };
         let event = Event::Heartbeat {
             v: SCHEMA_VERSION,

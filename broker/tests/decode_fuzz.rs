@@ -25,6 +25,7 @@ fn sample_result() -> JobResult {
             id: RunnerId::parse("r1").expect("id"),
             host: "h".into(),
             connection: "c".into(),
+            sandbox: Default::default(),
         },
         reason: None,
     }

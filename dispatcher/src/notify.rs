@@ -711,6 +711,7 @@ mod tests {
                         id: RunnerId::parse("r1").expect("id"),
                         host: "h".into(),
                         connection: "c".into(),
+                        sandbox: Default::default(),
                     },
                     reason: None,
                 })

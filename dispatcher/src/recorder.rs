@@ -461,6 +461,7 @@ mod tests {
             id: RunnerId::parse(id).expect("id"),
             host: "h".into(),
             connection: format!("c-{id}"),
+            sandbox: Default::default(),
         }
     }
 

@@ -454,6 +454,7 @@ mod tests {
             id: RunnerId::parse("r1").expect("id"),
             host: "h".into(),
             connection: "c".into(),
+            sandbox: Default::default(),
         };
         // With `sent`, each change waits until the forge has its report (a
         // report still waiting when a newer one comes is replaced by it).

@@ -13,6 +13,7 @@ mod ids;
 pub mod message;
 mod record;
 pub mod repo;
+mod sandbox;
 mod status;
 
 pub use ids::{BranchName, CommitId, IdError, JobId, RepoName, RepoUrl, RunnerId};
@@ -22,6 +23,7 @@ pub use message::{
 };
 pub use record::{JobQuery, JobRecord, RunnerRecord};
 pub use repo::{ForgeKind, Repo, RepoError, StatusTarget};
+pub use sandbox::Sandbox;
 pub use status::{JobStatus, Outcome, UnknownStatus};
 
 /// Milliseconds since the Unix epoch: the one clock format in messages.

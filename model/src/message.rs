@@ -150,6 +150,9 @@ pub struct RunnerInfo {
     /// The AMQP connection name, so the dispatcher can close a frozen
     /// runner's connection through the management API.
     pub connection: String,
+    /// How it isolates jobs; `none` from runners that predate the sandbox.
+    #[serde(default)]
+    pub sandbox: crate::Sandbox,
 }
 
 impl RunnerInfo {

@@ -260,6 +260,7 @@ impl Runner {
             id: self.config.id.clone(),
             host: self.host.clone(),
             connection: transport.connection_name().to_string(),
+            sandbox: model::Sandbox::Off,
         };
         if let Some(result) = self.pending.take() {
             if let Err(err) = self.publish_result(&**transport, &result).await {
@@ -1247,6 +1248,7 @@ mod tests {
             id: RunnerId::parse("r").expect("id"),
             host: "h".into(),
             connection: "c".into(),
+            sandbox: Default::default(),
         };
         let mut result = JobResult {
             v: SCHEMA_VERSION,

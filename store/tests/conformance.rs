@@ -175,6 +175,7 @@ fn runner(id: &str) -> RunnerInfo {
         id: RunnerId::parse(id).expect("runner id"),
         host: "h".into(),
         connection: format!("conn-{id}"),
+        sandbox: Default::default(),
     }
 }
 
