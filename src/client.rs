@@ -300,15 +300,16 @@ pub async fn runners(args: RunnersArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:<8} {:<20} {:<17} {:>9} LAST SEEN",
-        "RUNNER", "STATE", "HOST", "CURRENT JOB", "JOBS DONE"
+        "{:<24} {:<8} {:<20} {:<7} {:<17} {:>9} LAST SEEN",
+        "RUNNER", "STATE", "HOST", "SANDBOX", "CURRENT JOB", "JOBS DONE"
     );
     for runner in &runners {
         println!(
-            "{:<24} {:<8} {:<20} {:<17} {:>9} {}",
+            "{:<24} {:<8} {:<20} {:<7} {:<17} {:>9} {}",
             runner.record.id,
             if runner.online { "online" } else { "offline" },
             runner.record.host,
+            runner.record.sandbox,
             or_dash(runner.record.current_job.as_ref()),
             runner.record.jobs_done,
             or_dash(runner.last_seen.as_ref()),

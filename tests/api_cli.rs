@@ -73,6 +73,22 @@ fn the_cli_shows_logs_reruns_triggers_and_exits_non_zero_on_failure() {
         runners.contains("r1") && runners.contains("online"),
         "{runners}"
     );
+    // How the runner isolates jobs: on its row, and on each job it ran.
+    let listed = api.get_json("/api/runners").expect("runners");
+    let sandbox = listed[0]["sandbox"]
+        .as_str()
+        .expect("a sandbox")
+        .to_string();
+    assert!(["bwrap", "none"].contains(&sandbox.as_str()), "{listed}");
+    assert_eq!(jobs[&bad][0]["sandbox"], sandbox.as_str());
+    let r1 = runners
+        .lines()
+        .find(|line| line.starts_with("r1"))
+        .expect("r1's row");
+    assert!(
+        r1.split_whitespace().any(|word| word == sandbox),
+        "{runners}"
+    );
 
     // rerun and trigger need the token when it is set.
     let (code, _, err) = warren(&server, &["rerun", &bad_id], &[]);

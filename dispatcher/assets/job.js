@@ -52,6 +52,7 @@
       ...field('Subject', 'subject', j.subject || '—'),
       ...field('Author', 'author', j.author || '—'),
       ...field('Runner', 'runner', j.runner || '—'),
+      ...field('Sandbox', 'sandbox', sandboxNode(j.sandbox)),
       ...field('Attempts', 'attempts', String(j.attempts)),
       ...field('Duplicate results', 'duplicates', String(j.duplicates)),
       ...field('Queued', 'enqueued_at', timeWithIso(j.enqueued_at_ms, j.enqueued_at)),
@@ -68,6 +69,13 @@
     if (!W.isTerminal(j.status)) {
       document.getElementById('log-note').textContent = 'The log appears here when the job finishes.';
     }
+  }
+
+  // A job run without isolation says so plainly: its test could read the
+  // runner's secrets and other repositories' clones.
+  function sandboxNode(sandbox) {
+    if (sandbox === 'none') return el('span', { className: 'warning' }, 'ran without a sandbox');
+    return sandbox || '—';
   }
 
   // Changes that arrive while the job is first fetched are applied after

@@ -22,6 +22,9 @@
       el('td', {}, el('span', { className: 'presence presence-' + state }, el('span', { className: 'dot' }), state)),
       el('td', { className: 'runner-id' }, runner.id),
       el('td', {}, runner.host),
+      el('td', { className: 'sandbox' }, runner.sandbox === 'none'
+        ? el('span', { className: 'warning', title: 'its jobs run without isolation' }, 'none')
+        : runner.sandbox),
       el('td', { className: 'current' }, current),
       el('td', { className: 'seen', title: runner.last_seen || '' }, W.ago(runner.last_seen_ms)),
       el('td', { className: 'num' }, String(runner.jobs_done)));

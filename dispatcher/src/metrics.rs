@@ -267,6 +267,7 @@ mod tests {
             reason: None,
             truncated: false,
             salt: String::new(),
+            sandbox: None,
         }
     }
 

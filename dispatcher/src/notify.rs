@@ -540,6 +540,7 @@ mod tests {
             reason: None,
             truncated: false,
             salt: String::new(),
+            sandbox: None,
         }
     }
 

@@ -332,6 +332,7 @@ mod tests {
             reason: None,
             truncated: false,
             salt: String::new(),
+            sandbox: None,
         };
         let event = |change, job: &JobRecord| JobEvent {
             change,

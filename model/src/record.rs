@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BranchName, CommitId, Job, JobId, JobStatus, RepoUrl, RunnerId, SCHEMA_VERSION};
+use crate::{
+    BranchName, CommitId, Job, JobId, JobStatus, RepoUrl, RunnerId, Sandbox, SCHEMA_VERSION,
+};
 
 /// A job as recorded: its message, where it stands, and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,9 @@ pub struct JobRecord {
     /// [`Job::salt`]); not shown.
     #[serde(skip)]
     pub salt: String,
+    /// How the runner that ran it isolated it (the last execution's);
+    /// `None` until it starts.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl JobRecord {
@@ -69,6 +74,8 @@ pub struct RunnerRecord {
     pub current_job: Option<JobId>,
     pub last_seen_ms: i64,
     pub jobs_done: i64,
+    /// How it isolates jobs (from its last event).
+    pub sandbox: Sandbox,
 }
 
 /// Which jobs to list, newest first.

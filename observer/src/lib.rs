@@ -55,12 +55,6 @@ pub async fn run(config: ObserverConfig, shutdown: CancellationToken) -> anyhow:
         interval: Some(config.interval),
         max_message_bytes: config.broker.max_message_bytes,
     };
-    tracing::info!(
-        repo = %source.location(),
-        branches = ?spec.branches,
-        interval_secs = config.interval.as_secs_f64(),
-        "observer started"
-    );
     let file = StateFile::new(config.state_file.clone());
     watch::watch_alone(spec, source, file, &config.broker, &shutdown).await?;
     tracing::info!("observer stopped");

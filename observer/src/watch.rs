@@ -532,6 +532,12 @@ pub(crate) async fn watch_alone(
     // Either half ending stops the other.
     let stop = shutdown.child_token();
     let watcher = Watcher::open(spec, source, file, stop.clone()).await?;
+    tracing::info!(
+        repo = %watcher.spec.label,
+        branches = ?watcher.spec.branches,
+        interval_secs = watcher.spec.interval.map(|i| i.as_secs_f64()),
+        "observer started"
+    );
     let session = Session::new();
     let name = format!("warren-observer-{}", std::process::id());
     let keeping = async {

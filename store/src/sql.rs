@@ -141,6 +141,19 @@ impl Held {
             Held::Postgres(c) => Conn::Postgres(c),
         }
     }
+
+    /// After a write on this connection failed: it is closed rather than
+    /// pooled, so nothing it may still hold (SQLite's implicit transaction
+    /// of a statement cut short by a full disk, with the write lock) can
+    /// outlive the failure and lock every later write out.
+    fn discard_if<T, E>(&mut self, outcome: &Result<T, E>) {
+        if outcome.is_err() {
+            match self {
+                Held::Sqlite(c) => c.close_on_drop(),
+                Held::Postgres(c) => c.close_on_drop(),
+            }
+        }
+    }
 }
 
 impl Pool {
@@ -317,7 +330,7 @@ pub(crate) async fn connect(
 /// The columns of a [`JobRecord`], in [`job_from_row`]'s order.
 macro_rules! job_columns {
     () => {
-        "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated, salt"
+        "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated, salt, sandbox"
     };
 }
 
@@ -342,7 +355,8 @@ const START_JOB: &str = concat!(
     "status = CASE WHEN status IN ($6, $7) THEN $7 ELSE status END, ",
     "runner = CASE WHEN status IN ($6, $7) THEN $3 ELSE runner END, ",
     "connection = CASE WHEN status IN ($6, $7) THEN $4 ELSE connection END, ",
-    "started_at_ms = CASE WHEN status IN ($6, $7) THEN $5 ELSE started_at_ms END ",
+    "started_at_ms = CASE WHEN status IN ($6, $7) THEN $5 ELSE started_at_ms END, ",
+    "sandbox = CASE WHEN status IN ($6, $7) THEN $8 ELSE sandbox END ",
     "WHERE id = $1 RETURNING ",
     job_columns!()
 );
@@ -351,7 +365,7 @@ const START_JOB: &str = concat!(
 const FINISH_JOB: &str = concat!(
     "UPDATE jobs SET status = $2, runner = $3, started_at_ms = $4, finished_at_ms = $5, ",
     "duration_ms = $6, exit_code = $7, reason = $8, truncated = $9, log_bytes = $10, ",
-    "attempts = CASE WHEN attempts < 1 THEN 1 ELSE attempts END ",
+    "attempts = CASE WHEN attempts < 1 THEN 1 ELSE attempts END, sandbox = $13 ",
     "WHERE id = $1 AND status IN ($11, $12) RETURNING ",
     job_columns!()
 );
@@ -384,10 +398,10 @@ const RESTART_LOG_BYTES: &str =
 const GROW_LOG_BYTES: &str = "UPDATE jobs SET log_bytes = log_bytes + $2 \
      WHERE id = $1 AND status IN ($3, $4) AND log_bytes = $5";
 
-const RUNNER_SEEN: &str = "INSERT INTO runners (id, host, connection, current_job, last_seen_ms) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET host = excluded.host, \
+const RUNNER_SEEN: &str = "INSERT INTO runners (id, host, connection, current_job, last_seen_ms, \
+     sandbox) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET host = excluded.host, \
      connection = excluded.connection, current_job = excluded.current_job, \
-     last_seen_ms = excluded.last_seen_ms";
+     last_seen_ms = excluded.last_seen_ms, sandbox = excluded.sandbox";
 
 const RUNNER_DONE: &str = "UPDATE runners SET jobs_done = jobs_done + 1, \
      current_job = CASE WHEN current_job = $2 THEN NULL ELSE current_job END WHERE id = $1";
@@ -410,7 +424,7 @@ const RUNNING: &str = concat!(
 );
 
 const RUNNERS: &str =
-    "SELECT id, host, current_job, last_seen_ms, jobs_done FROM runners ORDER BY id";
+    "SELECT id, host, current_job, last_seen_ms, jobs_done, sandbox FROM runners ORDER BY id";
 
 const LOG: &str = "SELECT text FROM job_logs WHERE job_id = $1";
 
@@ -605,6 +619,11 @@ where
         reason: row.try_get(17)?,
         truncated: row.try_get(18)?,
         salt: row.try_get(19)?,
+        sandbox: row
+            .try_get::<Option<String>, _>(20)?
+            .as_deref()
+            .map(parse)
+            .transpose()?,
     })
 }
 
@@ -622,6 +641,7 @@ where
         current_job: current_job.as_deref().map(parse).transpose()?,
         last_seen_ms: row.try_get(3)?,
         jobs_done: row.try_get(4)?,
+        sandbox: parse(&row.try_get::<String, _>(5)?)?,
     })
 }
 
@@ -714,6 +734,7 @@ async fn runner_seen(
         .bind(connection.as_ref())
         .bind(job)
         .bind(at_ms)
+        .bind(runner.sandbox.as_str())
         .execute(c)
         .await?
         .rows_affected());
@@ -820,10 +841,18 @@ impl SqlStore {
     async fn queue(&self, job: &Job) -> Result<Queued, Fail> {
         let values = JobValues::of(job);
         let mut held = self.pool.acquire().await?;
-        let inserted = on!(held.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+        let inserted: Result<u64, Fail> = async {
+            Ok(on!(held.conn(), |c| bind_job!(
+                sqlx::query(QUEUE_JOB),
+                values
+            )
             .execute(c)
             .await?
-            .rows_affected());
+            .rows_affected()))
+        }
+        .await;
+        held.discard_if(&inserted);
+        let inserted = inserted?;
         let record = job_by_id(held.conn(), job.id.as_str())
             .await?
             .ok_or_else(|| Fail::Corrupt(format!("job {} vanished once recorded", job.id)))?;
@@ -852,6 +881,7 @@ impl SqlStore {
                 .bind(at_ms)
                 .bind(JobStatus::Queued.as_str())
                 .bind(JobStatus::Running.as_str())
+                .bind(runner.sandbox.as_str())
                 .fetch_one(c)
                 .await?;
             job_from_row(&row)?
@@ -885,6 +915,7 @@ impl SqlStore {
                 .bind(log.len() as i64)
                 .bind(JobStatus::Queued.as_str())
                 .bind(JobStatus::Running.as_str())
+                .bind(result.runner.sandbox.as_str())
                 .fetch_optional(c)
                 .await?;
             match row {
@@ -997,7 +1028,9 @@ impl SqlStore {
 
     async fn seen(&self, runner: &RunnerInfo, job: Option<&JobId>, at_ms: u64) -> Result<(), Fail> {
         let mut held = self.pool.acquire().await?;
-        runner_seen(held.conn(), runner, job.map(JobId::as_str), ms(at_ms)).await
+        let seen = runner_seen(held.conn(), runner, job.map(JobId::as_str), ms(at_ms)).await;
+        held.discard_if(&seen);
+        seen
     }
 
     async fn read_job(&self, id: &JobId) -> Result<Option<JobRecord>, Fail> {
@@ -1182,12 +1215,16 @@ impl SqlStore {
 
     async fn delete_repo(&self, name: &RepoName) -> Result<bool, Fail> {
         let mut held = self.pool.acquire().await?;
-        Ok(on!(held.conn(), |c| sqlx::query(REMOVE_REPO)
-            .bind(name.as_str())
-            .execute(c)
-            .await?
-            .rows_affected())
-            > 0)
+        let deleted: Result<u64, Fail> = async {
+            Ok(on!(held.conn(), |c| sqlx::query(REMOVE_REPO)
+                .bind(name.as_str())
+                .execute(c)
+                .await?
+                .rows_affected()))
+        }
+        .await;
+        held.discard_if(&deleted);
+        Ok(deleted? > 0)
     }
 
     async fn read_count(&self, status: JobStatus) -> Result<i64, Fail> {

@@ -1290,3 +1290,33 @@ conformance!(
         assert!(of_a.iter().all(|j| j.repo == repo("/a")));
     }
 );
+
+conformance!(
+    async fn each_runner_and_each_job_says_how_it_was_sandboxed(backend) {
+        use model::Sandbox;
+        let store = backend.open().await;
+        let job = job("/r", "main", commit('c'));
+        store.job_queued(&job).await.expect("queued");
+        assert_eq!(store.job(&job.id).await.expect("job").expect("known").sandbox, None);
+        let mut sandboxed = runner("r1");
+        sandboxed.sandbox = Sandbox::Bwrap;
+        let started = store.job_started(&job, &sandboxed, 10).await.expect("started");
+        assert_eq!(started.record.sandbox, Some(Sandbox::Bwrap));
+        // The result of an execution on a runner without one says so.
+        let recorded = store
+            .job_finished(&result(&job, Outcome::Passed, "r2"))
+            .await
+            .expect("result");
+        assert_eq!(recorded.record().sandbox, Some(Sandbox::Off));
+        let runners = store.runners().await.expect("runners");
+        let by_id = |id: &str| runners.iter().find(|r| r.id.as_str() == id).map(|r| r.sandbox);
+        assert_eq!(by_id("r1"), Some(Sandbox::Bwrap));
+        store.runner_seen(&runner("r1"), None, 20).await.expect("seen");
+        let runners = store.runners().await.expect("runners");
+        assert_eq!(
+            runners.iter().find(|r| r.id.as_str() == "r1").map(|r| r.sandbox),
+            Some(Sandbox::Off),
+            "the runner's latest word"
+        );
+    }
+);
