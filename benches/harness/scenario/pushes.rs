@@ -235,11 +235,11 @@ fn webhook_to_start(
                 Unit::Ms,
                 &[
                     (
-                        "POST → job made by the observer (HTTP, signature, payload, its watcher)",
+                        "POST → job made by the observer (HTTP, signature, payload, its watcher, state file written ahead)",
                         to_made,
                     ),
                     (
-                        "job made → runner started it (state file written ahead, publish, routing, delivery)",
+                        "job made → runner started it (publish, routing, delivery)",
                         made_to_start,
                     ),
                     ("**POST → job started**", to_start),
@@ -290,6 +290,7 @@ fn thousand_commit_push(
     let (mut to_answer, mut to_recorded) = (Vec::new(), Vec::new());
     let (mut to_first, mut first_to_last, mut last_to_answer, mut answer_to_recorded) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut recorded_per_s = Vec::new();
     for round in 0..repeats {
         let commits = add_commits(&repo.path, count, &format!("burst {round}"));
         let last = commits.last().expect("commits").clone();
@@ -350,6 +351,7 @@ fn thousand_commit_push(
         first_to_last.push(last_queued - first);
         last_to_answer.push(answer_read - last_queued);
         answer_to_recorded.push(recorded - answer_read);
+        recorded_per_s.push(count as f64 / ((recorded - first) / 1000.0));
         before = last;
     }
     let observer_peak = warren
@@ -360,6 +362,8 @@ fn thousand_commit_push(
     report.fact("pushes.burst.answer", median(&to_answer));
     report.fact("pushes.burst.to_first", median(&to_first));
     report.fact("pushes.burst.first_to_last", median(&first_to_last));
+    report.fact("pushes.burst.recorded", median(&to_recorded));
+    report.fact("pushes.burst.recorded_per_s", median(&recorded_per_s));
     report.add(
         7,
         Row::new(
@@ -482,6 +486,8 @@ fn many_repositories(sizes: &Sizes, report: &mut Report) {
     report.fact("pushes.many.own", own);
     report.fact("pushes.many.git", children);
     report.fact("pushes.many.peak", peak);
+    report.fact("pushes.many.count", count as f64);
+    report.fact("pushes.many.poll", poll);
     let label = format!("{count} repositories polled every {poll} s");
     report.add(
         7,
