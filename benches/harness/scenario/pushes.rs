@@ -44,6 +44,11 @@ const POLLING_BEFORE: (f64, f64) = (116.0, 512.0);
 pub fn run(sizes: &Sizes, report: &mut Report) {
     let mut warren = Warren::start("bench-pushes", Setup::new(1, "true"));
     let hooks = warren.start_registry_observer(&[(SECRET_VAR, SECRET)]);
+    report.detail(
+        7,
+        "Reproduce: `cargo bench --bench scenarios -- 7` runs this scenario alone (about 2 \
+         minutes) and prints its rows, verdicts, analysis and this section.",
+    );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
