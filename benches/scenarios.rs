@@ -1,10 +1,11 @@
-//! `cargo bench --bench scenarios`: Warren's benchmark (issue 7).
+//! `cargo bench --bench scenarios`: Warren's benchmark (issues 7 and 15).
 //!
 //! Runs the real `warren` binary against the RabbitMQ on 127.0.0.1:5672
 //! (and a private node of the same installation for the broker restart)
 //! and real git repositories, prints a table, and writes BENCHMARKS.md at
 //! the workspace root. `cargo bench --bench scenarios -- 2 6` runs only
-//! scenarios 2 and 6 and prints their table without writing the file.
+//! scenarios 2 and 6 and prints their table, rows, verdicts, analysis and
+//! sections in Markdown without writing the file.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -67,6 +68,10 @@ fn main() {
         .expect("write BENCHMARKS.md");
         println!("wrote {}", path.display());
     } else {
+        // What a full run would write for these scenarios: their rows of
+        // the results table, their verdicts and analysis, their sections.
+        println!("\n{}", report.markdown_table(None));
+        println!("{}", harness::analysis::render(&report));
         for id in &selected {
             let section = report.section(*id);
             println!(

@@ -141,6 +141,25 @@ fn scenario_6_api_with_a_full_store() {
 }
 
 #[test]
+fn scenario_7_webhooks_and_many_repositories() {
+    let report = smoke(7, &[7]);
+    let rows = &report.sections[6].rows;
+    // Webhook → start and its answer; the burst's answer and recording;
+    // the many repositories' CPU (whole, per window), RSS, peak, first round.
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    assert!(rows[0].metric.starts_with("webhook → job start"));
+    assert!(
+        rows.iter()
+            .filter(|r| r.unit == Unit::Ms || r.unit == Unit::Secs || r.unit == Unit::MiB)
+            .all(|r| r.samples.iter().all(|v| *v > 0.0)),
+        "times and memory are positive: {rows:?}"
+    );
+    assert!(report.sections[6]
+        .details
+        .contains("Webhook → test started"));
+}
+
+#[test]
 fn log_lines_statistics_and_dates_are_parsed() {
     use harness::logs::{parse_line, parse_timestamp};
     let line = parse_line(

@@ -232,5 +232,68 @@ pub fn render(report: &Report) -> String {
             n("latency.0.2.start_to_recorded", 0),
         );
     }
+
+    // Scenario 7.
+    if report.get("pushes.to_start").is_some() {
+        let _ = write!(
+            out,
+            "### Push to start: no poll wait; the observer's state file is most of what is left\n\n\
+             A webhook takes a commit to an idle runner in {} ms (median) instead of the wait for \
+             the next poll: {} ms until the observer has made the job — reading the request, \
+             checking the signature, parsing the payload, handing the push to the repository's \
+             watcher, and writing the watcher's state file ahead of the publish (a temporary \
+             file, fsync, rename, fsync of the folder) — then {} ms to publish, route and \
+             deliver it. The forge gets its answer {} ms after the POST: after the confirm ({} \
+             ms), the watcher writes its state file twice more, once for the confirmed commit \
+             and once for the delivery id, {} ms for the two: one write is about half of that, \
+             most of the time until the job is made. Writing the delivery id with the confirmed \
+             commit would save one write per push; the write ahead stays (it is what keeps a \
+             crash from losing a publish in flight).\n\n",
+            n("pushes.to_start", 1),
+            n("pushes.to_made", 1),
+            n("pushes.made_to_start", 1),
+            n("pushes.answered", 1),
+            n("pushes.confirmed", 1),
+            report
+                .get("pushes.answered")
+                .zip(report.get("pushes.confirmed"))
+                .map(|(answered, confirmed)| format!("{:.1}", answered - confirmed))
+                .unwrap_or_else(|| "?".into()),
+        );
+        if report.get("pushes.burst.answer").is_some() {
+            let _ = write!(
+                out,
+                "**A push of many commits** is answered once all of them are confirmed: {} ms to \
+                 read what the payload left out from the repository (one `git rev-list`) and \
+                 publish the first, {} ms for the rest (published in batches of 256, each \
+                 batch's confirms awaited together, one state write per batch), {} s in all. The \
+                 dispatcher records them behind the observer, at about {} jobs/s (one store write \
+                 each, then the ack), so all are in its API {} s after the POST.\n\n",
+                n("pushes.burst.to_first", 0),
+                n("pushes.burst.first_to_last", 0),
+                n("pushes.burst.answer", 2),
+                n("pushes.burst.recorded_per_s", 0),
+                n("pushes.burst.recorded", 2),
+            );
+        }
+        if let Some(cpu) = report.get("pushes.many.cpu") {
+            let count = report.get("pushes.many.count").unwrap_or(f64::NAN);
+            let poll = report.get("pushes.many.poll").unwrap_or(f64::NAN);
+            let _ = write!(
+                out,
+                "**Many repositories cost the observer git processes, not memory.** Polling a \
+                 local repository runs two git processes (`git symbolic-ref` for the HEAD branch, \
+                 `git rev-parse` for its head), so {count:.0} repositories every {poll} s start \
+                 about {:.0} a second; they are {} % of the {cpu:.2} % of a core the observer \
+                 used, the observer itself {} %. Its resident memory peaked at {} MiB. A \
+                 repository named by URL adds a `git fetch` (and the processes it starts) to \
+                 every poll.\n\n",
+                count * 2.0 / poll,
+                n("pushes.many.git", 2),
+                n("pushes.many.own", 2),
+                n("pushes.many.peak", 1),
+            );
+        }
+    }
     out
 }

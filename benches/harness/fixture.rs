@@ -156,6 +156,62 @@ impl Warren {
         self.observer = Some(Proc::spawn("observer", &self.ns, &self.scratch, &args, &[]));
     }
 
+    /// Starts an observer for the dispatcher's registry (no REPO), with
+    /// its webhooks on `hooks` (`127.0.0.1:PORT`) and `env` (the webhook
+    /// secrets) in its environment; waits until the webhooks answer.
+    /// Returns `http://HOOKS`.
+    pub fn start_registry_observer(&mut self, env: &[(&str, &str)]) -> String {
+        let state = self.scratch.join("observer-state");
+        let hooks = format!("127.0.0.1:{}", crate::common::free_port());
+        let url = self.url();
+        let args = [
+            "observer",
+            "--server",
+            &self.dispatcher.url,
+            "--state-dir",
+            state.to_str().expect("utf8"),
+            "--hooks-http",
+            &hooks,
+            "--amqp-url",
+            &url,
+        ];
+        self.observer = Some(Proc::spawn("observer", &self.ns, &self.scratch, &args, env));
+        let base = format!("http://{hooks}");
+        let client = reqwest::blocking::Client::new();
+        wait_for("the observer's webhooks", Duration::from_secs(30), || {
+            client.post(format!("{base}/hooks")).send().ok()
+        });
+        base
+    }
+
+    /// Puts a repository in the dispatcher's registry (`PUT
+    /// /api/repos/NAME`, as `warren repo add` does).
+    pub fn register(
+        &self,
+        name: &str,
+        url: &str,
+        poll_secs: Option<f64>,
+        secret_env: Option<&str>,
+    ) {
+        let entry = serde_json::json!({
+            "name": name,
+            "url": url,
+            "branches": [],
+            "poll_secs": poll_secs,
+            "webhook_secret_env": secret_env,
+        });
+        let answer = reqwest::blocking::Client::new()
+            .put(format!("{}/api/repos/{name}", self.dispatcher.url))
+            .json(&entry)
+            .send()
+            .expect("PUT /api/repos");
+        assert!(
+            answer.status().is_success(),
+            "registering {name}: {}",
+            answer.status()
+        );
+    }
+
     pub fn dispatcher_log(&self) -> PathBuf {
         self.dispatcher.proc.log.clone()
     }

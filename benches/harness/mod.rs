@@ -54,10 +54,29 @@ pub struct Sizes {
     pub store_jobs: usize,
     /// Requests per API endpoint.
     pub api_requests: usize,
+    /// Pushes of one commit each, timed webhook → job start.
+    pub hook_pushes: usize,
+    /// Commits in one push (20 listed, the rest read from the
+    /// repository), and pushes.
+    pub push_burst: (usize, usize),
+    /// Many repositories polled by one registry observer.
+    pub many_repos: ManyRepos,
+}
+
+/// Repositories registered and polled by one observer, and how long its
+/// CPU and memory are measured.
+#[derive(Debug, Clone)]
+pub struct ManyRepos {
+    pub count: usize,
+    pub poll_secs: f64,
+    /// Seconds measured once every head is published, in windows of
+    /// `step_secs`.
+    pub window_secs: f64,
+    pub step_secs: f64,
 }
 
 impl Sizes {
-    /// What `cargo bench --bench scenarios` runs (about 5 minutes on a
+    /// What `cargo bench --bench scenarios` runs (about 8 minutes on a
     /// 2-core machine).
     pub fn full() -> Sizes {
         Sizes {
@@ -77,6 +96,14 @@ impl Sizes {
             idle_window: 2.0,
             store_jobs: 100_000,
             api_requests: 40,
+            hook_pushes: 30,
+            push_burst: (1000, 3),
+            many_repos: ManyRepos {
+                count: 200,
+                poll_secs: 30.0,
+                window_secs: 90.0,
+                step_secs: 10.0,
+            },
         }
     }
 
@@ -99,6 +126,15 @@ impl Sizes {
             idle_window: 1.0,
             store_jobs: 2_000,
             api_requests: 3,
+            hook_pushes: 3,
+            // Over GitHub's 20, so the rest is read from the repository.
+            push_burst: (30, 1),
+            many_repos: ManyRepos {
+                count: 10,
+                poll_secs: 1.0,
+                window_secs: 2.0,
+                step_secs: 1.0,
+            },
         }
     }
 }

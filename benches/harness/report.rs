@@ -154,13 +154,14 @@ pub struct Report {
     pub facts: std::collections::BTreeMap<String, f64>,
 }
 
-pub const TITLES: [&str; 6] = [
+pub const TITLES: [&str; 7] = [
     "Commit to start and commit to outcome",
     "Per-job overhead",
     "Throughput",
     "Failover",
     "Memory and CPU",
     "Dashboard and API",
+    "Webhooks and many repositories (issue 15)",
 ];
 
 impl Default for Report {
@@ -194,7 +195,7 @@ impl Report {
         self.facts.get(name).copied().filter(|v| v.is_finite())
     }
 
-    /// Scenario `id` (1 to 6).
+    /// Scenario `id` (1 to 7).
     pub fn section(&mut self, id: u8) -> &mut Section {
         &mut self.sections[usize::from(id) - 1]
     }

@@ -14,6 +14,15 @@ pub fn rss_mib(pid: i32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// A `/proc/PID/status` memory field (`VmRSS:`, `VmHWM:`) in MiB, if the
+/// process is alive.
+pub fn status_mib(pid: i32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// CPU time of a process in clock ticks: (its own utime+stime, that of
 /// its waited-for children: the git and test processes it ran).
 pub fn cpu_ticks(pid: i32) -> Option<(u64, u64)> {

@@ -80,6 +80,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
             publish_and_save.push(queued_logged - created);
         }
         for (name, values) in [
+            ("to_start", &to_start),
             ("poll_wait", &poll_wait),
             ("to_runner", &to_runner),
             ("start_to_recorded", &start_to_recorded),

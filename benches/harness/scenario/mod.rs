@@ -1,10 +1,11 @@
-//! The six scenarios of issue 7. Each adds rows and details to a
+//! The six scenarios of issue 7 and the pushes of issue 15. Each adds rows and details to a
 //! [`Report`]; [`run`] also notes the load average and duration.
 
 pub mod api;
 pub mod failover;
 pub mod latency;
 pub mod overhead;
+pub mod pushes;
 pub mod resources;
 pub mod throughput;
 
@@ -13,8 +14,8 @@ use std::time::Instant;
 use crate::harness::system::load_average;
 use crate::harness::{Report, Sizes};
 
-/// The scenarios by number, in the order of the issue.
-pub const ALL: [u8; 6] = [1, 2, 3, 4, 5, 6];
+/// The scenarios by number, in the order of the issues.
+pub const ALL: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
 
 /// Runs scenario `id`, printing its progress to stderr.
 pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
@@ -29,6 +30,7 @@ pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
         4 => failover::run(sizes, report),
         5 => resources::run(sizes, report),
         6 => api::run(sizes, report),
+        7 => pushes::run(sizes, report),
         _ => panic!("no scenario {id}"),
     }
     let seconds = clock.elapsed().as_secs_f64();
