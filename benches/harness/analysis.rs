@@ -244,11 +244,9 @@ pub fn render(report: &Report) -> String {
              watcher, and writing the watcher's state file ahead of the publish (a temporary \
              file, fsync, rename, fsync of the folder) — then {} ms to publish, route and \
              deliver it. The forge gets its answer {} ms after the POST: after the confirm ({} \
-             ms), the watcher writes its state file twice more, once for the confirmed commit \
-             and once for the delivery id, {} ms for the two: one write is about half of that, \
-             most of the time until the job is made. Writing the delivery id with the confirmed \
-             commit would save one write per push; the write ahead stays (it is what keeps a \
-             crash from losing a publish in flight).\n\n",
+             ms), the watcher writes its state file once more, the confirmed commit and the \
+             delivery id together ({} ms); the write ahead stays (it is what keeps a crash from \
+             losing a publish in flight).\n\n",
             n("pushes.to_start", 1),
             n("pushes.to_made", 1),
             n("pushes.made_to_start", 1),

@@ -225,7 +225,7 @@ impl Watcher {
         self.reconciled(transport, gate).await?;
         self.refresh(gate).await?;
         let new = self.new_commits().await?;
-        self.publish(new, transport).await
+        self.publish(new, transport, None).await
     }
 
     /// Acts on a push: the payload's commits when they are all of what
@@ -283,11 +283,9 @@ impl Watcher {
             .into_iter()
             .map(|commit| (push.branch.clone(), commit))
             .collect();
-        let queued = self.publish(new, transport).await?;
-        if let Some(id) = &push.delivery {
-            self.state.remember_delivery(id);
-            self.file.save(&self.state).await?;
-        }
+        let queued = self
+            .publish(new, transport, push.delivery.as_deref())
+            .await?;
         Ok(PushOutcome::Queued(queued))
     }
 
@@ -355,17 +353,24 @@ impl Watcher {
     /// Publishes `new` (oldest first per branch) in batches of at most
     /// [`BATCH`]. The state is written ahead (publishes in flight), then
     /// once per batch after its confirms, naming only commits the broker
-    /// confirmed. Returns how many were queued.
+    /// confirmed. A push's `delivery` is remembered in the write that
+    /// follows the last confirm (one write fewer per push). Returns how
+    /// many were queued.
     async fn publish(
         &mut self,
         new: Vec<(BranchName, NewCommit)>,
         transport: &dyn Transport,
+        delivery: Option<&str>,
     ) -> Result<usize, WatchError> {
         let (state, file) = (&mut self.state, &self.file);
         if new.is_empty() {
             // A publish cut short by the broker may have left the flag set.
-            if state.publishing() {
-                state.set_publishing(false);
+            let stale = state.publishing();
+            state.set_publishing(false);
+            if let Some(id) = delivery {
+                state.remember_delivery(id);
+            }
+            if stale || delivery.is_some() {
                 file.save(state).await?;
             }
             return Ok(0);
@@ -420,6 +425,9 @@ impl Watcher {
             let all_done = failed.is_none() && number + 1 == batches;
             if all_done {
                 state.set_publishing(false);
+                if let Some(id) = delivery {
+                    state.remember_delivery(id);
+                }
             }
             if confirmed > 0 || all_done {
                 file.save(state).await?;
