@@ -144,9 +144,15 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
         );
         assert_eq!(job["duplicates"], 1, "one outcome, one duplicate: {job}");
     }
-    // Both took part, and both see the same record.
+    // Both took part (the round robin may give one of them every job's
+    // second result, so taking part may mean recording duplicates only),
+    // and both see the same record.
     for dispatcher in [&one, &two] {
-        assert!(dispatcher.proc.log_text().contains("job finished"));
+        let log = dispatcher.proc.log_text();
+        assert!(
+            log.contains("job finished") || log.contains("duplicate result discarded"),
+            "{log}"
+        );
     }
     assert_eq!(two.api().jobs().len(), jobs.len());
     // Every finished result counted once across the two.
