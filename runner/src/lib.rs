@@ -650,7 +650,7 @@ async fn execute(
         }
     };
     let launch = Launch {
-        wrapper: sandbox.wrapper(&dir),
+        wrapper: sandbox.wrapper(&dir, true),
         status_pipe: sandbox.kind == model::Sandbox::Bwrap,
         cgroup_procs: cgroup.procs.iter().map(|fd| fd.as_raw_fd()).collect(),
         address_space: limits.rlimit_as(),

@@ -115,7 +115,16 @@ impl JobSandbox {
     /// none with the reason as a warning. Err: an explicit `bwrap` that
     /// does not work (one line, naming the flag).
     pub async fn choose(isolation: &Isolation) -> Result<(JobSandbox, Option<String>), String> {
+        let unsandboxed_network = || {
+            Err(
+                "--network none: only a sandboxed job can be cut off the network (--sandbox bwrap)"
+                    .to_string(),
+            )
+        };
         if isolation.sandbox == SandboxChoice::None {
+            if isolation.network == Network::None {
+                return unsandboxed_network();
+            }
             return Ok((JobSandbox::none(), None));
         }
         let checked = match find_bwrap() {
@@ -133,6 +142,9 @@ impl JobSandbox {
         match (checked, isolation.sandbox) {
             (Ok(sandbox), _) => Ok((sandbox, None)),
             (Err(why), SandboxChoice::Bwrap) => Err(format!("--sandbox bwrap: {why}")),
+            (Err(why), _) if isolation.network == Network::None => Err(format!(
+                "--network none: needs the sandbox, and bwrap does not work here: {why}"
+            )),
             (Err(why), _) => Ok((
                 JobSandbox::none(),
                 Some(format!(
@@ -147,7 +159,9 @@ impl JobSandbox {
     async fn probe(&self) -> Result<(), String> {
         let dir =
             tempfile_dir().map_err(|e| format!("cannot make a folder to check bwrap: {e}"))?;
-        let mut args = self.wrapper(&dir);
+        // No status descriptor here: bwrap told to write to one that is
+        // not open hangs instead of failing.
+        let mut args = self.wrapper(&dir, false);
         args.push("/bin/sh".into());
         args.push("-c".into());
         args.push("exit 0".into());
@@ -182,8 +196,9 @@ impl JobSandbox {
 
     /// What goes before the test's `sh -c CMD`: nothing without a sandbox,
     /// else `bwrap ARGS --`, with `checkout` (a host path) as the working
-    /// folder at [`CHECKOUT`].
-    pub fn wrapper(&self, checkout: &Path) -> Vec<OsString> {
+    /// folder at [`CHECKOUT`]. With `status`, bubblewrap reports on
+    /// [`STATUS_FD`], which must then be open.
+    pub fn wrapper(&self, checkout: &Path, status: bool) -> Vec<OsString> {
         if self.kind == Sandbox::Off {
             return Vec::new();
         }
@@ -247,8 +262,10 @@ impl JobSandbox {
         if let Some(rustup) = self.rustup_home() {
             args.extend(["--setenv".into(), "RUSTUP_HOME".into(), rustup.into()]);
         }
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-        push(&["--json-status-fd", &STATUS_FD.to_string(), "--"]);
+        if status {
+            args.extend(["--json-status-fd".into(), STATUS_FD.to_string().into()]);
+        }
+        args.push("--".into());
         args
     }
 
@@ -264,11 +281,10 @@ impl JobSandbox {
     }
 }
 
-/// `bwrap` on the PATH (or its usual place).
+/// `bwrap` on the PATH.
 fn find_bwrap() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
         .map(|dir| dir.join("bwrap"))
         .find(|candidate| {
             use std::os::unix::fs::PermissionsExt;
@@ -368,7 +384,7 @@ mod tests {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
         };
         let args: Vec<String> = sandbox
-            .wrapper(Path::new("/work/repos/abc"))
+            .wrapper(Path::new("/work/repos/abc"), true)
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -388,6 +404,7 @@ mod tests {
             assert!(text.contains(expected), "{expected} in {text}");
         }
         assert!(!text.contains("nonexistent-toolchain"), "{text}");
-        assert!(JobSandbox::none().wrapper(Path::new("/x")).is_empty());
+        assert!(text.contains("--json-status-fd 4 --"), "{text}");
+        assert!(JobSandbox::none().wrapper(Path::new("/x"), true).is_empty());
     }
 }
