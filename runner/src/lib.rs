@@ -970,6 +970,10 @@ mod tests {
 
     impl Harness {
         fn start() -> Harness {
+            Harness::start_with(model::Sandbox::Off)
+        }
+
+        fn start_with(sandbox: model::Sandbox) -> Harness {
             let names = Names::new("t");
             let config = RunnerConfig {
                 broker: BrokerConfig {
@@ -999,7 +1003,12 @@ mod tests {
             let shutdown = CancellationToken::new();
             let runner = tokio::spawn({
                 let (broker, script, shutdown) = (broker.clone(), script.clone(), shutdown.clone());
-                async move { Runner::new(config, script).run(&broker, shutdown).await }
+                async move {
+                    Runner::new(config, script)
+                        .with_sandbox(sandbox)
+                        .run(&broker, shutdown)
+                        .await
+                }
             });
             Harness {
                 client: broker.open("test-client").expect("client"),
@@ -1141,6 +1150,35 @@ mod tests {
         let next = h.queue_job('b').await;
         assert_eq!(h.next_run().await.job, next);
         h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn every_event_and_result_says_how_the_runner_isolates_jobs() {
+        for sandbox in [model::Sandbox::Bwrap, model::Sandbox::Off] {
+            let mut h = Harness::start_with(sandbox);
+            h.queue_job('a').await;
+            let run = h.next_run().await;
+            h.wait("a heartbeat", |_| {
+                h.events()
+                    .iter()
+                    .any(|e| matches!(e, Event::Heartbeat { .. }))
+                    .then_some(())
+            })
+            .await;
+            run.finish.send(Outcome::Passed).expect("finish");
+            h.wait_work_queue_drained().await;
+            for event in h.events() {
+                let runner = match event {
+                    Event::Started { runner, .. } | Event::Heartbeat { runner, .. } => runner,
+                    other => panic!("unexpected event {other:?}"),
+                };
+                assert_eq!(runner.sandbox, sandbox);
+            }
+            let results = h.results();
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0].runner.sandbox, sandbox);
+            h.stop().await;
+        }
     }
 
     #[tokio::test]
