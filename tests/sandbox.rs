@@ -51,8 +51,18 @@ impl Rig {
         let ns = Namespace::new(test);
         let scratch = Scratch::new();
         let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
-        let runner = runner_with_env(&ns, &scratch, "r1", flags, env);
+        // Not `common::runner`, which picks `--sandbox none` when the flags
+        // name no sandbox: here no flag means the runner's own default.
         let workdir = scratch.join("r1-work");
+        let mut args = vec![
+            "runner",
+            "--id",
+            "r1",
+            "--workdir",
+            workdir.to_str().expect("utf8"),
+        ];
+        args.extend_from_slice(flags);
+        let runner = Proc::spawn("r1", &ns, &scratch, &args, env);
         let api = dispatcher.api();
         wait_for("the runner to consume", Duration::from_secs(30), || {
             api.get_json("/api/runners")
@@ -513,7 +523,14 @@ fn the_runner_says_how_it_runs_jobs_at_start() {
         .filter(|dir| !Path::new(dir).join("bwrap").exists())
         .collect::<Vec<_>>()
         .join(":");
-    let runner = runner_with_env(&ns, &scratch, "r1", &[], &[("PATH", path.as_str())]);
+    let workdir = scratch.join("r1-work");
+    let runner = Proc::spawn(
+        "r1",
+        &ns,
+        &scratch,
+        &["runner", "--workdir", workdir.to_str().expect("utf8")],
+        &[("PATH", path.as_str())],
+    );
     wait_for("the fallback warning", Duration::from_secs(30), || {
         let log = runner.log_text();
         (log.contains("WITHOUT a sandbox") && log.contains("not installed")).then_some(())
