@@ -477,7 +477,10 @@ impl Up {
             data.to_str().expect("utf8"),
         ]);
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("up", ns, scratch, &args, &[]);
+        // Its runners without the sandbox, as `runner` starts them (see
+        // there): a poison job has to find its runner among the host's
+        // processes.
+        let proc = Proc::spawn("up", ns, scratch, &args, &[("WARREN_SANDBOX", "none")]);
         Up {
             proc,
             url: format!("http://{http}"),
