@@ -1168,10 +1168,7 @@ mod tests {
             run.finish.send(Outcome::Passed).expect("finish");
             h.wait_work_queue_drained().await;
             for event in h.events() {
-                let runner = match event {
-                    Event::Started { runner, .. } | Event::Heartbeat { runner, .. } => runner,
-                    other => panic!("unexpected event {other:?}"),
-                };
+                let (Event::Started { runner, .. } | Event::Heartbeat { runner, .. }) = event;
                 assert_eq!(runner.sandbox, sandbox);
             }
             let results = h.results();
