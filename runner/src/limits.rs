@@ -264,6 +264,11 @@ fn remove_cgroup(dir: &Path) {
 }
 
 fn make_dir(dir: &Path, job: &mut JobCgroup) -> Result<PathBuf, String> {
+    // The runner's folder, should something have removed it while empty
+    // (v1: no controller setting to restore there).
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::create_dir(parent);
+    }
     std::fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     job.dirs.push(dir.to_path_buf());
     Ok(dir.to_path_buf())
