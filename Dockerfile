@@ -46,10 +46,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 # git: observer and runners run git; openssh-client: for git@host: URLs;
 # python3: the default test command; ca-certificates: https and amqps;
-# tini: an init for Kubernetes, where there is no `init: true`.
+# tini: an init for Kubernetes, where there is no `init: true`;
+# bubblewrap: the runner's job sandbox (--sandbox bwrap; compose.yaml gives
+# the runner service the settings it needs).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        ca-certificates git openssh-client python3 tini \
+        bubblewrap ca-certificates git openssh-client python3 tini \
  && rm -rf /var/lib/apt/lists/*
 # A watched repository mounted from the host belongs to another user; git
 # refuses such repositories unless they are marked safe.

@@ -374,6 +374,32 @@ pub struct RunnerArgs {
     #[arg(long, env = "WARREN_GRACE", default_value = "30", value_parser = parse_seconds)]
     pub grace: Duration,
 
+    /// How jobs are isolated: bwrap (each test in bubblewrap's namespaces:
+    /// it sees its checkout, the system read-only and nothing else of the
+    /// runner) or none; auto is bwrap when it works here, else none with a
+    /// warning
+    #[arg(long, env = "WARREN_SANDBOX", default_value = "auto", value_parser = parse_sandbox)]
+    pub sandbox: runner::SandboxChoice,
+
+    /// A sandboxed job's network: host (shared with the runner) or none
+    /// (only its own loopback)
+    #[arg(long, env = "WARREN_NETWORK", default_value = "host", value_parser = parse_network)]
+    pub network: runner::Network,
+
+    /// A host path a sandboxed job may read (a toolchain outside /usr, such
+    /// as ~/.cargo and ~/.rustup); repeat the flag, or separate with commas
+    #[arg(long = "sandbox-ro", env = "WARREN_SANDBOX_RO", value_name = "PATH", value_delimiter = ',', value_parser = parse_absolute_path)]
+    pub sandbox_ro: Vec<PathBuf>,
+
+    /// Memory per job, in bytes or with K, M, G (a cgroup where one can be
+    /// made, else RLIMIT_AS per process) [default: no limit]
+    #[arg(long, env = "WARREN_JOB_MEMORY", value_name = "BYTES", value_parser = runner::sandbox::parse_bytes)]
+    pub job_memory: Option<u64>,
+
+    /// Processes and threads per job (a pids cgroup) [default: no limit]
+    #[arg(long, env = "WARREN_JOB_PIDS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_pids: Option<u64>,
+
     #[command(flatten)]
     pub git: GitArgs,
 }
@@ -393,6 +419,13 @@ impl RunnerArgs {
             // one if the file was replaced (an upgrade) while running.
             supervisor: PathBuf::from("/proc/self/exe"),
             git_timeout: self.git.git_timeout,
+            isolation: runner::Isolation {
+                sandbox: self.sandbox,
+                network: self.network,
+                read_only: self.sandbox_ro,
+                memory: self.job_memory,
+                pids: self.job_pids,
+            },
         }
     }
 }
@@ -717,6 +750,23 @@ fn parse_namespace(value: &str) -> Result<String, String> {
             "expected 1 to 100 letters, digits, '-' or '_', got {value:?}"
         ))
     }
+}
+
+fn parse_sandbox(value: &str) -> Result<runner::SandboxChoice, String> {
+    value.parse()
+}
+
+fn parse_absolute_path(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!("expected an absolute path, got {value:?}"))
+    }
+}
+
+fn parse_network(value: &str) -> Result<runner::Network, String> {
+    value.parse()
 }
 
 fn parse_id(value: &str) -> Result<RunnerId, String> {

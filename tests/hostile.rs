@@ -294,7 +294,7 @@ fn the_test_process_gets_no_secret_and_no_warren_variable() {
         &ns,
         &scratch,
         "r1",
-        &[],
+        &["--sandbox", "bwrap"],
         &[
             (
                 "WARREN_AMQP_URL",
@@ -334,7 +334,14 @@ fn daemons_floods_and_hangs_leave_the_runner_healthy_and_nothing_running() {
     let repo = Repo::new(scratch.join("repo"));
     let tag = std::process::id() % 1000;
     let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
-    let _runner = runner(&ns, &scratch, "r1", &["--job-timeout", "8"]);
+    // In the sandbox: it needs no host path, and the sandbox must keep
+    // all of this working.
+    let _runner = runner(
+        &ns,
+        &scratch,
+        "r1",
+        &["--job-timeout", "8", "--sandbox", "bwrap"],
+    );
     let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
     let api = dispatcher.api();
     let run = |script: &str, message: &str| {
@@ -1083,6 +1090,11 @@ fn a_test_finds_no_secret_of_its_runner_through_proc() {
             "r1",
             "--workdir",
             workdir.to_str().expect("utf8"),
+            // This is about non-dumpable processes, the defence without the
+            // sandbox: in it, the probe would not see its ancestors at all
+            // (tests/sandbox.rs).
+            "--sandbox",
+            "none",
         ],
         &[
             ("WARREN_AMQP_URL_FILE", url_file.to_str().expect("utf8")),

@@ -18,11 +18,14 @@
 //! before the ack, cancels, redeliveries, a result kept while the broker is
 //! away) on the in-memory broker with scripted jobs.
 
+mod limits;
 mod process;
+pub mod sandbox;
 pub mod supervisor;
 mod workspace;
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,9 +41,12 @@ use model::{
 use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
+pub use limits::Limits;
 pub use process::{
-    become_non_dumpable, become_subreaper, run_test, scrubbed_env, Ending, LiveOutput, TestRun,
+    become_non_dumpable, become_subreaper, run_test, run_test_with, scrubbed_env, Ending, Launch,
+    LiveOutput, TestRun,
 };
+pub use sandbox::{Isolation, JobSandbox, Network, SandboxChoice};
 pub use workspace::{PrepareError, Workspace};
 
 /// Default cap on captured test output.
@@ -70,6 +76,8 @@ pub struct RunnerConfig {
     pub supervisor: PathBuf,
     /// How long one git call may take before it is killed.
     pub git_timeout: Duration,
+    /// The sandbox and the limits each job gets (see [`sandbox`]).
+    pub isolation: Isolation,
 }
 
 /// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
@@ -149,6 +157,8 @@ trait Execute: Send + Sync {
 struct TestCommand {
     config: RunnerConfig,
     workspace: Workspace,
+    sandbox: JobSandbox,
+    limits: Arc<Limits>,
 }
 
 impl Execute for TestCommand {
@@ -164,6 +174,8 @@ impl Execute for TestCommand {
             job,
             self.config.clone(),
             self.workspace.clone(),
+            self.sandbox.clone(),
+            self.limits.clone(),
             runner,
             started_at_ms,
             live,
@@ -177,14 +189,42 @@ pub async fn run(config: RunnerConfig, shutdown: CancellationToken) -> anyhow::R
     become_subreaper();
     // It holds the broker URL with its password; a test runs as the same user.
     become_non_dumpable();
+    let (sandbox, warning) = JobSandbox::choose(&config.isolation)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    let (limits, warnings) = Limits::prepare(
+        config.isolation.memory,
+        config.isolation.pids,
+        config.id.as_str(),
+    );
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        sandbox = %sandbox.kind,
+        network = ?config.isolation.network,
+        job_memory = ?limits.memory,
+        job_pids = ?limits.pids,
+        "job isolation"
+    );
+    let limits = Arc::new(limits);
+    let kind = sandbox.kind;
     let tests = TestCommand {
         workspace: Workspace::new(config.workdir.clone()).with_git_timeout(config.git_timeout),
         config: config.clone(),
+        sandbox,
+        limits: limits.clone(),
     };
     let connector = config.broker.clone();
-    Runner::new(config, Arc::new(tests))
+    let ended = Runner::new(config, Arc::new(tests))
+        .with_sandbox(kind)
         .run(&connector, shutdown)
-        .await
+        .await;
+    limits.remove_runner_dirs();
+    ended
 }
 
 struct Runner {
@@ -196,6 +236,8 @@ struct Runner {
     completed: VecDeque<JobId>,
     /// A result not yet confirmed by the broker; delivered after reconnect.
     pending: Option<JobResult>,
+    /// How the jobs are isolated, as every event and result says.
+    sandbox: model::Sandbox,
 }
 
 impl Runner {
@@ -206,8 +248,14 @@ impl Runner {
             current: Arc::new(Mutex::new(None)),
             completed: VecDeque::new(),
             pending: None,
+            sandbox: model::Sandbox::Off,
             config,
         }
+    }
+
+    fn with_sandbox(mut self, sandbox: model::Sandbox) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     async fn run(
@@ -260,7 +308,7 @@ impl Runner {
             id: self.config.id.clone(),
             host: self.host.clone(),
             connection: transport.connection_name().to_string(),
-            sandbox: model::Sandbox::Off,
+            sandbox: self.sandbox,
         };
         if let Some(result) = self.pending.take() {
             if let Err(err) = self.publish_result(&**transport, &result).await {
@@ -505,10 +553,13 @@ async fn ack(delivery: Delivery) {
 }
 
 /// Checks out the commit and runs the test command.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     job: Job,
     config: RunnerConfig,
     workspace: Workspace,
+    sandbox: JobSandbox,
+    limits: Arc<Limits>,
     runner: RunnerInfo,
     started_at_ms: u64,
     live: LiveOutput,
@@ -559,15 +610,52 @@ async fn execute(
             .unwrap_or_else(|| DEFAULT_TEST_COMMAND.to_string()),
     };
     let env = scrubbed_env(&job.commit, &job.branch);
+    let isolation = match sandbox.kind {
+        model::Sandbox::Off => "no sandbox".to_string(),
+        model::Sandbox::Bwrap => format!(
+            "sandbox bwrap, network {}, in {}",
+            match config.isolation.network {
+                Network::Host => "host",
+                Network::None => "none",
+            },
+            sandbox::CHECKOUT
+        ),
+    };
     let header = format!(
-        "warren: testing {} ({}) on {}\nwarren: $ {}\n",
+        "warren: testing {} ({}) on {} ({isolation})\nwarren: $ {}\n",
         job.commit, job.branch, runner.id, command
     );
     // Watchers see the same header the recorded log starts with.
     if let Ok(mut live) = live.lock() {
         live.extend_from_slice(header.as_bytes());
     }
-    match run_test(
+    let cgroup = {
+        let limits = limits.clone();
+        tokio::task::spawn_blocking(move || limits.job())
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    };
+    let mut cgroup = match cgroup {
+        Ok(cgroup) => cgroup,
+        Err(err) => {
+            // Never run a job with less than the limits the runner has.
+            let reason = format!("cannot make the job's cgroup: {err}");
+            return finish(
+                Outcome::Error,
+                None,
+                format!("{header}warren: {reason}\n"),
+                false,
+                Some(reason),
+            );
+        }
+    };
+    let launch = Launch {
+        wrapper: sandbox.wrapper(&dir, true),
+        status_pipe: sandbox.kind == model::Sandbox::Bwrap,
+        cgroup_procs: cgroup.procs.iter().map(|fd| fd.as_raw_fd()).collect(),
+        address_space: limits.rlimit_as(),
+    };
+    let ran = run_test_with(
         &config.supervisor,
         &command,
         &dir,
@@ -576,9 +664,12 @@ async fn execute(
         config.output_cap,
         &live,
         &cancel,
+        &launch,
     )
-    .await
-    {
+    .await;
+    let out_of_memory = cgroup.out_of_memory();
+    let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+    match ran {
         Err(err) => {
             let reason = format!("cannot start the test command: {err}");
             finish(
@@ -592,20 +683,58 @@ async fn execute(
         Ok(run) => {
             tracing::debug!(job = %job.id, test_ms = run.duration.as_millis() as u64, "test timings");
             let output = format!("{header}{}", run.output);
+            let sandbox_failed = matches!(run.ending, Ending::Exited(_))
+                && run
+                    .sandbox_status
+                    .as_deref()
+                    .is_some_and(|status| !sandbox::ran_to_the_end(status));
+            if sandbox_failed && !out_of_memory {
+                // bubblewrap ended before the test did, or never started it:
+                // the job did not run in the sandbox this runner advertises.
+                let said = run
+                    .output
+                    .lines()
+                    .rev()
+                    .find(|line| line.starts_with("bwrap:"))
+                    .unwrap_or("no message from bwrap")
+                    .to_string();
+                let reason = format!("the sandbox (bwrap) could not be set up: {said}");
+                tracing::warn!(job = %job.id, "{reason}");
+                let output = format!("{output}\nwarren: {reason}\n");
+                return finish(Outcome::Error, None, output, run.truncated, Some(reason));
+            }
+            let memory_reason = out_of_memory.then(|| {
+                format!(
+                    "the job went over its memory limit (--job-memory {} bytes) and was killed",
+                    limits.memory.unwrap_or(0)
+                )
+            });
+            let with_memory_note = |output: String| match &memory_reason {
+                Some(reason) => format!("{output}\nwarren: {reason}\n"),
+                None => output,
+            };
             match run.ending {
                 Ending::Cancelled => Execution::Cancelled,
                 Ending::Exited(Some(0)) => {
                     finish(Outcome::Passed, Some(0), output, run.truncated, None)
                 }
-                Ending::Exited(Some(code)) => {
-                    finish(Outcome::Failed, Some(code), output, run.truncated, None)
-                }
+                Ending::Exited(Some(code)) => finish(
+                    Outcome::Failed,
+                    Some(code),
+                    with_memory_note(output),
+                    run.truncated,
+                    memory_reason.clone(),
+                ),
                 Ending::Exited(None) => finish(
                     Outcome::Failed,
                     None,
-                    output,
+                    with_memory_note(output),
                     run.truncated,
-                    Some("the test was killed by a signal".into()),
+                    Some(
+                        memory_reason
+                            .clone()
+                            .unwrap_or_else(|| "the test was killed by a signal".into()),
+                    ),
                 ),
                 Ending::TimedOut => {
                     let reason = format!(
@@ -841,6 +970,10 @@ mod tests {
 
     impl Harness {
         fn start() -> Harness {
+            Harness::start_with(model::Sandbox::Off)
+        }
+
+        fn start_with(sandbox: model::Sandbox) -> Harness {
             let names = Names::new("t");
             let config = RunnerConfig {
                 broker: BrokerConfig {
@@ -858,6 +991,7 @@ mod tests {
                 grace: Duration::from_millis(50),
                 supervisor: PathBuf::from("/nonexistent"),
                 git_timeout: Duration::from_secs(60),
+                isolation: Isolation::default(),
             };
             let broker = MemoryBroker::new(&names, &Topology::new(&names, config.broker.settings))
                 .expect("memory broker");
@@ -869,7 +1003,12 @@ mod tests {
             let shutdown = CancellationToken::new();
             let runner = tokio::spawn({
                 let (broker, script, shutdown) = (broker.clone(), script.clone(), shutdown.clone());
-                async move { Runner::new(config, script).run(&broker, shutdown).await }
+                async move {
+                    Runner::new(config, script)
+                        .with_sandbox(sandbox)
+                        .run(&broker, shutdown)
+                        .await
+                }
             });
             Harness {
                 client: broker.open("test-client").expect("client"),
@@ -1011,6 +1150,32 @@ mod tests {
         let next = h.queue_job('b').await;
         assert_eq!(h.next_run().await.job, next);
         h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn every_event_and_result_says_how_the_runner_isolates_jobs() {
+        for sandbox in [model::Sandbox::Bwrap, model::Sandbox::Off] {
+            let mut h = Harness::start_with(sandbox);
+            h.queue_job('a').await;
+            let run = h.next_run().await;
+            h.wait("a heartbeat", |_| {
+                h.events()
+                    .iter()
+                    .any(|e| matches!(e, Event::Heartbeat { .. }))
+                    .then_some(())
+            })
+            .await;
+            run.finish.send(Outcome::Passed).expect("finish");
+            h.wait_work_queue_drained().await;
+            for event in h.events() {
+                let (Event::Started { runner, .. } | Event::Heartbeat { runner, .. }) = event;
+                assert_eq!(runner.sandbox, sandbox);
+            }
+            let results = h.results();
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0].runner.sandbox, sandbox);
+            h.stop().await;
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@
 //! runner carries on, and as child subreaper it kills whatever a killed
 //! supervisor leaves behind.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::STATUS_FD;
 use crate::supervisor::LIVENESS_FD;
 
 /// How long to keep reading output after the test's group was killed, in
@@ -43,6 +45,8 @@ pub struct TestRun {
     pub output: String,
     pub truncated: bool,
     pub duration: Duration,
+    /// What the sandbox wrote on its status pipe, when it had one.
+    pub sandbox_status: Option<String>,
 }
 
 /// What a test has printed so far, shared with the heartbeat task so it
@@ -231,6 +235,21 @@ fn liveness_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// How the supervisor's test is started, beyond `sh -c CMD`: in a sandbox,
+/// in cgroups, under an address-space limit.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// What goes before `sh -c CMD` (`bwrap ARGS --`); empty for none.
+    pub wrapper: Vec<OsString>,
+    /// Whether to give the wrapper a status pipe on
+    /// [`crate::sandbox::STATUS_FD`] (bubblewrap's `--json-status-fd`).
+    pub status_pipe: bool,
+    /// Open `cgroup.procs` files the supervisor enters before it execs.
+    pub cgroup_procs: Vec<RawFd>,
+    /// `RLIMIT_AS` for the supervisor and everything it starts.
+    pub address_space: Option<u64>,
+}
+
 /// Runs `command` with `sh -c` in `dir`, under the supervisor
 /// (`supervisor supervise -- sh -c command`; `supervisor` is the `warren`
 /// binary).
@@ -245,15 +264,53 @@ pub async fn run_test(
     live: &LiveOutput,
     cancel: &CancellationToken,
 ) -> std::io::Result<TestRun> {
+    run_test_with(
+        supervisor,
+        command,
+        dir,
+        env,
+        timeout,
+        output_cap,
+        live,
+        cancel,
+        &Launch::default(),
+    )
+    .await
+}
+
+/// [`run_test`], started as `launch` says (`supervisor supervise --
+/// WRAPPER... sh -c command`).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_test_with(
+    supervisor: &Path,
+    command: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    output_cap: usize,
+    live: &LiveOutput,
+    cancel: &CancellationToken,
+    launch: &Launch,
+) -> std::io::Result<TestRun> {
     let started = Instant::now();
     let (sender, mut receiver) = tokio::net::unix::pipe::pipe()?;
     let write_end = sender.into_blocking_fd()?;
     let (liveness_read, liveness_write) = liveness_pipe()?;
+    let status = if launch.status_pipe {
+        Some(status_pipe()?)
+    } else {
+        None
+    };
     let mut child = {
         let read_fd = liveness_read.as_raw_fd();
+        let status_fd = status.as_ref().map(|(_, write)| write.as_raw_fd());
+        let procs = launch.cgroup_procs.clone();
+        let address_space = launch.address_space;
         let mut cmd = Command::new(supervisor);
         cmd.arg0("warren")
-            .args(["supervise", "--", "sh", "-c"])
+            .args(["supervise", "--"])
+            .args(&launch.wrapper)
+            .args(["sh", "-c"])
             .arg(command)
             .current_dir(dir)
             .env_clear()
@@ -275,17 +332,44 @@ pub async fn run_test(
                 } else {
                     libc::dup2(read_fd, LIVENESS_FD) != -1
                 };
-                if ok {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
                 }
+                // The status pipe's write end is above 9 (see
+                // `status_pipe`), so the dup2 above left it alone.
+                if let Some(fd) = status_fd {
+                    if libc::dup2(fd, STATUS_FD) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Into the job's cgroups before anything of the test runs:
+                // "0" is the writing process. A failure stops the job
+                // rather than run it unlimited.
+                for fd in &procs {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(bytes) = address_space {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes as libc::rlim_t,
+                        rlim_max: bytes as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
             });
         }
         cmd.spawn()?
         // `cmd` drops here, closing our copies of the output's write end.
     };
     drop(liveness_read);
+    let status_read = status.map(|(read, write)| {
+        drop(write);
+        read
+    });
     // While this is open the supervisor lets the test run; closing it (or
     // this process dying) makes it kill the test's whole tree.
     let mut liveness = Some(liveness_write);
@@ -351,5 +435,41 @@ pub async fn run_test(
         output,
         truncated: capture.truncated,
         duration: started.elapsed(),
+        sandbox_status: status_read.map(read_status),
     })
+}
+
+/// A pipe for the sandbox's status: (read end, write end), both
+/// close-on-exec, the write end numbered 10 or above so that it survives
+/// the moves to fds 3 and 4 in the child.
+fn status_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = liveness_pipe()?;
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; it is owned here.
+    let high = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if high == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `high` was just created and is owned by nobody else.
+    Ok((read, unsafe { OwnedFd::from_raw_fd(high) }))
+}
+
+/// What the sandbox wrote on its status pipe (every writer has exited, or
+/// the job was stopped: whatever is there is read without waiting).
+fn read_status(read: OwnedFd) -> String {
+    let fd = read.as_raw_fd();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    // SAFETY: fcntl on our descriptor, read into a local buffer.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        loop {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 || text.len() > 64 * 1024 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }

@@ -15,7 +15,10 @@
 //! Why a process and not a PID namespace or a cgroup: it needs no
 //! privilege and works in any container. A PID namespace needs user
 //! namespaces, which Docker's default seccomp profile refuses; a cgroup
-//! needs delegation.
+//! needs delegation. Where they are available the runner adds both (see
+//! `sandbox.rs` and `limits.rs`): the test is then `bwrap … -- sh -c CMD`,
+//! entered into the job's cgroups before this process execs, and this
+//! supervisor works as before, with bubblewrap as its test.
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;

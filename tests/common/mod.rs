@@ -477,7 +477,10 @@ impl Up {
             data.to_str().expect("utf8"),
         ]);
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("up", ns, scratch, &args, &[]);
+        // Its runners without the sandbox, as `runner` starts them (see
+        // there): a poison job has to find its runner among the host's
+        // processes.
+        let proc = Proc::spawn("up", ns, scratch, &args, &[("WARREN_SANDBOX", "none")]);
         Up {
             proc,
             url: format!("http://{http}"),
@@ -584,6 +587,14 @@ pub fn runner(ns: &Namespace, scratch: &Scratch, name: &str, extra: &[&str]) -> 
 }
 
 /// Like [`runner`], with extra environment variables.
+///
+/// Without the sandbox unless `extra` names one (`--sandbox bwrap`): most
+/// tests coordinate with their jobs through files in the scratch folder
+/// (gates, marks, control clones) or have a job find its runner among the
+/// host's processes (a poison job), which the sandbox rightly hides. They
+/// are about queues, faults and the runner's own defences; the sandbox and
+/// the runner's default (`auto`) are tested in tests/sandbox.rs, and the
+/// hostile tests that need no host path run under `--sandbox bwrap` too.
 pub fn runner_with_env(
     ns: &Namespace,
     scratch: &Scratch,
@@ -599,6 +610,13 @@ pub fn runner_with_env(
         "--workdir",
         workdir.to_str().expect("utf8"),
     ];
+    let chooses = extra
+        .iter()
+        .any(|a| *a == "--sandbox" || a.starts_with("--sandbox="))
+        || env.iter().any(|(k, _)| *k == "WARREN_SANDBOX");
+    if !chooses {
+        args.extend(["--sandbox", "none"]);
+    }
     args.extend_from_slice(extra);
     Proc::spawn(name, ns, scratch, &args, env)
 }
