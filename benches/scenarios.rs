@@ -5,7 +5,10 @@
 //! and real git repositories, prints a table, and writes BENCHMARKS.md at
 //! the workspace root. `cargo bench --bench scenarios -- 2 6` runs only
 //! scenarios 2 and 6 and prints their table, rows, verdicts, analysis and
-//! sections in Markdown without writing the file.
+//! sections in Markdown without writing the file. With `WARREN_AMQP_URL`
+//! set, the scenarios use that broker instead (e.g. a private node when
+//! the shared one cannot serve); scenarios 3 and 5 still count the CPU of
+//! the broker listening on 5672.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

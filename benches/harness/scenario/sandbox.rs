@@ -95,8 +95,8 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let jobs = sizes.sandbox_jobs.max(1);
     report.detail(
         8,
-        "Reproduce: `cargo bench --bench scenarios -- 8` runs this scenario alone (about half \
-         a minute) and prints its rows, verdicts, analysis and this section.",
+        "Reproduce: `cargo bench --bench scenarios -- 8` runs this scenario alone (about 10 \
+         seconds) and prints its rows, verdicts, analysis and this section.",
     );
     // For scale: one process started and waited for, bare and in a
     // bubblewrap sandbox like the runner's (without its binds of the
