@@ -1,11 +1,14 @@
-//! `cargo bench --bench scenarios`: Warren's benchmark (issues 7 and 15).
+//! `cargo bench --bench scenarios`: Warren's benchmark (issues 7, 14 and 15).
 //!
 //! Runs the real `warren` binary against the RabbitMQ on 127.0.0.1:5672
 //! (and a private node of the same installation for the broker restart)
 //! and real git repositories, prints a table, and writes BENCHMARKS.md at
 //! the workspace root. `cargo bench --bench scenarios -- 2 6` runs only
 //! scenarios 2 and 6 and prints their table, rows, verdicts, analysis and
-//! sections in Markdown without writing the file.
+//! sections in Markdown without writing the file. With `WARREN_AMQP_URL`
+//! set, the scenarios use that broker instead (e.g. a private node when
+//! the shared one cannot serve); scenarios 3 and 5 still count the CPU of
+//! the broker listening on 5672.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

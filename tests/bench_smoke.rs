@@ -160,6 +160,30 @@ fn scenario_7_webhooks_and_many_repositories() {
 }
 
 #[test]
+fn scenario_8_sandbox_cost_per_job() {
+    // Not through `smoke`'s checks for every row: the two costs are
+    // differences of medians, which may be below zero at this size.
+    let report = smoke(8, &[]);
+    let section = &report.sections[7];
+    // The test step with none, bwrap and bwrap with a cgroup; the two costs.
+    assert_eq!(section.rows.len(), 5, "{section:?}");
+    for row in &section.rows[..3] {
+        assert_eq!(row.samples.len(), Sizes::smoke().sandbox_jobs, "{row:?}");
+        assert!(
+            row.samples.iter().all(|v| *v > 0.0 && *v < 120_000.0),
+            "test steps are positive: {row:?}"
+        );
+    }
+    for row in &section.rows[3..] {
+        assert_eq!(row.samples.len(), 1, "{row:?}");
+        assert!(row.samples[0].is_finite(), "{row:?}");
+    }
+    assert!(section.rows[3].target.is_some());
+    assert!(section.details.contains("--sandbox bwrap"));
+    assert!(harness::analysis::render(&report).contains("The sandbox"));
+}
+
+#[test]
 fn log_lines_statistics_and_dates_are_parsed() {
     use harness::logs::{parse_line, parse_timestamp};
     let line = parse_line(

@@ -12,6 +12,16 @@ use model::Job;
 
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The broker the scenarios run against: `WARREN_AMQP_URL` when it is set
+/// (the `warren` processes the harness starts inherit it, so they and the
+/// namespace clean-up use the same broker), else the shared one on 5672.
+pub fn default_url() -> String {
+    std::env::var("WARREN_AMQP_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_URL.into())
+}
+
 /// Jobs in flight at once while publishing a batch.
 const IN_FLIGHT: usize = 64;
 

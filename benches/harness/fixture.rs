@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::common::{wait_for, Dispatcher, Namespace, Proc, Scratch};
-use crate::harness::bus::{Bus, DEFAULT_URL};
+use crate::harness::bus::{default_url, Bus};
 use crate::harness::logs::{self, Line};
 
 /// Runners log their per-job timings at debug level.
@@ -20,7 +20,8 @@ pub struct Setup {
     pub runners: usize,
     pub runner_args: Vec<String>,
     pub dispatcher_args: Vec<String>,
-    /// Broker URL; the shared broker on 5672 when `None`.
+    /// Broker URL; `WARREN_AMQP_URL`, or the shared broker on 5672, when
+    /// `None`.
     pub amqp_url: Option<String>,
 }
 
@@ -69,7 +70,7 @@ impl Warren {
     pub fn start(name: &str, setup: Setup) -> Warren {
         let ns = Namespace::new(name);
         let scratch = Scratch::new();
-        let url = setup.amqp_url.clone().unwrap_or_else(|| DEFAULT_URL.into());
+        let url = setup.amqp_url.clone().unwrap_or_else(default_url);
         let bus = Bus::open(&ns.name, &url);
         let mut dispatcher_args: Vec<&str> = vec!["--amqp-url", &url];
         dispatcher_args.extend(setup.dispatcher_args.iter().map(String::as_str));
@@ -92,10 +93,7 @@ impl Warren {
     }
 
     fn url(&self) -> String {
-        self.setup
-            .amqp_url
-            .clone()
-            .unwrap_or_else(|| DEFAULT_URL.into())
+        self.setup.amqp_url.clone().unwrap_or_else(default_url)
     }
 
     /// Starts one more runner (not waiting for it); returns its index.

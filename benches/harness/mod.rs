@@ -61,6 +61,8 @@ pub struct Sizes {
     pub push_burst: (usize, usize),
     /// Many repositories polled by one registry observer.
     pub many_repos: ManyRepos,
+    /// Jobs (test command `true`) run with each sandbox setting.
+    pub sandbox_jobs: usize,
 }
 
 /// Repositories registered and polled by one observer, and how long its
@@ -104,6 +106,7 @@ impl Sizes {
                 window_secs: 90.0,
                 step_secs: 10.0,
             },
+            sandbox_jobs: 40,
         }
     }
 
@@ -135,6 +138,7 @@ impl Sizes {
                 window_secs: 2.0,
                 step_secs: 1.0,
             },
+            sandbox_jobs: 3,
         }
     }
 }

@@ -154,7 +154,7 @@ pub struct Report {
     pub facts: std::collections::BTreeMap<String, f64>,
 }
 
-pub const TITLES: [&str; 7] = [
+pub const TITLES: [&str; 8] = [
     "Commit to start and commit to outcome",
     "Per-job overhead",
     "Throughput",
@@ -162,6 +162,7 @@ pub const TITLES: [&str; 7] = [
     "Memory and CPU",
     "Dashboard and API",
     "Webhooks and many repositories (issue 15)",
+    "Sandbox cost per job (issue 14)",
 ];
 
 impl Default for Report {
@@ -195,7 +196,7 @@ impl Report {
         self.facts.get(name).copied().filter(|v| v.is_finite())
     }
 
-    /// Scenario `id` (1 to 7).
+    /// Scenario `id` (1 to 8).
     pub fn section(&mut self, id: u8) -> &mut Section {
         &mut self.sections[usize::from(id) - 1]
     }

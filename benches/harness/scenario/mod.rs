@@ -1,5 +1,6 @@
-//! The six scenarios of issue 7 and the pushes of issue 15. Each adds rows and details to a
-//! [`Report`]; [`run`] also notes the load average and duration.
+//! The six scenarios of issue 7, the pushes of issue 15 and the sandbox of
+//! issue 14. Each adds rows and details to a [`Report`]; [`run`] also notes
+//! the load average and duration.
 
 pub mod api;
 pub mod failover;
@@ -7,6 +8,7 @@ pub mod latency;
 pub mod overhead;
 pub mod pushes;
 pub mod resources;
+pub mod sandbox;
 pub mod throughput;
 
 use std::time::Instant;
@@ -15,7 +17,7 @@ use crate::harness::system::load_average;
 use crate::harness::{Report, Sizes};
 
 /// The scenarios by number, in the order of the issues.
-pub const ALL: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
+pub const ALL: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// Runs scenario `id`, printing its progress to stderr.
 pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
@@ -31,6 +33,7 @@ pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
         5 => resources::run(sizes, report),
         6 => api::run(sizes, report),
         7 => pushes::run(sizes, report),
+        8 => sandbox::run(sizes, report),
         _ => panic!("no scenario {id}"),
     }
     let seconds = clock.elapsed().as_secs_f64();

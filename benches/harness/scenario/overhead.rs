@@ -103,7 +103,7 @@ fn table(parts: &[Parts]) -> String {
 
 /// What starting a process costs on this machine: the median of `n` runs
 /// of `program args` (spawned, waited for), in ms.
-fn process_start_ms(program: &str, args: &[&str], n: usize) -> f64 {
+pub fn process_start_ms(program: &str, args: &[&str], n: usize) -> f64 {
     let samples: Vec<f64> = (0..n)
         .map(|_| {
             let clock = std::time::Instant::now();
