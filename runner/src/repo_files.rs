@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn an_unknown_key_is_an_error_naming_it() {
         let err = RepoConfig::parse("network: false\npipelines: [build]\n").unwrap_err();
-        assert!(err.contains("pipelines"), "{err}");
+        assert!(err.contains("unknown field `pipelines`"), "{err}");
         let err = RepoConfig::parse("Network: false\n").unwrap_err();
         assert!(err.contains("Network"), "{err}");
     }
