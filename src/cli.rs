@@ -382,7 +382,8 @@ pub struct RunnerArgs {
     pub sandbox: runner::SandboxChoice,
 
     /// A sandboxed job's network: host (shared with the runner) or none
-    /// (only its own loopback)
+    /// (only its own loopback); a repository's `.warren.yml` can ask for
+    /// none per job (`network: false`)
     #[arg(long, env = "WARREN_NETWORK", default_value = "host", value_parser = parse_network)]
     pub network: runner::Network,
 

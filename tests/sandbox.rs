@@ -334,6 +334,99 @@ fn a_job_on_a_runner_without_network_cannot_reach_the_broker() {
 }
 
 #[test]
+fn a_job_that_asks_for_no_network_cannot_reach_the_broker_on_a_host_network_runner() {
+    let probe = "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 5672), 3); print('reached', 'the broker')\"";
+    let rig = Rig::start(
+        "sandbox-job-network",
+        &["--sandbox", "bwrap", "--network", "host"],
+    );
+    let repo = rig.repo("repo");
+    // The same probe on the same runner: without the line it reaches the
+    // broker (so the test can fail)...
+    repo.write(".warren.yml", "# no network key: the default, true\n");
+    let job = rig.run(&repo, probe);
+    rig.assert_passed(
+        &job,
+        "with the runner's host network the broker is reachable",
+    );
+    assert!(rig.log(&job).contains("reached the broker"));
+    // ...with it, the job has a network of its own.
+    repo.write(".warren.yml", "network: false\n");
+    let job = rig.run(&repo, probe);
+    rig.assert_not_passed(&job, "reaching the broker with network: false");
+    assert_eq!(job["status"], "failed", "{job}");
+    let log = rig.log(&job);
+    assert!(!log.contains("reached the broker"), "{log}");
+    assert!(
+        log.contains("network none (network: false in .warren.yml)"),
+        "{log}"
+    );
+    // And the next job without the line has the network again.
+    repo.write(".warren.yml", "network: true\n");
+    let job = rig.run(&repo, probe);
+    rig.assert_passed(&job, "network: true after a job with network: false");
+}
+
+#[test]
+fn a_job_that_asks_for_no_network_is_an_error_on_a_runner_without_a_sandbox() {
+    let rig = Rig::start("sandbox-job-network-none", &unsandboxed());
+    let repo = rig.repo("repo");
+    let marker = rig.scratch.join("it-ran");
+    repo.write(".warren.yml", "network: false\n");
+    let job = rig.run(&repo, &format!("touch {}", marker.display()));
+    assert_eq!(job["status"], "error", "{job}\n{}", rig.log(&job));
+    let reason = "network: false needs a runner with a sandbox (this one runs jobs without one)";
+    assert!(
+        job["reason"].as_str().is_some_and(|r| r.contains(reason)),
+        "{job}"
+    );
+    assert!(rig.log(&job).contains(reason), "{}", rig.log(&job));
+    assert!(!marker.exists(), "the test command never ran");
+    // The runner goes on: the same repository without the line passes.
+    repo.write(".warren.yml", "network: true\n");
+    let job = rig.run(&repo, &format!("touch {}", marker.display()));
+    rig.assert_passed(&job, "network: true on a runner without a sandbox");
+    assert!(marker.exists());
+}
+
+#[test]
+fn a_bad_warren_yml_is_an_error_that_says_why() {
+    let rig = Rig::start("sandbox-bad-yml", &sandboxed());
+    let repo = rig.repo("repo");
+    let reason_of = |job: &Value| job["reason"].as_str().unwrap_or_default().to_string();
+    repo.write(".warren.yml", "network: false\npipelines: [build]\n");
+    let job = rig.run(&repo, "true");
+    assert_eq!(job["status"], "error", "{job}");
+    let reason = reason_of(&job);
+    assert!(
+        reason.starts_with(".warren.yml is not valid") && reason.contains("pipelines"),
+        "names the unknown key: {job}"
+    );
+    repo.write(".warren.yml", "network: [\n");
+    let job = rig.run(&repo, "true");
+    assert_eq!(job["status"], "error", "{job}");
+    assert!(
+        reason_of(&job).starts_with(".warren.yml is not valid"),
+        "{job}"
+    );
+    // A symlink to a file of the runner's is refused, its content unread.
+    let secret = rig.scratch.join("runner-secret");
+    std::fs::write(&secret, "RUNNER-ONLY-SECRET\n").expect("write");
+    std::fs::remove_file(repo.path.join(".warren.yml")).expect("rm");
+    std::fs::remove_file(repo.path.join(".warren-test")).expect("rm");
+    std::os::unix::fs::symlink(&secret, repo.path.join(".warren-test")).expect("symlink");
+    let commit = repo.commit("a linked test command");
+    let job = rig.run_commit(&repo, &commit);
+    assert_eq!(job["status"], "error", "{job}");
+    assert!(reason_of(&job).contains("symbolic link"), "{job}");
+    assert!(
+        !rig.log(&job).contains("RUNNER-ONLY-SECRET"),
+        "{}",
+        rig.log(&job)
+    );
+}
+
+#[test]
 fn a_job_cannot_allocate_past_its_memory_limit() {
     // Writes every byte: a gigabyte really used, not only reserved.
     let hog = "python3 -c \"b = bytearray(b'x') * (1 << 30); print(len(b))\"";

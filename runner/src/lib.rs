@@ -20,6 +20,7 @@
 
 mod limits;
 mod process;
+pub mod repo_files;
 pub mod sandbox;
 pub mod supervisor;
 mod workspace;
@@ -46,6 +47,7 @@ pub use process::{
     become_non_dumpable, become_subreaper, run_test, run_test_with, scrubbed_env, Ending, Launch,
     LiveOutput, TestRun,
 };
+pub use repo_files::{RepoConfig, REPO_COMMAND_FILE, REPO_CONFIG_FILE};
 pub use sandbox::{Isolation, JobSandbox, Network, SandboxChoice};
 pub use workspace::{PrepareError, Workspace};
 
@@ -53,8 +55,6 @@ pub use workspace::{PrepareError, Workspace};
 pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
 /// The original design's convention: unittest discovery under `tests/`.
 pub const DEFAULT_TEST_COMMAND: &str = "python3 -m unittest discover -s tests -v";
-/// A repository may name its own test command in this file at its root.
-pub const REPO_COMMAND_FILE: &str = ".warren-test";
 /// How many delivered job ids to remember, to ack redeliveries unrun.
 const COMPLETED_MEMORY: usize = 1000;
 
@@ -602,8 +602,50 @@ async fn execute(
             );
         }
     };
-    let command = match tokio::fs::read_to_string(dir.join(REPO_COMMAND_FILE)).await {
-        Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
+    // The repository's own files: untrusted, read sealed (see repo_files).
+    let repo_files = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            let config = RepoConfig::read(&dir)?;
+            let command = repo_files::read_repo_file(&dir, REPO_COMMAND_FILE)?;
+            Ok::<_, String>((config, command))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("cannot read the repository's files: {e}")));
+    let (repo_config, repo_command) = match repo_files {
+        Ok(read) => read,
+        Err(reason) => {
+            tracing::warn!(job = %job.id, "{reason}");
+            return finish(
+                Outcome::Error,
+                None,
+                format!("warren: {reason}\n"),
+                false,
+                Some(reason),
+            );
+        }
+    };
+    let sandbox = if repo_config.network {
+        sandbox
+    } else if sandbox.kind == model::Sandbox::Off {
+        // Never run a job with more access than it asked for.
+        let reason = format!(
+            "{REPO_CONFIG_FILE}: network: false needs a runner with a sandbox (this one runs jobs without one)"
+        );
+        tracing::warn!(job = %job.id, "{reason}");
+        return finish(
+            Outcome::Error,
+            None,
+            format!("warren: {reason}\n"),
+            false,
+            Some(reason),
+        );
+    } else {
+        sandbox.without_network()
+    };
+    let command = match repo_command {
+        Some(text) if !text.trim().is_empty() => text.trim().to_string(),
         _ => config
             .test_command
             .clone()
@@ -613,10 +655,15 @@ async fn execute(
     let isolation = match sandbox.kind {
         model::Sandbox::Off => "no sandbox".to_string(),
         model::Sandbox::Bwrap => format!(
-            "sandbox bwrap, network {}, in {}",
-            match config.isolation.network {
+            "sandbox bwrap, network {}{}, in {}",
+            match sandbox.network() {
                 Network::Host => "host",
                 Network::None => "none",
+            },
+            if repo_config.network {
+                ""
+            } else {
+                " (network: false in .warren.yml)"
             },
             sandbox::CHECKOUT
         ),

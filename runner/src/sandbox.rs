@@ -110,6 +110,21 @@ impl JobSandbox {
         }
     }
 
+    /// The network its jobs get.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The same sandbox with a network namespace of its own (a job's
+    /// `network: false`). Without a sandbox there is nothing to cut off:
+    /// the caller must refuse such a job instead.
+    pub fn without_network(&self) -> JobSandbox {
+        JobSandbox {
+            network: Network::None,
+            ..self.clone()
+        }
+    }
+
     /// Settles `isolation.sandbox`: `bwrap` must work (checked by running a
     /// trivial command in the very sandbox jobs get), `auto` falls back to
     /// none with the reason as a warning. Err: an explicit `bwrap` that
@@ -406,5 +421,30 @@ mod tests {
         assert!(!text.contains("nonexistent-toolchain"), "{text}");
         assert!(text.contains("--json-status-fd 4 --"), "{text}");
         assert!(JobSandbox::none().wrapper(Path::new("/x"), true).is_empty());
+    }
+
+    #[test]
+    fn a_job_without_network_gets_its_own_network_namespace_on_a_host_network_runner() {
+        let host = JobSandbox {
+            kind: Sandbox::Bwrap,
+            network: Network::Host,
+            read_only: Vec::new(),
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+        };
+        let has_unshare_net = |sandbox: &JobSandbox| {
+            sandbox
+                .wrapper(Path::new("/c"), false)
+                .iter()
+                .any(|a| a == "--unshare-net")
+        };
+        assert!(!has_unshare_net(&host));
+        let cut_off = host.without_network();
+        assert_eq!(cut_off.network(), Network::None);
+        assert!(has_unshare_net(&cut_off));
+        assert_eq!(
+            host.network(),
+            Network::Host,
+            "the runner's own is unchanged"
+        );
     }
 }
