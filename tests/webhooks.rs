@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,26 +16,11 @@ use sha2::Sha256;
 
 const SECRET: &str = "s3cret";
 
-/// One request as the receiver saw it.
-#[derive(Debug, Clone)]
-struct Request {
-    request_line: String,
-    /// Header names in lower case.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
+type Request = HttpRequest;
 
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == &name.to_ascii_lowercase())
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("the body is JSON")
-    }
+/// The body, which a notification always has as JSON.
+fn json(request: &Request) -> Value {
+    serde_json::from_slice(&request.body).expect("the body is JSON")
 }
 
 /// A webhook receiver on 127.0.0.1 that records every request and answers
@@ -58,7 +43,7 @@ impl Receiver {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let Some(request) = read_request(&mut stream) else {
+                let Some(request) = read_http_request(&mut stream) else {
                     continue;
                 };
                 let first = {
@@ -84,48 +69,6 @@ impl Receiver {
     fn requests(&self) -> Vec<Request> {
         self.seen.lock().expect("lock").clone()
     }
-}
-
-/// Reads one HTTP/1.1 request with a `Content-Length` body.
-fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).ok()?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?.to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(name, _)| name == "content-length")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
-    Some(Request {
-        request_line,
-        headers,
-        body,
-    })
 }
 
 fn expected_signature(body: &[u8]) -> String {
@@ -212,7 +155,7 @@ fn a_failure_and_its_fix_are_posted_signed_and_retried_and_a_second_failure_is_q
     let summary: Vec<(String, String)> = requests
         .iter()
         .map(|r| {
-            let json = r.json();
+            let json = json(r);
             (
                 json["event"].as_str().unwrap_or_default().to_string(),
                 json["job"]["commit"]
@@ -255,7 +198,7 @@ fn a_failure_and_its_fix_are_posted_signed_and_retried_and_a_second_failure_is_q
             Some(expected_signature(&request.body).as_str()),
             "the signature is the HMAC-SHA256 of the exact body"
         );
-        let json = request.json();
+        let json = json(request);
         let event = json["event"].as_str().expect("event");
         assert_eq!(request.header("x-warren-event"), Some(event));
         let job = &json["job"];
@@ -288,7 +231,7 @@ fn a_failure_and_its_fix_are_posted_signed_and_retried_and_a_second_failure_is_q
             .contains(if event == "failed" { "fail" } else { "pass" }));
     }
 
-    let failed = requests[0].json();
+    let failed = json(&requests[0]);
     assert_eq!(failed["job"]["status"], "failed");
     assert_eq!(failed["job"]["id"], commits[1].1["id"]);
     assert_eq!(failed["job"]["subject"], "commit 1: fail");
@@ -297,7 +240,7 @@ fn a_failure_and_its_fix_are_posted_signed_and_retried_and_a_second_failure_is_q
         Some(commits[0].0.as_str())
     );
     assert_eq!(failed["previous"]["status"], "passed");
-    let fixed = requests[2].json();
+    let fixed = json(&requests[2]);
     assert_eq!(fixed["job"]["status"], "passed");
     assert_eq!(fixed["job"]["id"], commits[3].1["id"]);
     assert_eq!(

@@ -856,3 +856,76 @@ impl Drop for StalledServer {
 pub fn log_count(proc: &Proc, needle: &str) -> usize {
     proc.log_text().matches(needle).count()
 }
+
+/// One HTTP/1.1 request as a test's fake server (a forge, a webhook
+/// receiver) read it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// `POST /path HTTP/1.1`.
+    pub request_line: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn method(&self) -> &str {
+        self.request_line.split(' ').next().unwrap_or_default()
+    }
+
+    pub fn path(&self) -> &str {
+        self.request_line.split(' ').nth(1).unwrap_or_default()
+    }
+}
+
+/// Reads one HTTP/1.1 request with a `Content-Length` body; `None` when
+/// the client goes away first.
+pub fn read_http_request(stream: &mut std::net::TcpStream) -> Option<HttpRequest> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).ok()?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Some(HttpRequest {
+        request_line,
+        headers,
+        body,
+    })
+}
