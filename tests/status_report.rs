@@ -59,16 +59,21 @@ impl FakeForge {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let Some(request) = read_request(&mut stream) else {
-                    continue;
-                };
-                log.lock().expect("lock").push(request);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
-                      Content-Length: 2\r\nConnection: close\r\n\r\n{}",
-                );
-                let _ = stream.flush();
+                // Each connection on its own: one slow to send its request
+                // (a loaded machine) holds up no other.
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Some(request) = read_request(&mut stream) else {
+                        return;
+                    };
+                    log.lock().expect("lock").push(request);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
+                          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    let _ = stream.flush();
+                });
             }
         });
         FakeForge { api, seen }
@@ -167,7 +172,7 @@ fn every_job_change_of_a_registered_repository_is_reported_to_its_forge() {
     // Three reports per commit; the outcome is the last of each.
     let requests = wait_for(
         "the forge to have three statuses of each commit",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let requests = forge.requests();
             let finals = requests
