@@ -27,8 +27,10 @@ pub const MAX_DESCRIPTION_CHARS: usize = 140;
 pub fn status_word(kind: ForgeKind, status: JobStatus) -> &'static str {
     let gitlab = kind == ForgeKind::GitLab;
     match status {
-        JobStatus::Queued => "pending",
+        JobStatus::Waiting | JobStatus::Queued => "pending",
         JobStatus::Running if gitlab => "running",
+        JobStatus::Skipped if gitlab => "skipped",
+        JobStatus::Skipped => "error",
         JobStatus::Running => "pending",
         JobStatus::Passed => "success",
         JobStatus::Failed | JobStatus::Error | JobStatus::Timeout if gitlab => "failed",
@@ -267,6 +269,8 @@ impl StatusUpdate {
     /// A report with context `warren` and the status as its description.
     pub fn new(commit: CommitId, status: JobStatus) -> Self {
         let description = match status {
+            JobStatus::Waiting => "Waiting",
+            JobStatus::Skipped => "Skipped",
             JobStatus::Queued => "Queued",
             JobStatus::Running => "Running",
             JobStatus::Passed => "Passed",

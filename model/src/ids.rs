@@ -190,6 +190,46 @@ impl RepoUrl {
     }
 }
 
+identifier!(
+    /// A work queue's name as a pipeline job names it (`queue:`) and a
+    /// runner serves it (`--queue`): a lowercase letter or digit, then
+    /// lowercase letters, digits, '.', '_' or '-' (at most 64). `default`
+    /// is the namespace's original work queue.
+    QueueName,
+    "queue",
+    check_queue_name
+);
+
+impl QueueName {
+    /// The queue a job goes to when it names none.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT
+    }
+}
+
+impl Default for QueueName {
+    fn default() -> Self {
+        QueueName(Self::DEFAULT.to_string())
+    }
+}
+
+fn check_queue_name(name: &str) -> Result<(), String> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok = bytes.all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+    });
+    if first_ok && rest_ok && name.len() <= 64 {
+        Ok(())
+    } else {
+        Err(format!("{name:?}: expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most 64)"))
+    }
+}
+
 fn check_file_name(id: &str) -> Result<(), String> {
     let ok_chars = id
         .bytes()

@@ -11,18 +11,20 @@ pub mod api;
 pub mod branch;
 mod ids;
 pub mod message;
+pub mod pipeline;
 mod record;
 pub mod repo;
 mod sandbox;
 mod status;
 
-pub use ids::{BranchName, CommitId, IdError, JobId, RepoName, RepoUrl, RunnerId};
+pub use ids::{BranchName, CommitId, IdError, JobId, QueueName, RepoName, RepoUrl, RunnerId};
 pub use message::{
     job_id, Control, Event, Invalid, Job, JobResult, Message, OutputChunk, RunnerInfo,
     SCHEMA_VERSION,
 };
 pub use record::{JobQuery, JobRecord, RunnerRecord};
 pub use repo::{ForgeKind, Repo, RepoError, StatusTarget};
+pub use pipeline::{JobSpec, Plan, Verdict};
 pub use sandbox::Sandbox;
 pub use status::{JobStatus, Outcome, UnknownStatus};
 

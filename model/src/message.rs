@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pipeline::{JobSpec, Plan, SINGLE_JOB_NAME};
 use crate::{BranchName, CommitId, JobId, Outcome, RepoUrl, RunnerId};
 
 /// The schema version this build writes and reads.
@@ -22,7 +23,7 @@ pub enum Invalid {
     UnknownVersion(u64),
     #[error("invalid field {field}: {reason}")]
     Field { field: &'static str, reason: String },
-    #[error("id {given} is not the id of this job: its repo, branch, commit and salt give {expected} (the id rule is in MESSAGES.md), so the id may name another job")]
+    #[error("id {given} is not the id of this job: its repo, branch, commit, salt (and pipeline and name) give {expected} (the id rule is in MESSAGES.md), so the id may name another job")]
     ForeignId { given: JobId, expected: String },
 }
 
@@ -60,6 +61,13 @@ pub struct Job {
     /// the same commit (a rerun, a manual trigger), with an id of its own.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub salt: String,
+    /// A job of a pipeline: the id of the commit's planning job, whose
+    /// plan made it. Absent for the commit's first job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<JobId>,
+    /// A job of a pipeline: its name and what it runs (with `pipeline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec>,
 }
 
 impl Job {
@@ -76,6 +84,42 @@ impl Job {
             subject: None,
             author: None,
             salt: String::new(),
+            pipeline: None,
+            spec: None,
+        }
+    }
+
+    /// A job of the pipeline this (planning) job planned, enqueued now.
+    pub fn planned(&self, spec: JobSpec) -> Job {
+        let mut job = Job {
+            pipeline: Some(self.id.clone()),
+            spec: Some(spec),
+            salt: String::new(),
+            enqueued_at_ms: crate::now_ms(),
+            ..self.clone()
+        };
+        job.id = job.expected_id();
+        job
+    }
+
+    /// Its name in its pipeline: the spec's, or [`SINGLE_JOB_NAME`] for a
+    /// commit's first job.
+    pub fn name(&self) -> &str {
+        self.spec
+            .as_ref()
+            .map_or(SINGLE_JOB_NAME, |spec| spec.name.as_str())
+    }
+
+    /// The id the id rule gives this job's fields.
+    pub fn expected_id(&self) -> JobId {
+        match (&self.pipeline, &self.spec) {
+            (Some(pipeline), Some(spec)) => job_id_with(
+                &self.repo,
+                &self.branch,
+                &self.commit,
+                &[&self.salt, pipeline.as_str(), &spec.name],
+            ),
+            _ => job_id(&self.repo, &self.branch, &self.commit, &self.salt),
         }
     }
 
@@ -91,17 +135,19 @@ impl Job {
     /// Another job of the same commit (a rerun, a manual trigger): `salt`
     /// gives it an id of its own; enqueued now.
     pub fn again(&self, salt: &str) -> Job {
-        Job {
-            id: job_id(&self.repo, &self.branch, &self.commit, salt),
+        let mut job = Job {
             salt: salt.to_string(),
             enqueued_at_ms: crate::now_ms(),
             ..self.clone()
-        }
+        };
+        job.id = job.expected_id();
+        job
     }
 
-    /// Whether this is the job of its commit rather than another run of it.
+    /// Whether this is the job of its commit rather than another run of it
+    /// or a job of its pipeline.
     pub fn is_first_of_commit(&self) -> bool {
-        self.salt.is_empty()
+        self.salt.is_empty() && self.pipeline.is_none()
     }
 }
 
@@ -114,7 +160,20 @@ impl Message for Job {
                 reason: "must be at most 128 bytes without control characters".into(),
             });
         }
-        let expected = job_id(&self.repo, &self.branch, &self.commit, &self.salt);
+        match (&self.pipeline, &self.spec) {
+            (None, None) => {}
+            (Some(_), Some(spec)) => spec.validate().map_err(|e| Invalid::Field {
+                field: "spec",
+                reason: e.to_string(),
+            })?,
+            _ => {
+                return Err(Invalid::Field {
+                    field: "pipeline",
+                    reason: "a pipeline job has both pipeline and spec".into(),
+                })
+            }
+        }
+        let expected = self.expected_id();
         if self.id != expected {
             return Err(Invalid::ForeignId {
                 given: self.id.clone(),
@@ -130,8 +189,17 @@ impl Message for Job {
 /// by a zero byte. The same commit of the same branch and repository has
 /// the same id whoever publishes it, so a repeated publish is one job.
 pub fn job_id(repo: &RepoUrl, branch: &BranchName, commit: &CommitId, salt: &str) -> JobId {
+    job_id_with(repo, branch, commit, &[salt])
+}
+
+/// The id rule over the repository, branch, commit and `rest` (the salt,
+/// then, for a pipeline job, the planning job's id and the job's name).
+fn job_id_with(repo: &RepoUrl, branch: &BranchName, commit: &CommitId, rest: &[&str]) -> JobId {
     let mut hasher = Sha256::new();
-    for part in [repo.as_str(), branch.as_str(), commit.as_str(), salt] {
+    for part in [repo.as_str(), branch.as_str(), commit.as_str()]
+        .into_iter()
+        .chain(rest.iter().copied())
+    {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
@@ -242,6 +310,10 @@ pub struct JobResult {
     /// Why the outcome is `error` or `timeout`, in words.
     #[serde(default)]
     pub reason: Option<String>,
+    /// A planning job's pipeline (its outcome is then `passed`): the jobs
+    /// the dispatcher is to run next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
 }
 
 impl JobResult {
@@ -254,6 +326,18 @@ impl Message for JobResult {
     fn validate(&self) -> Result<(), Invalid> {
         check_version(self.v)?;
         self.job.validate()?;
+        if let Some(plan) = &self.plan {
+            if self.job.spec.is_some() {
+                return Err(Invalid::Field {
+                    field: "plan",
+                    reason: "only a commit's first job plans a pipeline".into(),
+                });
+            }
+            plan.validate().map_err(|e| Invalid::Field {
+                field: "plan",
+                reason: e.to_string(),
+            })?;
+        }
         self.runner.validate()
     }
 }
@@ -318,6 +402,38 @@ mod tests {
             text.contains(job().id.as_str()) && text.contains(job().again("rerun-1").id.as_str()),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_pipeline_jobs_id_covers_its_pipeline_and_name_and_a_rerun_of_it_has_its_own() {
+        let spec = |name: &str| crate::pipeline::JobSpec {
+            name: name.into(),
+            run: "make".into(),
+            env: Default::default(),
+            matrix: Default::default(),
+            timeout_ms: None,
+            queue: Default::default(),
+            needs: vec![],
+            allow_failure: false,
+        };
+        let lint = job().planned(spec("lint"));
+        let test = job().planned(spec("test"));
+        assert_ne!(lint.id, test.id);
+        assert_ne!(lint.id, job().id);
+        assert_eq!(lint.validate(), Ok(()));
+        assert_eq!(lint.name(), "lint");
+        assert_eq!(job().name(), "test");
+        let other_pipeline = job().again("rerun-1").planned(spec("lint"));
+        assert_ne!(other_pipeline.id, lint.id);
+        let rerun = lint.again("rerun-2");
+        assert_eq!(rerun.validate(), Ok(()));
+        assert_ne!(rerun.id, lint.id);
+        let mut renamed = lint.clone();
+        renamed.spec = Some(spec("deploy"));
+        assert!(matches!(renamed.validate(), Err(Invalid::ForeignId { .. })));
+        let mut half = lint.clone();
+        half.pipeline = None;
+        assert!(half.validate().is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BranchName, CommitId, Job, JobId, JobStatus, RepoUrl, RunnerId, Sandbox, SCHEMA_VERSION,
+    BranchName, CommitId, Job, JobId, JobSpec, JobStatus, QueueName, RepoUrl, RunnerId, Sandbox,
+    SCHEMA_VERSION,
 };
 
 /// A job as recorded: its message, where it stands, and its outcome.
@@ -42,6 +43,21 @@ pub struct JobRecord {
     /// How the runner that ran it isolated it (the last execution's);
     /// `None` until it starts.
     pub sandbox: Option<Sandbox>,
+    /// Its name in its commit's pipeline (`test (stable, all)`; `test` for
+    /// a commit without a pipeline file, `plan` for a planning job).
+    pub name: String,
+    /// The planning job of its pipeline (its own id for a commit's first
+    /// job).
+    pub pipeline: JobId,
+    /// The work queue it goes to.
+    pub queue: QueueName,
+    /// Jobs of the same pipeline that end before it starts.
+    pub needs: Vec<String>,
+    /// Its failure does not fail the commit.
+    pub allow_failure: bool,
+    /// What a pipeline job runs (for republishing); not shown.
+    #[serde(skip)]
+    pub spec: Option<JobSpec>,
 }
 
 impl JobRecord {
@@ -62,6 +78,8 @@ impl JobRecord {
             subject: self.subject.clone(),
             author: self.author.clone(),
             salt: self.salt.clone(),
+            pipeline: self.spec.as_ref().map(|_| self.pipeline.clone()),
+            spec: self.spec.clone(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Where a job stands. A job is `queued` when published, `running` once a
 //! runner announced it, and ends with exactly one outcome: `passed`,
-//! `failed`, `error` or `timeout`. An ended job never changes status again
-//! (later results are counted as duplicates).
+//! `failed`, `error` or `timeout`. A job of a pipeline is `waiting` until
+//! its needs have ended, and `skipped` (its end) when one of them failed.
+//! An ended job never changes status again (later results are counted as
+//! duplicates).
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,31 +48,39 @@ impl fmt::Display for Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// In a pipeline, not yet published: a job it needs has not ended.
+    Waiting,
     Queued,
     Running,
     Passed,
     Failed,
     Error,
     Timeout,
+    /// Never ran: a job it needs failed (or was skipped).
+    Skipped,
 }
 
 /// A word that names no status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown status {0:?} (one of queued, running, passed, failed, error, timeout)")]
+#[error("unknown status {0:?} (one of waiting, queued, running, passed, failed, error, timeout, skipped)")]
 pub struct UnknownStatus(pub String);
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::Waiting,
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Passed,
         JobStatus::Failed,
         JobStatus::Error,
         JobStatus::Timeout,
+        JobStatus::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobStatus::Waiting => "waiting",
+            JobStatus::Skipped => "skipped",
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
             JobStatus::Passed => "passed",
@@ -80,15 +90,17 @@ impl JobStatus {
         }
     }
 
-    /// Whether the job has its outcome (and so never changes again).
+    /// Whether the job has ended (and so never changes again).
     pub fn is_terminal(self) -> bool {
-        self.outcome().is_some()
+        self.outcome().is_some() || self == JobStatus::Skipped
     }
 
-    /// The outcome, for an ended job.
+    /// The outcome, for a job that ran to its end.
     pub fn outcome(self) -> Option<Outcome> {
         match self {
-            JobStatus::Queued | JobStatus::Running => None,
+            JobStatus::Waiting | JobStatus::Queued | JobStatus::Running | JobStatus::Skipped => {
+                None
+            }
             JobStatus::Passed => Some(Outcome::Passed),
             JobStatus::Failed => Some(Outcome::Failed),
             JobStatus::Error => Some(Outcome::Error),
@@ -149,12 +161,15 @@ mod tests {
     }
 
     #[test]
-    fn only_outcomes_are_terminal_and_three_of_them_are_failures() {
+    fn outcomes_and_skipped_are_terminal_and_three_of_them_are_failures() {
         let terminal: Vec<JobStatus> = JobStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal())
             .collect();
-        assert_eq!(terminal, Outcome::ALL.map(JobStatus::from));
+        let mut expected = Outcome::ALL.map(JobStatus::from).to_vec();
+        expected.push(JobStatus::Skipped);
+        assert_eq!(terminal, expected);
+        assert!(!JobStatus::Skipped.is_failure() && !JobStatus::Waiting.is_terminal());
         assert!(!JobStatus::Passed.is_failure());
         assert!(JobStatus::Timeout.is_failure() && JobStatus::Error.is_failure());
         assert!(!JobStatus::Running.is_failure());
