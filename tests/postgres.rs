@@ -116,6 +116,7 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
                 truncated: false,
                 runner: runner(by),
                 reason: None,
+                plan: None,
             };
             messages.push((
                 names.results_exchange(),

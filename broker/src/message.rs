@@ -182,6 +182,7 @@ mod tests {
             truncated: false,
             runner,
             reason: None,
+            plan: None,
         };
         assert_eq!(result.routing_key(), "result.failed");
         assert_eq!(decode::<JobResult>(&encode(&result), 10_000), Ok(result));

@@ -28,6 +28,7 @@ fn sample_result() -> JobResult {
             sandbox: Default::default(),
         },
         reason: None,
+        plan: None,
     }
 }
 

@@ -268,6 +268,12 @@ mod tests {
             truncated: false,
             salt: String::new(),
             sandbox: None,
+            name: "test".into(),
+            pipeline: JobId::parse("0123456789abcdef").expect("id"),
+            queue: Default::default(),
+            needs: vec![],
+            allow_failure: false,
+            spec: None,
         }
     }
 

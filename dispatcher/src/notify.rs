@@ -541,6 +541,12 @@ mod tests {
             truncated: false,
             salt: String::new(),
             sandbox: None,
+            name: "test".into(),
+            pipeline: JobId::parse(id).expect("id"),
+            queue: Default::default(),
+            needs: vec![],
+            allow_failure: false,
+            spec: None,
         }
     }
 
@@ -715,6 +721,7 @@ mod tests {
                         sandbox: Default::default(),
                     },
                     reason: None,
+                    plan: None,
                 })
                 .await
                 .expect("record");

@@ -478,6 +478,7 @@ mod tests {
             truncated: false,
             runner: runner(by),
             reason: None,
+            plan: None,
         }
     }
 

@@ -333,6 +333,12 @@ mod tests {
             truncated: false,
             salt: String::new(),
             sandbox: None,
+            name: "test".into(),
+            pipeline: job.id.clone(),
+            queue: Default::default(),
+            needs: vec![],
+            allow_failure: false,
+            spec: None,
         };
         let event = |change, job: &JobRecord| JobEvent {
             change,
@@ -489,6 +495,7 @@ mod tests {
                 truncated: false,
                 runner: runner.clone(),
                 reason: None,
+                plan: None,
             };
             jobs.finished(&result).await.expect("finished");
             if sent {

@@ -94,6 +94,8 @@ pub struct RunnerRecord {
     pub jobs_done: i64,
     /// How it isolates jobs (from its last event).
     pub sandbox: Sandbox,
+    /// The work queues it takes jobs from.
+    pub queues: Vec<QueueName>,
 }
 
 /// Which jobs to list, newest first.

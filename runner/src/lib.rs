@@ -583,6 +583,7 @@ async fn execute(
             truncated,
             runner: runner.clone(),
             reason,
+            plan: None,
         }))
     };
     let checkout = tokio::select! {
@@ -998,6 +999,7 @@ mod tests {
                     truncated: false,
                     runner,
                     reason: None,
+                    plan: None,
                 }))
             })
         }
@@ -1475,6 +1477,7 @@ mod tests {
             truncated: false,
             runner,
             reason: None,
+            plan: None,
         };
         let cap = 256 * 1024;
         fit_to_cap(&mut result, cap);

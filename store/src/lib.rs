@@ -107,6 +107,11 @@ pub enum Recorded {
     New {
         record: JobRecord,
         was: Option<JobStatus>,
+        /// Other jobs of its pipeline this changed, in the same
+        /// transaction: a plan's new jobs (`waiting`, or `queued` when
+        /// they need nothing), jobs released (`queued`, in the outbox) and
+        /// jobs skipped.
+        pipeline: Vec<JobRecord>,
     },
     /// The job already had an outcome: this result was counted in
     /// `duplicates` (a dead letter changes nothing). The job as it stands.
@@ -129,6 +134,16 @@ impl Recorded {
             Recorded::New { record, .. } | Recorded::Duplicate(record) => record,
         }
     }
+}
+
+/// A job a transition released, to be published to its queue: the
+/// outbox's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub job: JobId,
+    pub queue: model::QueueName,
+    /// The job message, as JSON.
+    pub body: String,
 }
 
 /// What an abbreviated commit id matches.
@@ -226,6 +241,15 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
 
     async fn job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError>;
+    /// Every job of the pipeline whose planning job is `pipeline`, oldest
+    /// first.
+    async fn pipeline(&self, pipeline: &JobId) -> Result<Vec<JobRecord>, StoreError>;
+    /// Released jobs not yet marked sent, oldest first.
+    async fn outbox_pending(&self, max: u32) -> Result<Vec<Outgoing>, StoreError>;
+    /// The broker confirmed `job`'s publish.
+    async fn outbox_sent(&self, job: &JobId, at_ms: u64) -> Result<(), StoreError>;
+    /// How many jobs of `queue` are queued ahead of the job numbered `seq`.
+    async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError>;
 
     /// The newest job of a full or abbreviated (at least 7 hex digits)
     /// commit id, or the commits an abbreviation matches when several.

@@ -34,6 +34,7 @@ use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
 
 use crate::url::{Kind, PostgresTarget, SslMode};
 use crate::{
+    Outgoing,
     CommitMatch, Histogram, Queued, Recorded, Started, Store, StoreError, StoreSettings, StoreUrl,
     Totals, AMBIGUOUS_LISTED,
 };
@@ -330,7 +331,7 @@ pub(crate) async fn connect(
 /// The columns of a [`JobRecord`], in [`job_from_row`]'s order.
 macro_rules! job_columns {
     () => {
-        "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated, salt, sandbox"
+        "seq, id, repo, branch, commit_id, subject, author, status, attempts, duplicates, runner, connection, enqueued_at_ms, started_at_ms, finished_at_ms, duration_ms, exit_code, reason, truncated, salt, sandbox, name, pipeline, queue, needs, allow_failure, spec"
     };
 }
 
@@ -342,10 +343,54 @@ const LOCK_JOB: &str = concat!(
 );
 
 const QUEUE_JOB: &str = concat!(
-    "INSERT INTO jobs (id, repo, branch, commit_id, subject, author, status, enqueued_at_ms, salt) ",
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ",
+    "INSERT INTO jobs (id, repo, branch, commit_id, subject, author, status, enqueued_at_ms, salt, ",
+    "name, pipeline, queue, needs, allow_failure, spec) ",
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ",
     "ON CONFLICT (id) DO NOTHING"
 );
+
+/// Every job of a pipeline, in the order they were recorded.
+const PIPELINE_JOBS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE pipeline = $1 ORDER BY seq"
+);
+
+/// Locks a pipeline (its planning job's row) while its jobs are advanced,
+/// so two dispatchers finishing two of its jobs at once see each other's
+/// outcome: the second waits for the first to commit, then reads.
+const LOCK_PIPELINE: &str = "UPDATE jobs SET repo = repo WHERE id = $1";
+
+/// A waiting job whose needs ended well: queued ($2) now ($3).
+const RELEASE_JOB: &str = concat!(
+    "UPDATE jobs SET status = $2, enqueued_at_ms = $3 WHERE id = $1 AND status = $4 RETURNING ",
+    job_columns!()
+);
+
+/// A waiting job that will not run ($2: skipped).
+const SKIP_JOB: &str = concat!(
+    "UPDATE jobs SET status = $2, reason = $3, finished_at_ms = $4, log_bytes = $5 ",
+    "WHERE id = $1 AND status = $6 RETURNING ",
+    job_columns!()
+);
+
+/// A commit's first job that returned a plan is its pipeline's `plan`.
+const NAME_PLAN: &str = concat!(
+    "UPDATE jobs SET name = $2 WHERE id = $1 RETURNING ",
+    job_columns!()
+);
+
+const OUTBOX_ADD: &str = "INSERT INTO outbox (job_id, queue, body, created_ms) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING";
+
+const OUTBOX_PENDING: &str = "SELECT job_id, queue, body FROM outbox \
+     WHERE sent_ms IS NULL ORDER BY created_ms, job_id LIMIT $1";
+
+const OUTBOX_SENT: &str = "UPDATE outbox SET sent_ms = $2 WHERE job_id = $1 AND sent_ms IS NULL";
+
+/// Queued jobs of one queue recorded before a given one.
+const QUEUED_AHEAD: &str =
+    "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND status = $2 AND seq < $3";
 
 const JOB_BY_ID: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
 
@@ -423,8 +468,8 @@ const RUNNING: &str = concat!(
     " FROM jobs WHERE status = $1 ORDER BY seq DESC"
 );
 
-const RUNNERS: &str =
-    "SELECT id, host, current_job, last_seen_ms, jobs_done, sandbox FROM runners ORDER BY id";
+const RUNNERS: &str = "SELECT id, host, current_job, last_seen_ms, jobs_done, sandbox, queues \
+     FROM runners ORDER BY id";
 
 const LOG: &str = "SELECT text FROM job_logs WHERE job_id = $1";
 
@@ -477,7 +522,7 @@ const SUMS: &str = "SELECT CAST(COALESCE(SUM(duplicates), 0) AS BIGINT), \
 const PROBE_WRITE: &str = "UPDATE warren_migrations SET name = name \
      WHERE version = (SELECT MAX(version) FROM warren_migrations)";
 
-/// Binds a job's nine columns as [`LOCK_JOB`] and [`QUEUE_JOB`] list them.
+/// Binds a job's columns as [`QUEUE_JOB`] lists them.
 macro_rules! bind_job {
     ($query:expr, $job:expr) => {
         $query
@@ -487,9 +532,15 @@ macro_rules! bind_job {
             .bind($job.commit)
             .bind($job.subject.as_deref())
             .bind($job.author.as_deref())
-            .bind(JobStatus::Queued.as_str())
+            .bind($job.status.as_str())
             .bind($job.enqueued_at_ms)
             .bind($job.salt)
+            .bind($job.name)
+            .bind($job.pipeline)
+            .bind($job.queue)
+            .bind($job.needs.as_str())
+            .bind($job.allow_failure)
+            .bind($job.spec.as_deref())
     };
 }
 
@@ -503,11 +554,28 @@ struct JobValues<'a> {
     author: Option<Cow<'a, str>>,
     enqueued_at_ms: i64,
     salt: &'a str,
+    status: JobStatus,
+    name: &'a str,
+    pipeline: &'a str,
+    queue: &'a str,
+    needs: String,
+    allow_failure: bool,
+    spec: Option<String>,
 }
 
 impl<'a> JobValues<'a> {
+    /// A job as published: queued.
     fn of(job: &'a Job) -> Self {
+        let spec = job.spec.as_ref();
         JobValues {
+            status: JobStatus::Queued,
+            name: job.name(),
+            pipeline: job.pipeline.as_ref().unwrap_or(&job.id).as_str(),
+            queue: spec.map_or(model::QueueName::DEFAULT, |s| s.queue.as_str()),
+            needs: serde_json::to_string(spec.map_or(&[][..], |s| s.needs.as_slice()))
+                .unwrap_or_else(|_| "[]".into()),
+            allow_failure: spec.is_some_and(|s| s.allow_failure),
+            spec: spec.and_then(|s| serde_json::to_string(s).ok()),
             id: job.id.as_str(),
             repo: job.repo.as_str(),
             branch: job.branch.as_str(),
@@ -624,7 +692,21 @@ where
             .as_deref()
             .map(parse)
             .transpose()?,
+        name: row.try_get(21)?,
+        pipeline: parse(&row.try_get::<String, _>(22)?)?,
+        queue: parse(&row.try_get::<String, _>(23)?)?,
+        needs: json_column(&row.try_get::<String, _>(24)?, "needs")?,
+        allow_failure: row.try_get(25)?,
+        spec: row
+            .try_get::<Option<String>, _>(26)?
+            .as_deref()
+            .map(|text| json_column(text, "spec"))
+            .transpose()?,
     })
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T, Fail> {
+    serde_json::from_str(text).map_err(|e| Fail::Corrupt(format!("{column} {text:?}: {e}")))
 }
 
 fn runner_from_row<'r, R>(row: &'r R) -> Result<RunnerRecord, Fail>
@@ -642,6 +724,7 @@ where
         last_seen_ms: row.try_get(3)?,
         jobs_done: row.try_get(4)?,
         sandbox: parse(&row.try_get::<String, _>(5)?)?,
+        queues: json_column(&row.try_get::<String, _>(6)?, "queues")?,
     })
 }
 
@@ -932,9 +1015,19 @@ impl SqlStore {
                     .execute(c)
                     .await?
                     .rows_affected());
+                let (record, pipeline) = match &result.plan {
+                    Some(plan) if result.outcome == model::Outcome::Passed => {
+                        self.plan(&mut tx, &result.job, plan).await?
+                    }
+                    _ => {
+                        let pipeline = self.advance(&mut tx, &record.pipeline).await?;
+                        (record, pipeline)
+                    }
+                };
                 Recorded::New {
                     record,
                     was: (!inserted).then_some(before.status),
+                    pipeline,
                 }
             }
             None => Recorded::Duplicate(on!(tx.conn(), |c| {
@@ -944,6 +1037,210 @@ impl SqlStore {
         };
         tx.commit().await?;
         Ok(recorded)
+    }
+
+    /// Records a planning job's plan, in its result's transaction: the job
+    /// is named `plan`, its pipeline's jobs are recorded `waiting`, and
+    /// those that need nothing are released at once. Returns the planning
+    /// job and the jobs made.
+    async fn plan(
+        &self,
+        tx: &mut Tx<'_>,
+        planning: &Job,
+        plan: &model::Plan,
+    ) -> Result<(JobRecord, Vec<JobRecord>), Fail> {
+        let record = on!(tx.conn(), |c| {
+            let row = sqlx::query(NAME_PLAN)
+                .bind(planning.id.as_str())
+                .bind(model::pipeline::PLAN_JOB_NAME)
+                .fetch_one(c)
+                .await?;
+            job_from_row(&row)?
+        });
+        for spec in &plan.jobs {
+            let job = planning.planned(spec.clone());
+            let mut values = JobValues::of(&job);
+            values.status = JobStatus::Waiting;
+            on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        let released = self.advance(tx, &planning.id).await?;
+        let mut made = Vec::with_capacity(plan.jobs.len());
+        for job in self.pipeline_jobs(tx.conn(), &planning.id).await? {
+            if job.id == planning.id {
+                continue;
+            }
+            made.push(
+                released
+                    .iter()
+                    .find(|r| r.id == job.id)
+                    .cloned()
+                    .unwrap_or(job),
+            );
+        }
+        Ok((record, made))
+    }
+
+    async fn pipeline_jobs(&self, conn: Conn<'_>, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+        Ok(on!(conn, |c| sqlx::query(PIPELINE_JOBS)
+            .bind(pipeline.as_str())
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?))
+    }
+
+    /// After a job of `pipeline` ended: releases the waiting jobs whose
+    /// needs all ended well (queued, and into the outbox) and skips those
+    /// whose need failed, by [`model::pipeline::advance`]. In the caller's
+    /// transaction, the pipeline locked first. Returns the jobs changed.
+    async fn advance(&self, tx: &mut Tx<'_>, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+        on!(tx.conn(), |c| sqlx::query(LOCK_PIPELINE)
+            .bind(pipeline.as_str())
+            .execute(c)
+            .await?
+            .rows_affected());
+        let jobs = self.pipeline_jobs(tx.conn(), pipeline).await?;
+        if !jobs.iter().any(|job| job.status == JobStatus::Waiting) {
+            return Ok(Vec::new());
+        }
+        // A job run again (a rerun) stands for its name: the newest of it.
+        let mut newest: Vec<&JobRecord> = Vec::new();
+        for job in &jobs {
+            match newest.iter_mut().find(|seen| seen.name == job.name) {
+                Some(seen) => *seen = job,
+                None => newest.push(job),
+            }
+        }
+        let states: Vec<model::pipeline::JobState<'_>> = newest
+            .iter()
+            .map(|job| model::pipeline::JobState {
+                name: &job.name,
+                status: job.status,
+                needs: &job.needs,
+                allow_failure: job.allow_failure,
+            })
+            .collect();
+        let next = model::pipeline::advance(&states);
+        let now = ms(model::now_ms());
+        let mut changed = Vec::new();
+        for name in &next.skip {
+            let Some(job) = newest.iter().find(|job| &job.name == name) else {
+                continue;
+            };
+            let failed: Vec<&str> = job
+                .needs
+                .iter()
+                .filter(|need| {
+                    next.skip.contains(need)
+                        || states.iter().any(|s| {
+                            &s.name == need
+                                && s.status.is_terminal()
+                                && s.status != JobStatus::Passed
+                                && !s.allow_failure
+                        })
+                })
+                .map(String::as_str)
+                .collect();
+            let reason = format!("skipped: {} did not pass", failed.join(", "));
+            let log = format!("warren: {reason}\n");
+            let row = on!(tx.conn(), |c| sqlx::query(SKIP_JOB)
+                .bind(job.id.as_str())
+                .bind(JobStatus::Skipped.as_str())
+                .bind(reason.as_str())
+                .bind(now)
+                .bind(log.len() as i64)
+                .bind(JobStatus::Waiting.as_str())
+                .fetch_optional(c)
+                .await?
+                .map(|row| job_from_row(&row))
+                .transpose()?);
+            if let Some(record) = row {
+                replace_log(tx.conn(), record.id.as_str(), &log).await?;
+                changed.push(record);
+            }
+        }
+        for name in &next.release {
+            let Some(job) = newest.iter().find(|job| &job.name == name) else {
+                continue;
+            };
+            let row = on!(tx.conn(), |c| sqlx::query(RELEASE_JOB)
+                .bind(job.id.as_str())
+                .bind(JobStatus::Queued.as_str())
+                .bind(now)
+                .bind(JobStatus::Waiting.as_str())
+                .fetch_optional(c)
+                .await?
+                .map(|row| job_from_row(&row))
+                .transpose()?);
+            let Some(record) = row else { continue };
+            let body = serde_json::to_string(&record.to_job())
+                .map_err(|e| Fail::Corrupt(format!("job {}: {e}", record.id)))?;
+            on!(tx.conn(), |c| sqlx::query(OUTBOX_ADD)
+                .bind(record.id.as_str())
+                .bind(record.queue.as_str())
+                .bind(body.as_str())
+                .bind(now)
+                .execute(c)
+                .await?
+                .rows_affected());
+            changed.push(record);
+        }
+        Ok(changed)
+    }
+
+    async fn read_pipeline(&self, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        self.pipeline_jobs(held.conn(), pipeline).await
+    }
+
+    async fn read_outbox(&self, max: u32) -> Result<Vec<Outgoing>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        let rows: Vec<(String, String, String)> = on!(held.conn(), |c| sqlx::query(OUTBOX_PENDING)
+            .bind(i64::from(max))
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, _>>()?);
+        rows.into_iter()
+            .map(|(job, queue, body)| {
+                Ok(Outgoing {
+                    job: parse(&job)?,
+                    queue: parse(&queue)?,
+                    body,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_sent(&self, job: &JobId, at_ms: u64) -> Result<(), Fail> {
+        let mut held = self.pool.acquire().await?;
+        let done: Result<u64, Fail> = async {
+            Ok(on!(held.conn(), |c| sqlx::query(OUTBOX_SENT)
+                .bind(job.as_str())
+                .bind(ms(at_ms))
+                .execute(c)
+                .await?
+                .rows_affected()))
+        }
+        .await;
+        held.discard_if(&done);
+        done.map(|_| ())
+    }
+
+    async fn count_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, Fail> {
+        let mut held = self.pool.acquire().await?;
+        Ok(on!(held.conn(), |c| sqlx::query(QUEUED_AHEAD)
+            .bind(queue.as_str())
+            .bind(JobStatus::Queued.as_str())
+            .bind(seq)
+            .fetch_one(c)
+            .await?
+            .try_get::<i64, _>(0)?))
     }
 
     async fn dead(&self, job: &Job, reason: &str, at_ms: u64) -> Result<Recorded, Fail> {
@@ -972,9 +1269,11 @@ impl SqlStore {
         let recorded = match outcome {
             Some(record) => {
                 replace_log(tx.conn(), job.id.as_str(), log).await?;
+                let pipeline = self.advance(&mut tx, &record.pipeline).await?;
                 Recorded::New {
                     record,
                     was: (!inserted).then_some(before.status),
+                    pipeline,
                 }
             }
             None => Recorded::Duplicate(before),
@@ -1379,6 +1678,30 @@ impl Store for SqlStore {
         self.read_job(id)
             .await
             .map_err(self.failed("reading a job"))
+    }
+
+    async fn pipeline(&self, pipeline: &JobId) -> Result<Vec<JobRecord>, StoreError> {
+        self.read_pipeline(pipeline)
+            .await
+            .map_err(self.failed("reading a pipeline"))
+    }
+
+    async fn outbox_pending(&self, max: u32) -> Result<Vec<Outgoing>, StoreError> {
+        self.read_outbox(max)
+            .await
+            .map_err(self.failed("reading the outbox"))
+    }
+
+    async fn outbox_sent(&self, job: &JobId, at_ms: u64) -> Result<(), StoreError> {
+        self.mark_sent(job, at_ms)
+            .await
+            .map_err(self.failed("marking a job sent"))
+    }
+
+    async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError> {
+        self.count_ahead(queue, seq)
+            .await
+            .map_err(self.failed("counting a queue"))
     }
 
     async fn job_by_commit(&self, prefix: &str) -> Result<CommitMatch, StoreError> {

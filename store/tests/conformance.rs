@@ -192,6 +192,7 @@ fn result(job: &Job, outcome: Outcome, by: &str) -> JobResult {
         truncated: false,
         runner: runner(by),
         reason: None,
+        plan: None,
     }
 }
 
@@ -764,12 +765,14 @@ conformance!(
         assert_eq!(
             counts,
             vec![
+                (JobStatus::Waiting, 0),
                 (JobStatus::Queued, 1),
                 (JobStatus::Running, 1),
                 (JobStatus::Passed, 1),
                 (JobStatus::Failed, 1),
                 (JobStatus::Error, 1),
                 (JobStatus::Timeout, 0),
+                (JobStatus::Skipped, 0),
             ]
         );
         assert_eq!(totals.count(JobStatus::Timeout), 0);
@@ -1318,5 +1321,181 @@ conformance!(
             Some(Sandbox::Off),
             "the runner's latest word"
         );
+    }
+);
+
+fn spec(name: &str, needs: &[&str], queue: &str, allow_failure: bool) -> model::JobSpec {
+    model::JobSpec {
+        name: name.into(),
+        run: format!("echo {name}"),
+        env: Default::default(),
+        matrix: Default::default(),
+        timeout_ms: None,
+        queue: queue.parse().expect("queue"),
+        needs: needs.iter().map(|n| n.to_string()).collect(),
+        allow_failure,
+    }
+}
+
+fn planned(result: &Recorded, name: &str) -> model::JobRecord {
+    let Recorded::New { pipeline, .. } = result else {
+        panic!("not new: {result:?}");
+    };
+    pipeline
+        .iter()
+        .find(|job| job.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no job {name} in {pipeline:?}"))
+}
+
+conformance!(
+    async fn a_plan_records_its_jobs_releases_them_through_the_outbox_and_skips_after_a_failure(backend) {
+        let store = backend.open().await;
+        let first = job("/r", "main", commit('a'));
+        store.job_queued(&first).await.expect("queued");
+        let mut planning = result(&first, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan {
+            jobs: vec![
+                spec("lint", &[], "default", false),
+                spec("build", &[], "arm", false),
+                spec("test", &["lint", "build"], "default", false),
+                spec("docs", &["test"], "default", true),
+                spec("deploy", &["docs"], "default", false),
+                spec("bench", &["lint"], "gpu", false),
+            ],
+        });
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        assert_eq!(recorded.record().name, "plan");
+        assert_eq!(recorded.record().status, JobStatus::Passed);
+        let lint = planned(&recorded, "lint");
+        let build = planned(&recorded, "build");
+        assert_eq!(lint.status, JobStatus::Queued);
+        assert_eq!(build.status, JobStatus::Queued);
+        assert_eq!(build.queue.as_str(), "arm");
+        assert_eq!(planned(&recorded, "test").status, JobStatus::Waiting);
+        assert_eq!(planned(&recorded, "test").needs, vec!["lint", "build"]);
+        assert_eq!(lint.pipeline, first.id);
+
+        // The released jobs are in the outbox until marked sent, as the
+        // job messages the runners will take.
+        let outbox = store.outbox_pending(100).await.expect("outbox");
+        let mut ids: Vec<_> = outbox.iter().map(|o| o.job.clone()).collect();
+        ids.sort();
+        let mut expected = vec![lint.id.clone(), build.id.clone()];
+        expected.sort();
+        assert_eq!(ids, expected);
+        for out in &outbox {
+            let job: Job = serde_json::from_str(&out.body).expect("a job message");
+            use model::Message;
+            job.validate().expect("valid");
+            assert_eq!(job.id, out.job);
+            assert_eq!(job.pipeline.as_ref(), Some(&first.id));
+            store.outbox_sent(&out.job, 5).await.expect("sent");
+        }
+        assert!(store.outbox_pending(100).await.expect("outbox").is_empty());
+        assert_eq!(
+            store
+                .queued_ahead(&"default".parse().expect("queue"), lint.seq + 1000)
+                .await
+                .expect("ahead"),
+            1
+        );
+
+        // lint passes: test still waits for build; bench is released.
+        let lint_job = lint.to_job();
+        let after_lint = store
+            .job_finished(&result(&lint_job, Outcome::Passed, "r1"))
+            .await
+            .expect("lint");
+        assert_eq!(planned(&after_lint, "bench").status, JobStatus::Queued);
+        let Recorded::New { pipeline, .. } = &after_lint else { unreachable!() };
+        assert_eq!(pipeline.len(), 1, "{pipeline:?}");
+        let bench = planned(&after_lint, "bench");
+        // build passes: test is released.
+        let after_build = store
+            .job_finished(&result(&build.to_job(), Outcome::Passed, "r2"))
+            .await
+            .expect("build");
+        let test = planned(&after_build, "test");
+        assert_eq!(test.status, JobStatus::Queued);
+        // test fails: docs (allowed to fail) and deploy are skipped, and
+        // say why.
+        let after_test = store
+            .job_finished(&result(&test.to_job(), Outcome::Failed, "r2"))
+            .await
+            .expect("test");
+        let docs = planned(&after_test, "docs");
+        let deploy = planned(&after_test, "deploy");
+        assert_eq!(docs.status, JobStatus::Skipped);
+        assert_eq!(deploy.status, JobStatus::Skipped);
+        assert_eq!(docs.reason.as_deref(), Some("skipped: test did not pass"));
+        assert_eq!(deploy.reason.as_deref(), Some("skipped: docs did not pass"));
+        let log = store.log(&deploy.id).await.expect("log").expect("a log");
+        assert!(log.contains("skipped"), "{log}");
+        // A job that is dead-lettered advances its pipeline too.
+        let dead = store
+            .job_dead(&bench.to_job(), "poison", 9)
+            .await
+            .expect("dead");
+        assert!(dead.is_new());
+
+        let all = store.pipeline(&first.id).await.expect("pipeline");
+        assert_eq!(all.len(), 7);
+        assert!(all.iter().all(|job| job.status.is_terminal()), "{all:?}");
+        let statuses: Vec<_> = all.iter().map(|j| (j.name.as_str(), j.status)).collect();
+        assert!(statuses.contains(&("bench", JobStatus::Error)), "{statuses:?}");
+        // A second copy of the plan's result changes nothing.
+        let again = store.job_finished(&planning).await.expect("again");
+        assert!(!again.is_new());
+        assert_eq!(store.pipeline(&first.id).await.expect("pipeline").len(), 7);
+    }
+);
+
+conformance!(
+    async fn two_stores_finishing_the_needs_of_a_job_at_once_release_it_once(backend) {
+        // Two dispatchers record the two needs of one job at the same
+        // moment: whichever commits second must see the first and release
+        // the job; it is released (and put in the outbox) exactly once.
+        let stores = [backend.open().await, backend.open().await];
+        for round in 0..8u64 {
+            let first = job("/r", "main", numbered_commit(round));
+            let mut planning = result(&first, Outcome::Passed, "r1");
+            planning.plan = Some(model::Plan {
+                jobs: vec![
+                    spec("a", &[], "default", false),
+                    spec("b", &[], "default", false),
+                    spec("c", &["a", "b"], "default", false),
+                ],
+            });
+            let recorded = stores[0].job_finished(&planning).await.expect("plan");
+            let a = planned(&recorded, "a").to_job();
+            let b = planned(&recorded, "b").to_job();
+            let (result_a, result_b) = (
+                result(&a, Outcome::Passed, "r1"),
+                result(&b, Outcome::Passed, "r2"),
+            );
+            let (ra, rb) = tokio::join!(
+                stores[0].job_finished(&result_a),
+                stores[1].job_finished(&result_b),
+            );
+            let released: usize = [ra.expect("a"), rb.expect("b")]
+                .iter()
+                .map(|r| match r {
+                    Recorded::New { pipeline, .. } => pipeline.iter().filter(|j| j.name == "c").count(),
+                    Recorded::Duplicate(_) => 0,
+                })
+                .sum();
+            assert_eq!(released, 1, "round {round}");
+            let c = stores[1]
+                .pipeline(&first.id)
+                .await
+                .expect("pipeline")
+                .into_iter()
+                .find(|j| j.name == "c")
+                .expect("c");
+            assert_eq!(c.status, JobStatus::Queued);
+        }
+        let outbox = stores[0].outbox_pending(1000).await.expect("outbox");
+        assert_eq!(outbox.len(), 8 * 3);
     }
 );
