@@ -93,12 +93,17 @@ impl Jobs {
         let _order = self.order_of(&result.job.id).lock().await;
         let recorded = self.store.job_finished(result).await?;
         match &recorded {
-            Recorded::New { record, .. } => self.announce(
-                Change::Finished {
-                    dead_lettered: false,
-                },
-                record,
-            ),
+            Recorded::New {
+                record, pipeline, ..
+            } => {
+                self.announce(
+                    Change::Finished {
+                        dead_lettered: false,
+                    },
+                    record,
+                );
+                self.announce_pipeline(pipeline);
+            }
             Recorded::Duplicate(record) => self.announce(Change::Duplicate, record),
         }
         Ok(recorded)
@@ -109,15 +114,34 @@ impl Jobs {
     pub async fn dead(&self, job: &Job, reason: &str) -> Result<Recorded, StoreError> {
         let _order = self.order_of(&job.id).lock().await;
         let recorded = self.store.job_dead(job, reason, model::now_ms()).await?;
-        if let Recorded::New { record, .. } = &recorded {
+        if let Recorded::New {
+            record, pipeline, ..
+        } = &recorded
+        {
             self.announce(
                 Change::Finished {
                     dead_lettered: true,
                 },
                 record,
             );
+            self.announce_pipeline(pipeline);
         }
         Ok(recorded)
+    }
+
+    /// The other jobs of a pipeline that a job's end changed, in the same
+    /// transaction: planned (waiting), released (queued) or skipped.
+    fn announce_pipeline(&self, changed: &[model::JobRecord]) {
+        for job in changed {
+            let change = if job.status == model::JobStatus::Skipped {
+                Change::Finished {
+                    dead_lettered: false,
+                }
+            } else {
+                Change::Queued
+            };
+            self.announce(change, job);
+        }
     }
 
     /// What a running job's test printed, passed on with a heartbeat.

@@ -11,6 +11,8 @@
 //! - [`jobs`] is the one place a job's state changes (a store transition,
 //!   then an event on the [`events`] bus);
 //! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
+//! - [`outbox`] publishes the pipeline jobs a transition released (the
+//!   store's outbox, written in the transition's transaction);
 //! - [`notify`], [`status`] (commit statuses on the forges) and [`metrics`]
 //!   follow the events; [`http`] serves the API, the pages and the live
 //!   feed (also from the events).
@@ -28,6 +30,7 @@ pub mod leases;
 pub mod management;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
 pub mod recorder;
 pub mod status;
 
@@ -172,6 +175,15 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         settings: config.broker.settings,
     };
     let broker_slot: BrokerSlot = Arc::new(RwLock::new(None));
+    tasks.lifetime(
+        "the outbox publisher",
+        outbox::publish(
+            store.clone(),
+            broker_slot.clone(),
+            bus.subscribe(),
+            stopping.clone(),
+        ),
+    );
 
     tracing::info!(store = %config.store, "dashboard and API on http://{address}");
     let app = http::router(http::AppState {
