@@ -184,10 +184,8 @@ async fn expire(
             tracing::info!(job = %lease.job_id, runner = %lease.runner, "the runner's connection is already gone; the broker requeued its job")
         }
         Err(()) => {
-            let body = broker::message::encode(&job);
-            let work_queue = transport.names().work_queue();
-            match transport
-                .publish_raw("", &work_queue, &body, Vec::new())
+            match observer::producer::Producer::new(&*transport)
+                .requeue(&job)
                 .await
             {
                 Ok(()) => {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::Transport;
+use observer::producer::Producer;
 use store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,8 +83,7 @@ async fn drain(
         for out in &batch {
             let job: model::Job = serde_json::from_str(&out.body)
                 .map_err(|e| anyhow::anyhow!("outbox row of job {}: {e}", out.job))?;
-            let queue = transport.declare_work_queue(&out.queue).await?;
-            let confirm = transport.publish_in_flight("", &queue, &job).await?;
+            let confirm = Producer::new(transport).send(&job).await?;
             in_flight.push((out, confirm));
         }
         for (out, confirm) in in_flight {

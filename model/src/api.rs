@@ -19,6 +19,9 @@ pub struct JobView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub log_url: String,
+    /// Why a job that has not started waits: `waiting for lint`, `no
+    /// runner serves queue 'gpu'`, `queued behind 3 jobs`.
+    pub waiting_reason: Option<String>,
 }
 
 impl From<JobRecord> for JobView {
@@ -28,9 +31,25 @@ impl From<JobRecord> for JobView {
             started_at: rfc3339(record.started_at_ms),
             finished_at: rfc3339(record.finished_at_ms),
             log_url: format!("/api/jobs/{}/log", record.id),
+            waiting_reason: None,
             record,
         }
     }
+}
+
+/// `GET /api/commits/{sha}`: a commit's pipeline (its newest, when the
+/// commit was planned again) and its verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitView {
+    pub commit: crate::CommitId,
+    pub repo: RepoUrl,
+    pub branch: crate::BranchName,
+    /// The verdict: pending, running, passed, failed or error.
+    pub status: crate::Verdict,
+    /// The planning job (the commit's first job).
+    pub pipeline: JobId,
+    /// Every job of the pipeline, oldest first.
+    pub jobs: Vec<JobView>,
 }
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).

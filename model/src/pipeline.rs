@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobStatus, QueueName};
+use crate::{JobRecord, JobStatus, QueueName};
 
 /// The name of a commit's job when its repository has no pipeline file.
 pub const SINGLE_JOB_NAME: &str = "test";
@@ -375,6 +375,44 @@ pub fn verdict(first: JobStatus, planned: &[JobState<'_>]) -> Verdict {
     } else {
         Verdict::Passed
     }
+}
+
+/// The jobs that stand for a pipeline, from every job recorded in it
+/// (oldest first): a job run again by hand (a rerun has the same name)
+/// stands for its name, so the newest of each name.
+pub fn current(jobs: &[JobRecord]) -> Vec<&JobRecord> {
+    let mut newest: Vec<&JobRecord> = Vec::new();
+    for job in jobs {
+        match newest.iter_mut().find(|seen| seen.name == job.name) {
+            Some(seen) if seen.seq < job.seq => *seen = job,
+            Some(_) => {}
+            None => newest.push(job),
+        }
+    }
+    newest
+}
+
+/// A recorded job as [`advance`] and [`verdict`] read it.
+pub fn state(job: &JobRecord) -> JobState<'_> {
+    JobState {
+        name: &job.name,
+        status: job.status,
+        needs: &job.needs,
+        allow_failure: job.allow_failure,
+    }
+}
+
+/// The verdict of the pipeline whose planning job is `pipeline`, from
+/// every job recorded in it. None when the planning job is not among
+/// them.
+pub fn verdict_of(pipeline: &crate::JobId, jobs: &[JobRecord]) -> Option<Verdict> {
+    let first = jobs.iter().find(|job| &job.id == pipeline)?;
+    let planned: Vec<JobState<'_>> = current(jobs)
+        .into_iter()
+        .filter(|job| &job.id != pipeline)
+        .map(state)
+        .collect();
+    Some(verdict(first.status, &planned))
 }
 
 #[cfg(test)]

@@ -124,9 +124,37 @@ impl<'t> Producer<'t> {
     /// Sends `job` without waiting for the broker: it is queued once the
     /// returned confirm says so. Confirms come in the order of the sends,
     /// so a batch can be in flight at once (the poller's).
+    ///
+    /// A commit's first job goes to the jobs exchange (the work queue, the
+    /// dispatcher's copy, the ledger). A pipeline job goes straight to its
+    /// queue's work queue, declared if new: the dispatcher recorded it
+    /// when its plan did, and the ledger is for what observers published.
     pub async fn send(&self, job: &Job) -> Result<Confirm, BrokerError> {
+        match &job.spec {
+            None => {
+                self.transport
+                    .publish_in_flight(&self.exchange, "", job)
+                    .await
+            }
+            Some(spec) => {
+                let queue = self.transport.declare_work_queue(&spec.queue).await?;
+                self.transport.publish_in_flight("", &queue, job).await
+            }
+        }
+    }
+
+    /// Puts `job` back on its work queue only, waiting for the confirm: a
+    /// job whose runner froze (its lease expired) with no management API
+    /// to close that runner's connection.
+    pub async fn requeue(&self, job: &Job) -> Result<(), BrokerError> {
+        let queue = match &job.spec {
+            None => self.transport.names().work_queue(),
+            Some(spec) => self.transport.declare_work_queue(&spec.queue).await?,
+        };
         self.transport
-            .publish_in_flight(&self.exchange, "", job)
+            .publish_in_flight("", &queue, job)
+            .await?
+            .wait()
             .await
     }
 }

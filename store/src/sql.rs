@@ -1107,22 +1107,10 @@ impl SqlStore {
         if !jobs.iter().any(|job| job.status == JobStatus::Waiting) {
             return Ok(Vec::new());
         }
-        // A job run again (a rerun) stands for its name: the newest of it.
-        let mut newest: Vec<&JobRecord> = Vec::new();
-        for job in &jobs {
-            match newest.iter_mut().find(|seen| seen.name == job.name) {
-                Some(seen) => *seen = job,
-                None => newest.push(job),
-            }
-        }
+        let newest = model::pipeline::current(&jobs);
         let states: Vec<model::pipeline::JobState<'_>> = newest
             .iter()
-            .map(|job| model::pipeline::JobState {
-                name: &job.name,
-                status: job.status,
-                needs: &job.needs,
-                allow_failure: job.allow_failure,
-            })
+            .map(|job| model::pipeline::state(job))
             .collect();
         let next = model::pipeline::advance(&states);
         let now = ms(model::now_ms());

@@ -13,6 +13,7 @@ use observer::producer::{self, Producer, Target};
 use serde::Deserialize;
 use store::Store;
 
+use super::commits::with_reasons;
 use super::{authorize, error, find_job, internal, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -98,15 +99,23 @@ async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListParam
         Ok(query) => query,
         Err(response) => return response,
     };
-    match state.store().jobs(&query).await {
-        Ok(jobs) => Json(jobs.into_iter().map(JobView::from).collect::<Vec<_>>()).into_response(),
-        Err(err) => internal(err),
+    let jobs = match state.store().jobs(&query).await {
+        Ok(jobs) => jobs,
+        Err(err) => return internal(err),
+    };
+    match with_reasons(&state, jobs.into_iter().map(JobView::from).collect()).await {
+        Ok(views) => Json(views).into_response(),
+        Err(response) => response,
     }
 }
 
 async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match find_job(state.store().as_ref(), &id).await {
-        Ok(job) => Json(JobView::from(job)).into_response(),
+    let job = match find_job(state.store().as_ref(), &id).await {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    match with_reasons(&state, vec![JobView::from(job)]).await {
+        Ok(mut views) => Json(views.remove(0)).into_response(),
         Err(response) => response,
     }
 }

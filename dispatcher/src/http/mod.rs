@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+mod commits;
 mod dashboard;
 mod live;
 mod repos;
@@ -71,6 +72,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(commits::routes())
         .merge(repos::routes())
         .route("/api/events", get(live::events))
         .route("/metrics", get(metrics))
@@ -187,6 +189,12 @@ pub async fn find_job(store: &dyn Store, key: &str) -> Result<JobRecord, Respons
             return Ok(job);
         }
     }
+    find_commit(store, key).await
+}
+
+/// The newest job of the commit `key` abbreviates (at least 7 hex
+/// digits): 404 when none, 409 (listing them) when several commits match.
+pub async fn find_commit(store: &dyn Store, key: &str) -> Result<JobRecord, Response> {
     match store.job_by_commit(key).await.map_err(internal)? {
         CommitMatch::One(job) => Ok(*job),
         CommitMatch::None => Err(error(
