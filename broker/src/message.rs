@@ -149,6 +149,7 @@ mod tests {
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         };
         let event = Event::Heartbeat {
             v: SCHEMA_VERSION,
@@ -182,6 +183,7 @@ mod tests {
             truncated: false,
             runner,
             reason: None,
+            plan: None,
         };
         assert_eq!(result.routing_key(), "result.failed");
         assert_eq!(decode::<JobResult>(&encode(&result), 10_000), Ok(result));

@@ -26,8 +26,10 @@ fn sample_result() -> JobResult {
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         },
         reason: None,
+        plan: None,
     }
 }
 
