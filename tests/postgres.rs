@@ -98,6 +98,7 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
         host: "h".into(),
         connection: format!("c-{id}"),
         sandbox: Default::default(),
+        queues: Vec::new(),
     };
     let mut messages = Vec::new();
     let mut jobs = Vec::new();

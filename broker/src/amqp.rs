@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::transport::{Connector, Deliveries, Delivery, Properties, QueueStats, Transport};
 use crate::{Broker, BrokerConfig, BrokerError, Confirm, Names, Publisher, Result};
+use model::QueueName;
 
 /// How long to wait before trying again when a fresh connection could not
 /// open its publishing channel (it died at once).
@@ -72,6 +73,14 @@ impl Transport for AmqpTransport {
             let consumer = self.broker.consume(queue, prefetch).await?;
             Ok(deliveries(consumer, queue))
         })
+    }
+
+    fn declare_work_queue<'a>(&'a self, queue: &'a QueueName) -> BoxFuture<'a, Result<String>> {
+        Box::pin(self.broker.declare_work_queue(queue))
+    }
+
+    fn get<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<Option<Delivery>>> {
+        Box::pin(async move { Ok(self.broker.get(queue).await?.map(Delivery::from_amqp)) })
     }
 
     fn subscribe<'a>(&'a self, exchange: &'a str) -> BoxFuture<'a, Result<Deliveries>> {

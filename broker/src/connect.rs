@@ -1,7 +1,9 @@
 //! Connecting to RabbitMQ: retry with backoff, declare the topology, open
 //! the channels a component needs, and notice when the connection dies.
 
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +12,8 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, LongString};
 use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use model::QueueName;
 use tokio_util::sync::CancellationToken;
 
 use crate::topology::{self, Topology, TopologySettings};
@@ -45,6 +48,16 @@ pub struct Broker {
     connection: Connection,
     names: Names,
     connection_name: String,
+    /// What the connection declares, the named work queues' arguments
+    /// included.
+    topology: Topology,
+    /// The named work queues declared on this connection, not declared
+    /// again.
+    declared: std::sync::Mutex<HashSet<String>>,
+    /// The channel of `basic.get`s: a message taken stays unacked on it
+    /// until settled, so it lives as long as the connection (a new one is
+    /// opened when the broker closed it).
+    getter: tokio::sync::Mutex<Option<Channel>>,
 }
 
 impl Broker {
@@ -56,7 +69,7 @@ impl Broker {
             .create_channel()
             .await
             .map_err(BrokerError::amqp("opening a channel"))?;
-        topology::declare(&channel, &Topology::new(&config.names, config.settings)).await?;
+        topology::declare(&channel, &broker.topology).await?;
         Ok(broker)
     }
 
@@ -84,6 +97,9 @@ impl Broker {
             connection,
             names: config.names.clone(),
             connection_name: connection_name.to_string(),
+            topology: Topology::new(&config.names, config.settings),
+            declared: Default::default(),
+            getter: Default::default(),
         })
     }
 
@@ -127,6 +143,60 @@ impl Broker {
             )
             .await
             .map_err(BrokerError::amqp(format!("consuming {queue}")))
+    }
+
+    /// Declares the work queue of `queue` with the work queue's arguments,
+    /// once per connection, and returns its name. The default one is part
+    /// of the topology.
+    pub(crate) async fn declare_work_queue(&self, queue: &QueueName) -> Result<String> {
+        let name = self.names.work_queue_for(queue);
+        let known = |declared: &std::sync::Mutex<HashSet<String>>| {
+            declared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&name)
+        };
+        if queue.is_default() || known(&self.declared) {
+            return Ok(name);
+        }
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::amqp("opening a channel"))?;
+        let declared =
+            topology::declare_queue(&channel, &self.topology.work_queue_spec(name.clone())).await;
+        // Gone already if the broker refused the declare.
+        let _ = channel.close(200, "declared".into()).await;
+        declared?;
+        self.declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone());
+        Ok(name)
+    }
+
+    /// Takes one ready message of `queue` unacked (`basic.get`), on the
+    /// connection's getter channel.
+    pub(crate) async fn get(&self, queue: &str) -> Result<Option<lapin::message::Delivery>> {
+        let mut getter = self.getter.lock().await;
+        let channel = match getter.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(BrokerError::amqp("opening a channel to get from queues"))?;
+                *getter = Some(channel.clone());
+                channel
+            }
+        };
+        let message = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(BrokerError::amqp(format!("getting from {queue}")))?;
+        Ok(message.map(|m| m.delivery))
     }
 
     /// A private, exclusive queue bound to the fanout `exchange`, consumed
@@ -223,14 +293,15 @@ impl Broker {
         Ok(bodies)
     }
 
-    /// Deletes the namespace's queues and exchanges.
-    pub async fn delete_topology(&self) -> Result<()> {
+    /// Deletes the namespace's queues and exchanges, and the work queues
+    /// of `named`.
+    pub async fn delete_topology(&self, named: &[QueueName]) -> Result<()> {
         let channel = self
             .connection
             .create_channel()
             .await
             .map_err(BrokerError::amqp("opening a channel"))?;
-        topology::delete(&channel, &self.names).await
+        topology::delete(&channel, &self.names, named).await
     }
 
     pub fn is_connected(&self) -> bool {
@@ -325,11 +396,17 @@ async fn retry(
     }
 }
 
-/// Deletes a namespace's queues and exchanges, whatever arguments they
-/// were declared with (it declares nothing itself).
-pub async fn delete_namespace(config: &BrokerConfig, shutdown: &CancellationToken) -> Result<()> {
+/// Deletes a namespace's queues and exchanges, and the work queues of
+/// `named`, whatever arguments they were declared with (it declares
+/// nothing itself). AMQP cannot list queues: a named work queue not in
+/// `named` stays (the management API lists them: `N.jobs.*`).
+pub async fn delete_namespace(
+    config: &BrokerConfig,
+    named: &[QueueName],
+    shutdown: &CancellationToken,
+) -> Result<()> {
     let broker = retry(config, "warren-topology", Declare::Nothing, shutdown).await?;
-    let deleted = broker.delete_topology().await;
+    let deleted = broker.delete_topology(named).await;
     broker.close().await;
     deleted
 }

@@ -3,7 +3,9 @@
 //! gets, and connections to it that are [`Transport`]s.
 //!
 //! It models what Warren relies on: fanout, topic (`*`, `#`) and the
-//! default exchange; prefetch; ack, reject and requeue; a connection that
+//! default exchange; prefetch; `basic.get`; named work queues declared at
+//! run time with the work queue's arguments (a declare with other
+//! arguments refused); ack, reject and requeue; a connection that
 //! closes hands its unsettled deliveries back (redelivered, counted in
 //! `x-delivery-count` on quorum queues); a quorum queue's delivery limit
 //! dead-letters to its `x-dead-letter-exchange` with the `x-death`
@@ -39,11 +41,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::consume::header_text;
-use crate::topology::{Kind, Topology};
+use crate::topology::{Kind, QueueSpec, Topology};
 use crate::transport::{
     Connector, Deliveries, Delivery, Properties, QueueStats, Settle as SettleBy, Transport,
 };
 use crate::{BrokerError, Confirm, Names, Result};
+use model::QueueName;
 
 /// What happens to a publish that meets a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +134,8 @@ struct State {
     ack_faults: Vec<String>,
     /// Stopped: no connection is accepted.
     stopped: bool,
+    /// What it was built from: the named work queues' arguments.
+    topology: Topology,
     /// Queues with new ready messages or freed prefetch since the last
     /// dispatch.
     to_dispatch: Vec<String>,
@@ -147,6 +152,8 @@ struct Link {
 
 struct Queue {
     ready: VecDeque<Message>,
+    /// As declared: a declare with other arguments is refused.
+    arguments: Vec<(&'static str, serde_json::Value)>,
     quorum: bool,
     /// The broker's `x-delivery-limit`: dead-lettered once returned more
     /// often than this.
@@ -163,6 +170,9 @@ struct Queue {
 struct Consumer {
     connection: u64,
     queue: String,
+    /// Holds what the connection took from `queue` with `get`: it is
+    /// never in the queue's list of consumers, so nothing is pushed to it.
+    getter: bool,
     /// 0: no limit.
     prefetch: usize,
     next_tag: u64,
@@ -189,37 +199,7 @@ impl MemoryBroker {
     pub fn new(names: &Names, topology: &Topology) -> Result<MemoryBroker> {
         let mut queues = HashMap::new();
         for spec in &topology.queues {
-            let mut queue = Queue::new(None);
-            for (key, value) in &spec.arguments {
-                let number = || value.as_u64().and_then(|n| usize::try_from(n).ok());
-                let known = match (*key, value.as_str()) {
-                    ("x-queue-type", Some(kind @ ("quorum" | "classic"))) => {
-                        queue.quorum = kind == "quorum";
-                        true
-                    }
-                    ("x-delivery-limit", _) => {
-                        queue.delivery_limit = number().and_then(|n| u32::try_from(n).ok());
-                        queue.delivery_limit.is_some()
-                    }
-                    ("x-dead-letter-exchange", Some(exchange)) => {
-                        queue.dead_letter_exchange = Some(exchange.to_string());
-                        true
-                    }
-                    ("x-max-length", _) => {
-                        queue.max_length = number();
-                        queue.max_length.is_some()
-                    }
-                    ("x-overflow", Some("drop-head")) => true,
-                    _ => false,
-                };
-                if !known {
-                    return Err(BrokerError::TopologyMismatch(format!(
-                        "the in-memory broker does not model {key} = {value} (queue {})",
-                        spec.name
-                    )));
-                }
-            }
-            queues.insert(spec.name.clone(), queue);
+            queues.insert(spec.name.clone(), Queue::from_spec(spec)?);
         }
         let exchanges = topology
             .exchanges
@@ -244,6 +224,7 @@ impl MemoryBroker {
                 publish_faults: Vec::new(),
                 ack_faults: Vec::new(),
                 stopped: false,
+                topology: topology.clone(),
                 to_dispatch: Vec::new(),
                 clock: 0,
                 acked: HashMap::new(),
@@ -476,9 +457,47 @@ impl Shared {
 }
 
 impl Queue {
+    /// A durable queue as `spec` declares it; refuses the arguments it does
+    /// not model.
+    fn from_spec(spec: &QueueSpec) -> Result<Queue> {
+        let mut queue = Queue::new(None);
+        queue.arguments = spec.arguments.clone();
+        for (key, value) in &spec.arguments {
+            let number = || value.as_u64().and_then(|n| usize::try_from(n).ok());
+            let known = match (*key, value.as_str()) {
+                ("x-queue-type", Some(kind @ ("quorum" | "classic"))) => {
+                    queue.quorum = kind == "quorum";
+                    true
+                }
+                ("x-delivery-limit", _) => {
+                    queue.delivery_limit = number().and_then(|n| u32::try_from(n).ok());
+                    queue.delivery_limit.is_some()
+                }
+                ("x-dead-letter-exchange", Some(exchange)) => {
+                    queue.dead_letter_exchange = Some(exchange.to_string());
+                    true
+                }
+                ("x-max-length", _) => {
+                    queue.max_length = number();
+                    queue.max_length.is_some()
+                }
+                ("x-overflow", Some("drop-head")) => true,
+                _ => false,
+            };
+            if !known {
+                return Err(BrokerError::TopologyMismatch(format!(
+                    "the in-memory broker does not model {key} = {value} (queue {})",
+                    spec.name
+                )));
+            }
+        }
+        Ok(queue)
+    }
+
     fn new(owner: Option<u64>) -> Self {
         Queue {
             ready: VecDeque::new(),
+            arguments: Vec::new(),
             quorum: false,
             delivery_limit: None,
             dead_letter_exchange: None,
@@ -790,6 +809,7 @@ impl State {
             Consumer {
                 connection,
                 queue: queue.to_string(),
+                getter: false,
                 prefetch: usize::from(prefetch),
                 next_tag: 0,
                 unacked: BTreeMap::new(),
@@ -801,6 +821,96 @@ impl State {
             receiver,
             closed: closed.clone(),
         }))
+    }
+
+    /// Declares a durable queue (idempotent); one that exists with other
+    /// arguments is refused, as RabbitMQ does (`PRECONDITION_FAILED`).
+    fn declare_queue(&mut self, connection: u64, spec: &QueueSpec) -> Result<()> {
+        if !self.is_open(connection) {
+            return Err(BrokerError::ConnectionLost);
+        }
+        match self.queues.get(&spec.name) {
+            Some(queue) if queue.arguments == spec.arguments => Ok(()),
+            Some(_) => Err(BrokerError::TopologyMismatch(format!(
+                "queue {} exists with other arguments (PRECONDITION_FAILED)",
+                spec.name
+            ))),
+            None => {
+                self.queues
+                    .insert(spec.name.clone(), Queue::from_spec(spec)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// `basic.get`: the next ready message of `queue`, held unacked by the
+    /// connection's getter of that queue.
+    fn get(&mut self, connection: u64, queue: &str) -> Result<Option<Delivery>> {
+        if !self.is_open(connection) {
+            return Err(BrokerError::ConnectionLost);
+        }
+        let Some(shared) = self.me.upgrade() else {
+            return Err(BrokerError::ConnectionLost);
+        };
+        let Some(q) = self.queues.get(queue) else {
+            return Err(BrokerError::Channel(format!(
+                "no queue {queue:?} (NOT_FOUND)"
+            )));
+        };
+        if q.owner.is_some_and(|owner| owner != connection) {
+            return Err(BrokerError::Channel(format!(
+                "queue {queue:?} is exclusive to another connection (RESOURCE_LOCKED)"
+            )));
+        }
+        if q.ready.is_empty() {
+            return Ok(None);
+        }
+        let existing = self
+            .consumers
+            .iter()
+            .find(|(_, c)| c.getter && c.connection == connection && c.queue == queue)
+            .map(|(id, _)| *id);
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.new_id();
+                self.consumers.insert(
+                    id,
+                    Consumer {
+                        connection,
+                        queue: queue.to_string(),
+                        getter: true,
+                        prefetch: 0,
+                        next_tag: 0,
+                        unacked: BTreeMap::new(),
+                        // Never sent to: a getter is in no queue's list.
+                        sender: mpsc::unbounded_channel().0,
+                    },
+                );
+                id
+            }
+        };
+        let (Some(q), Some(consumer)) = (self.queues.get_mut(queue), self.consumers.get_mut(&id))
+        else {
+            return Ok(None);
+        };
+        let Some(message) = q.ready.pop_front() else {
+            return Ok(None);
+        };
+        consumer.next_tag += 1;
+        let tag = consumer.next_tag;
+        let delivery = Delivery::new(
+            message.body.clone(),
+            delivered_properties(&message, q.quorum),
+            message.returns > 0,
+            SettleBy::Memory(Settle {
+                shared,
+                consumer: id,
+                tag,
+            }),
+        );
+        consumer.unacked.insert(tag, message);
+        Ok(Some(delivery))
     }
 
     fn settle(&mut self, consumer: u64, tag: u64, how: Settlement) -> Result<()> {
@@ -965,6 +1075,28 @@ impl Transport for MemoryTransport {
             .shared
             .change(|state| state.consume(self.id, &self.closed, queue, prefetch));
         Box::pin(async move { consumed })
+    }
+
+    fn declare_work_queue<'a>(&'a self, queue: &'a QueueName) -> BoxFuture<'a, Result<String>> {
+        let name = self.shared.names.work_queue_for(queue);
+        let declared = self.shared.change(|state| {
+            if queue.is_default() {
+                // Part of the topology.
+                return if state.is_open(self.id) {
+                    Ok(())
+                } else {
+                    Err(BrokerError::ConnectionLost)
+                };
+            }
+            let spec = state.topology.work_queue_spec(name.clone());
+            state.declare_queue(self.id, &spec)
+        });
+        Box::pin(async move { declared.map(|()| name) })
+    }
+
+    fn get<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<Option<Delivery>>> {
+        let got = self.shared.change(|state| state.get(self.id, queue));
+        Box::pin(async move { got })
     }
 
     fn subscribe<'a>(&'a self, exchange: &'a str) -> BoxFuture<'a, Result<Deliveries>> {
@@ -1397,5 +1529,83 @@ mod tests {
         assert_eq!(ledger[0], b"5");
         let stats = t.queue_stats(&names.work_queue()).await.expect("stats");
         assert_eq!(stats.ready as i64, crate::topology::LEDGER_MAX + 5);
+    }
+
+    #[tokio::test]
+    async fn a_named_work_queue_is_declared_once_and_dead_letters_at_the_delivery_limit() {
+        let (broker, names) = broker();
+        let t = broker.open("c").expect("open");
+        let gpu = QueueName::parse("gpu").expect("a queue name");
+        assert_eq!(
+            t.declare_work_queue(&QueueName::default())
+                .await
+                .expect("default"),
+            names.work_queue()
+        );
+        let queue = t.declare_work_queue(&gpu).await.expect("declared");
+        assert_eq!(queue, "t.jobs.gpu");
+        assert_eq!(t.declare_work_queue(&gpu).await.expect("again"), queue);
+        // Bound to nothing: only the default exchange reaches it.
+        publish(&t, &names.jobs_exchange(), "", b"default job").await;
+        assert!(broker.ready(&queue).is_empty());
+        publish(&t, "", &queue, b"gpu job").await;
+        assert_eq!(
+            t.get(&names.dispatcher_jobs_queue())
+                .await
+                .ok()
+                .flatten()
+                .map(|d| d.body().to_vec()),
+            Some(b"default job".to_vec())
+        );
+        // Taken with get and returned with the connection, three times.
+        for delivery in 1..=3u64 {
+            let runner = broker.open(&format!("runner-{delivery}")).expect("open");
+            let job = runner.get(&queue).await.expect("get").expect("a job");
+            assert_eq!(job.body(), b"gpu job");
+            assert_eq!(job.delivery_count(), (delivery > 1).then_some(delivery - 1));
+            assert!(runner.get(&queue).await.expect("get").is_none(), "one job");
+            assert_eq!(broker.counts(&queue).unacked, 1);
+            drop(runner);
+        }
+        assert_eq!(broker.counts(&queue), QueueCounts::default());
+        let rejected = broker.take(&names.dispatcher_rejected_queue());
+        assert_eq!(rejected.len(), 1, "dead-lettered once");
+        assert_eq!(
+            rejected[0].header("x-first-death-queue"),
+            Some(queue.clone())
+        );
+        // A settled get is acked like a consumed delivery.
+        publish(&t, "", &queue, b"next").await;
+        t.get(&queue)
+            .await
+            .expect("get")
+            .expect("a job")
+            .ack()
+            .await
+            .expect("ack");
+        assert_eq!(broker.acked(&queue).len(), 1);
+        assert_eq!(broker.counts(&queue), QueueCounts::default());
+        // A queue that is not there is a channel error.
+        let missing = t.get("t.jobs.nowhere").await.err();
+        assert!(
+            matches!(missing, Some(BrokerError::Channel(_))),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_named_work_queue_declared_with_other_arguments_is_refused() {
+        let (broker, names) = broker();
+        let other = Topology::new(&names, TopologySettings { delivery_limit: 7 });
+        let gpu = QueueName::parse("gpu").expect("a queue name");
+        let t = broker.open("c").expect("open");
+        t.declare_work_queue(&gpu).await.expect("declared");
+        let refused = broker.shared.change(|state| {
+            state.declare_queue(t.id, &other.work_queue_spec(names.work_queue_for(&gpu)))
+        });
+        assert!(
+            matches!(refused, Err(BrokerError::TopologyMismatch(_))),
+            "{refused:?}"
+        );
     }
 }

@@ -149,6 +149,7 @@ mod tests {
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         };
         let event = Event::Heartbeat {
             v: SCHEMA_VERSION,

@@ -3,6 +3,8 @@
 //! Two deployments (or two tests) that use different namespaces share a
 //! broker without seeing each other's messages.
 
+use model::QueueName;
+
 /// The names of a namespace's exchanges and queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -52,9 +54,25 @@ impl Names {
         self.name("rejected")
     }
 
-    /// The work queue runners compete on (quorum, delivery limit).
+    /// The work queue runners compete on (quorum, delivery limit): the
+    /// `default` queue's.
     pub fn work_queue(&self) -> String {
         self.name("jobs")
+    }
+    /// The work queue of `queue`: `N.jobs` for `default`, else
+    /// `N.jobs.<queue>`, declared on first use with the work queue's
+    /// arguments ([`crate::Transport::declare_work_queue`]). No other
+    /// name of the namespace starts with `N.jobs.`.
+    pub fn work_queue_for(&self, queue: &QueueName) -> String {
+        if queue.is_default() {
+            self.work_queue()
+        } else {
+            format!("{}{}", self.named_work_queue_prefix(), queue.as_str())
+        }
+    }
+    /// What the name of every work queue but the default one starts with.
+    pub fn named_work_queue_prefix(&self) -> String {
+        self.name("jobs.")
     }
     /// Dead letters kept for people to inspect (bounded).
     pub fn dead_letter_queue(&self) -> String {
@@ -136,6 +154,27 @@ mod tests {
             .chain(names.all_exchanges().iter())
         {
             assert!(name.starts_with("team-a."), "{name}");
+        }
+    }
+
+    #[test]
+    fn each_named_queue_has_its_own_work_queue_and_default_is_the_original() {
+        let names = Names::new("w");
+        let queue = |name: &str| QueueName::parse(name).expect("a queue name");
+        assert_eq!(names.work_queue_for(&QueueName::default()), "w.jobs");
+        assert_eq!(
+            names.work_queue_for(&queue("linux-x86")),
+            "w.jobs.linux-x86"
+        );
+        assert!(names
+            .work_queue_for(&queue("gpu"))
+            .starts_with(&names.named_work_queue_prefix()));
+        // No fixed name can be taken for a named work queue.
+        for fixed in names.all_queues() {
+            assert!(
+                !fixed.starts_with(&names.named_work_queue_prefix()),
+                "{fixed}"
+            );
         }
     }
 

@@ -13,6 +13,7 @@ use lapin::{Channel, ExchangeKind};
 use serde_json::{json, Value};
 
 use crate::{BrokerError, Names, Result};
+use model::QueueName;
 
 /// Default number of deliveries after which a job that keeps killing its
 /// runner is dead-lettered.
@@ -93,6 +94,9 @@ pub struct Topology {
     pub exchanges: Vec<ExchangeSpec>,
     pub queues: Vec<QueueSpec>,
     pub bindings: Vec<BindingSpec>,
+    /// The work queue's arguments, for the named work queues declared on
+    /// first use.
+    work_queue_arguments: Vec<(&'static str, Value)>,
 }
 
 impl Topology {
@@ -108,7 +112,9 @@ impl Topology {
             queue,
             routing_key: routing_key.to_string(),
         };
+        let work = work_queue_arguments(names, settings);
         Topology {
+            work_queue_arguments: work.clone(),
             exchanges: vec![
                 exchange(names.jobs_exchange(), Kind::Fanout),
                 exchange(names.events_exchange(), Kind::Topic),
@@ -118,16 +124,10 @@ impl Topology {
                 exchange(names.rejected_exchange(), Kind::Fanout),
             ],
             queues: vec![
-                quorum(
-                    names.work_queue(),
-                    vec![
-                        ("x-delivery-limit", json!(settings.broker_delivery_limit())),
-                        // Through the dispatcher, which adds the reason in
-                        // words (the broker's own dead letters carry only
-                        // `x-death`), then on to the dead-letter exchange.
-                        ("x-dead-letter-exchange", json!(names.rejected_exchange())),
-                    ],
-                ),
+                QueueSpec {
+                    name: names.work_queue(),
+                    arguments: work,
+                },
                 quorum(
                     names.dead_letter_queue(),
                     vec![
@@ -187,6 +187,18 @@ impl Topology {
         }
     }
 
+    /// A work queue named `name` (a named queue's, see
+    /// [`Names::work_queue_for`]) with the same arguments as the default
+    /// work queue: quorum, the delivery limit, dead-lettered to
+    /// `N.rejected`. It is bound to nothing: jobs reach it through the
+    /// default exchange, routing key = its name.
+    pub fn work_queue_spec(&self, name: impl Into<String>) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            arguments: self.work_queue_arguments.clone(),
+        }
+    }
+
     /// The topology in RabbitMQ's definitions format (`vhost` is the
     /// virtual host the definitions are loaded into).
     pub fn definitions(&self, vhost: &str) -> Value {
@@ -227,6 +239,18 @@ impl Topology {
             .collect();
         json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings })
     }
+}
+
+/// The arguments of every work queue (the default one and the named ones).
+fn work_queue_arguments(names: &Names, settings: TopologySettings) -> Vec<(&'static str, Value)> {
+    vec![
+        ("x-queue-type", json!("quorum")),
+        ("x-delivery-limit", json!(settings.broker_delivery_limit())),
+        // Through the dispatcher, which adds the reason in words (the
+        // broker's own dead letters carry only `x-death`), then on to the
+        // dead-letter exchange.
+        ("x-dead-letter-exchange", json!(names.rejected_exchange())),
+    ]
 }
 
 fn field_table(arguments: &[(&'static str, Value)]) -> FieldTable {
@@ -276,26 +300,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
             )))?;
     }
     for queue in &topology.queues {
-        channel
-            .queue_declare(
-                queue.name.as_str().into(),
-                QueueDeclareOptions::durable(),
-                field_table(&queue.arguments),
-            )
-            .await
-            .map_err(|source| {
-                if is_precondition_failed(&source) {
-                    BrokerError::TopologyMismatch(format!(
-                        "queue {} exists with other arguments ({source}); use the same --delivery-limit everywhere, or delete the namespace with `warren topology --delete`",
-                        queue.name
-                    ))
-                } else {
-                    BrokerError::Amqp {
-                        context: format!("declaring queue {}", queue.name),
-                        source,
-                    }
-                }
-            })?;
+        declare_queue(channel, queue).await?;
     }
     for binding in &topology.bindings {
         channel
@@ -315,10 +320,43 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
     Ok(())
 }
 
-/// Deletes every queue and exchange of the namespace (tests, `warren
-/// topology --delete`). Missing ones are not an error.
-pub async fn delete(channel: &Channel, names: &Names) -> Result<()> {
-    for queue in names.all_queues() {
+/// Declares one durable queue (idempotent). A queue that exists with other
+/// arguments is a [`BrokerError::TopologyMismatch`] (and the broker closes
+/// the channel).
+pub(crate) async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Result<()> {
+    channel
+        .queue_declare(
+            queue.name.as_str().into(),
+            QueueDeclareOptions::durable(),
+            field_table(&queue.arguments),
+        )
+        .await
+        .map_err(|source| {
+            if is_precondition_failed(&source) {
+                BrokerError::TopologyMismatch(format!(
+                    "queue {} exists with other arguments ({source}); use the same --delivery-limit everywhere, or delete the namespace with `warren topology --delete`",
+                    queue.name
+                ))
+            } else {
+                BrokerError::Amqp {
+                    context: format!("declaring queue {}", queue.name),
+                    source,
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Deletes every queue and exchange of the namespace, and the work queues
+/// of `named` (tests, `warren topology --delete --queue …`). Missing ones
+/// are not an error. AMQP cannot list queues: named work queues not in
+/// `named` stay.
+pub async fn delete(channel: &Channel, names: &Names, named: &[QueueName]) -> Result<()> {
+    let named = named
+        .iter()
+        .filter(|q| !q.is_default())
+        .map(|q| names.work_queue_for(q));
+    for queue in names.all_queues().into_iter().chain(named) {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await
@@ -352,6 +390,21 @@ mod tests {
         assert!(work
             .arguments
             .contains(&("x-dead-letter-exchange", json!("t.rejected"))));
+    }
+
+    #[test]
+    fn a_named_work_queue_has_the_work_queues_arguments_under_its_own_name() {
+        let names = Names::new("t");
+        let topology = Topology::new(&names, TopologySettings { delivery_limit: 5 });
+        let work = topology
+            .queues
+            .iter()
+            .find(|q| q.name == names.work_queue())
+            .expect("work queue");
+        let gpu = topology.work_queue_spec("t.jobs.gpu");
+        assert_eq!(gpu.name, "t.jobs.gpu");
+        assert_eq!(gpu.arguments, work.arguments);
+        assert!(!topology.bindings.iter().any(|b| b.queue == gpu.name));
     }
 
     #[test]

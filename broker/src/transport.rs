@@ -15,9 +15,9 @@
 //!   call costs nothing next to a network round trip.
 //! - **Small.** Publish (pipelined: sending returns a [`Confirm`] to await
 //!   later, so a batch can be in flight at once), consume a queue with a
-//!   prefetch, subscribe to a fanout exchange through a private queue, read
-//!   a queue without taking from it, a queue's depth, and the connection's
-//!   life. Acks, rejects and dead-lettering belong to the [`Delivery`],
+//!   prefetch, take one message (`get`), declare a named work queue,
+//!   subscribe to a fanout exchange through a private queue, read a queue
+//!   without taking from it, a queue's depth, and the connection's life. Acks, rejects and dead-lettering belong to the [`Delivery`],
 //!   which can be settled once (each consumes it). Everything typed
 //!   (JSON messages, the ledger's jobs) is built on top, in `impl dyn
 //!   Transport`, so both implementations share it.
@@ -46,7 +46,7 @@ use crate::message::{decode, encode};
 use crate::publisher::json_properties;
 use crate::topology::LEDGER_MAX;
 use crate::{BrokerError, Confirm, Names, Result};
-use model::Job;
+use model::{Job, QueueName};
 
 /// A message's AMQP properties and headers.
 pub use lapin::BasicProperties as Properties;
@@ -86,6 +86,20 @@ pub trait Transport: Send + Sync {
     /// Consumes `queue` with manual acks and at most `prefetch` deliveries
     /// unsettled at once (0: no limit).
     fn consume<'a>(&'a self, queue: &'a str, prefetch: u16) -> BoxFuture<'a, Result<Deliveries>>;
+
+    /// Declares the work queue of `queue` ([`Names::work_queue_for`]) with
+    /// the work queue's arguments (quorum, the delivery limit, dead letters
+    /// to `N.rejected`) and returns its name. Idempotent; `default`'s is
+    /// part of the topology. A queue that exists with other arguments is a
+    /// [`BrokerError::TopologyMismatch`].
+    fn declare_work_queue<'a>(&'a self, queue: &'a QueueName) -> BoxFuture<'a, Result<String>>;
+
+    /// Takes the next message ready in `queue`, if any (AMQP's `basic.get`,
+    /// manual ack): settled like a consumed [`Delivery`], held by this
+    /// connection until then, handed back if it closes first. For a
+    /// consumer of several queues that must never hold a message it is not
+    /// working on (the runner).
+    fn get<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<Option<Delivery>>>;
 
     /// Consumes a private queue bound to the fanout `exchange`: exclusive
     /// to this connection, deleted with it, no prefetch limit, manual acks.

@@ -26,6 +26,7 @@ fn sample_result() -> JobResult {
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         },
         reason: None,
         plan: None,

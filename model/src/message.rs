@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::pipeline::{JobSpec, Plan, SINGLE_JOB_NAME};
-use crate::{BranchName, CommitId, JobId, Outcome, RepoUrl, RunnerId};
+use crate::{BranchName, CommitId, JobId, Outcome, QueueName, RepoUrl, RunnerId};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -221,14 +221,37 @@ pub struct RunnerInfo {
     /// How it isolates jobs; `none` from runners that predate the sandbox.
     #[serde(default)]
     pub sandbox: crate::Sandbox,
+    /// The work queues it serves (`--queue`), so the dispatcher knows
+    /// which queues online runners serve. Empty (runners that predate
+    /// queues) means `default` only: see [`RunnerInfo::served_queues`].
+    #[serde(default)]
+    pub queues: Vec<QueueName>,
 }
 
 impl RunnerInfo {
+    /// The most queues one runner says it serves.
+    pub const MAX_QUEUES: usize = 64;
+
+    /// The queues it serves: `default` when it names none.
+    pub fn served_queues(&self) -> Vec<QueueName> {
+        if self.queues.is_empty() {
+            vec![QueueName::default()]
+        } else {
+            self.queues.clone()
+        }
+    }
+
     fn validate(&self) -> Result<(), Invalid> {
         if self.host.len() > 255 || self.connection.len() > 255 {
             return Err(Invalid::Field {
                 field: "runner",
                 reason: "host and connection must be at most 255 bytes".into(),
+            });
+        }
+        if self.queues.len() > Self::MAX_QUEUES {
+            return Err(Invalid::Field {
+                field: "runner",
+                reason: format!("at most {} queues", Self::MAX_QUEUES),
             });
         }
         Ok(())
@@ -442,5 +465,26 @@ mod tests {
         old.v = 2;
         let text = old.validate().expect_err("v2").to_string();
         assert!(text.starts_with("unknown schema version 2 "), "{text}");
+    }
+
+    #[test]
+    fn a_runner_that_names_no_queues_serves_the_default_one() {
+        let old: RunnerInfo =
+            serde_json::from_str(r#"{"id": "r", "host": "h", "connection": "c"}"#).expect("decodes");
+        assert!(old.queues.is_empty());
+        assert_eq!(old.served_queues(), [QueueName::default()]);
+        let gpu = QueueName::parse("gpu").expect("a queue name");
+        let new = RunnerInfo {
+            queues: vec![QueueName::default(), gpu.clone()],
+            ..old.clone()
+        };
+        let text = serde_json::to_string(&new).expect("encodes");
+        assert!(text.contains(r#""queues":["default","gpu"]"#), "{text}");
+        assert_eq!(new.served_queues(), [QueueName::default(), gpu.clone()]);
+        let many = RunnerInfo {
+            queues: vec![gpu; RunnerInfo::MAX_QUEUES + 1],
+            ..old
+        };
+        assert!(many.validate().is_err());
     }
 }
