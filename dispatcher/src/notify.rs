@@ -719,6 +719,7 @@ mod tests {
                         host: "h".into(),
                         connection: "c".into(),
                         sandbox: Default::default(),
+                        queues: Vec::new(),
                     },
                     reason: None,
                     plan: None,

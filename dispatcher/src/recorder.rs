@@ -462,6 +462,7 @@ mod tests {
             host: "h".into(),
             connection: format!("c-{id}"),
             sandbox: Default::default(),
+            queues: Vec::new(),
         }
     }
 

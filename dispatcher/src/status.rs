@@ -462,6 +462,7 @@ mod tests {
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         };
         // With `sent`, each change waits until the forge has its report (a
         // report still waiting when a newer one comes is replaced by it).

@@ -444,9 +444,9 @@ const GROW_LOG_BYTES: &str = "UPDATE jobs SET log_bytes = log_bytes + $2 \
      WHERE id = $1 AND status IN ($3, $4) AND log_bytes = $5";
 
 const RUNNER_SEEN: &str = "INSERT INTO runners (id, host, connection, current_job, last_seen_ms, \
-     sandbox) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET host = excluded.host, \
-     connection = excluded.connection, current_job = excluded.current_job, \
-     last_seen_ms = excluded.last_seen_ms, sandbox = excluded.sandbox";
+     sandbox, queues) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+     host = excluded.host, connection = excluded.connection, current_job = excluded.current_job, \
+     last_seen_ms = excluded.last_seen_ms, sandbox = excluded.sandbox, queues = excluded.queues";
 
 const RUNNER_DONE: &str = "UPDATE runners SET jobs_done = jobs_done + 1, \
      current_job = CASE WHEN current_job = $2 THEN NULL ELSE current_job END WHERE id = $1";
@@ -811,6 +811,7 @@ async fn runner_seen(
     at_ms: i64,
 ) -> Result<(), Fail> {
     let (host, connection) = (storable(&runner.host), storable(&runner.connection));
+    let queues = serde_json::to_string(&runner.served_queues()).unwrap_or_else(|_| "[]".into());
     on!(conn, |c| sqlx::query(RUNNER_SEEN)
         .bind(runner.id.as_str())
         .bind(host.as_ref())
@@ -818,6 +819,7 @@ async fn runner_seen(
         .bind(job)
         .bind(at_ms)
         .bind(runner.sandbox.as_str())
+        .bind(queues.as_str())
         .execute(c)
         .await?
         .rows_affected());

@@ -176,6 +176,7 @@ fn runner(id: &str) -> RunnerInfo {
         host: "h".into(),
         connection: format!("conn-{id}"),
         sandbox: Default::default(),
+        queues: Vec::new(),
     }
 }
 
