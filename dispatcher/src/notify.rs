@@ -293,7 +293,7 @@ async fn decide_all(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    let mut last: HashMap<(RepoUrl, BranchName), Previous> = HashMap::new();
+    let mut last: HashMap<(RepoUrl, BranchName, String), Previous> = HashMap::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -303,10 +303,14 @@ async fn decide_all(
             },
         };
         let job = match event.change {
-            Change::Finished { .. } => event.job,
+            // A skipped job never ran: it says nothing of its commit (the
+            // need that failed does).
+            Change::Finished { .. } if event.job.status != JobStatus::Skipped => event.job,
             _ => continue,
         };
-        let key = (job.repo.clone(), job.branch.clone());
+        // Each job of a pipeline goes red and green on its own: `lint`
+        // follows the last `lint` of the branch.
+        let key = (job.repo.clone(), job.branch.clone(), job.name.clone());
         let previous = match last.get(&key) {
             Some(previous) => Some(previous.clone()),
             None => match store.finished_before(&job).await {

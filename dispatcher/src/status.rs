@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use forge::{StatusReporter, StatusTarget, StatusUpdate};
-use model::{JobRecord, Repo, RepoName, RepoUrl};
+use model::{JobId, JobRecord, JobStatus, Repo, RepoName, RepoUrl};
 use store::Store;
 use tasks::Tasks;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -251,6 +251,9 @@ async fn follow(
     public_url: String,
     stopping: CancellationToken,
 ) {
+    // The last verdict reported of each pipeline not yet ended, so a job
+    // event that changes nothing of its commit sends nothing.
+    let mut last: HashMap<JobId, model::Verdict> = HashMap::new();
     loop {
         let event = tokio::select! {
             _ = stopping.cancelled() => return,
@@ -259,12 +262,50 @@ async fn follow(
                 None => return,
             },
         };
-        let Some(update) = update_for(&event, &public_url) else {
+        let Some(mut update) = update_for(&event, &public_url) else {
             continue;
         };
-        if let Some(target) = registry.target(&event.job.repo).await {
-            reporter.report(&target, update);
+        let Some(target) = registry.target(&event.job.repo).await else {
+            continue;
+        };
+        // The commit's status is its pipeline's verdict: a job of a
+        // pipeline reports the whole pipeline as it stands.
+        let job = &event.job;
+        match registry.store.pipeline(&job.pipeline).await {
+            Ok(jobs) => {
+                let Some(verdict) = model::pipeline::verdict_of(&job.pipeline, &jobs) else {
+                    continue;
+                };
+                if last.get(&job.pipeline) == Some(&verdict) {
+                    continue;
+                }
+                if verdict.is_final() {
+                    last.remove(&job.pipeline);
+                } else {
+                    last.insert(job.pipeline.clone(), verdict);
+                }
+                update = StatusUpdate::new(job.commit.clone(), verdict_status(verdict));
+                update.context = CONTEXT.to_string();
+                if let Some(first) = jobs.iter().find(|j| j.id == job.pipeline) {
+                    update.target_url = Some(job_page(&public_url, first));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(job = %job.id, "cannot read the job's pipeline ({err}); reporting the job's own status");
+            }
         }
+        reporter.report(&target, update);
+    }
+}
+
+/// The status word a verdict is reported with.
+fn verdict_status(verdict: model::Verdict) -> JobStatus {
+    match verdict {
+        model::Verdict::Pending => JobStatus::Queued,
+        model::Verdict::Running => JobStatus::Running,
+        model::Verdict::Passed => JobStatus::Passed,
+        model::Verdict::Failed => JobStatus::Failed,
+        model::Verdict::Error => JobStatus::Error,
     }
 }
 

@@ -499,11 +499,11 @@ const REPO_EXISTS: &str = "SELECT COUNT(*) FROM repos WHERE name = $1";
 
 const REMOVE_REPO: &str = "DELETE FROM repos WHERE name = $1";
 
-/// $6 to $9: the four outcomes.
+/// $6 to $9: the four outcomes; $10: the job's name in its pipeline.
 const FINISHED_BEFORE: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM jobs WHERE repo = $1 AND branch = $2 AND id <> $3 ",
+    " FROM jobs WHERE repo = $1 AND branch = $2 AND name = $10 AND id <> $3 ",
     "AND status IN ($6, $7, $8, $9) AND finished_at_ms IS NOT NULL ",
     "AND (finished_at_ms < $4 OR (finished_at_ms = $4 AND seq < $5)) ",
     "ORDER BY finished_at_ms DESC, seq DESC LIMIT 1"
@@ -1549,6 +1549,7 @@ impl SqlStore {
                 .bind(b)
                 .bind(c_)
                 .bind(d)
+                .bind(job.name.as_str())
                 .fetch_optional(c)
                 .await?;
             match row {
