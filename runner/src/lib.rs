@@ -19,6 +19,7 @@
 //! away) on the in-memory broker with scripted jobs.
 
 mod limits;
+pub mod pipeline;
 mod process;
 pub mod repo_files;
 pub mod sandbox;
@@ -583,6 +584,7 @@ async fn execute(
             truncated,
             runner: runner.clone(),
             reason,
+            plan: None,
         }))
     };
     let checkout = tokio::select! {
@@ -998,6 +1000,7 @@ mod tests {
                     truncated: false,
                     runner,
                     reason: None,
+                    plan: None,
                 }))
             })
         }
@@ -1475,6 +1478,7 @@ mod tests {
             truncated: false,
             runner,
             reason: None,
+            plan: None,
         };
         let cap = 256 * 1024;
         fit_to_cap(&mut result, cap);
