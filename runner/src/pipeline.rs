@@ -167,7 +167,7 @@ impl Pipeline {
         }
 
         // Each job's combinations, checked, then the expanded names.
-        let mut expanded: Vec<(String, Vec<Vec<(String, String)>>)> = Vec::new();
+        let mut expanded: Vec<(String, Vec<Combination>)> = Vec::new();
         let mut total = 0usize;
         for (name, job) in &jobs {
             let combinations = match &job.matrix {
@@ -441,9 +441,12 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// One combination of a matrix: (key, value) in the keys' written order.
+type Combination = Vec<(String, String)>;
+
 /// A matrix's combinations, the first key varying slowest, each as
 /// (key, value) in the keys' written order.
-fn matrix(value: &Value) -> Result<Vec<Vec<(String, String)>>, String> {
+fn matrix(value: &Value) -> Result<Vec<Combination>, String> {
     let Value::Mapping(map) = value else {
         return Err(format!(
             "must be a map of names to lists of values, not {}",
@@ -453,7 +456,7 @@ fn matrix(value: &Value) -> Result<Vec<Vec<(String, String)>>, String> {
     if map.is_empty() {
         return Err("an empty matrix: give at least one key and its values".into());
     }
-    let mut combinations: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    let mut combinations: Vec<Combination> = vec![Vec::new()];
     for (key, values) in map {
         let Value::String(key) = key else {
             return Err(format!("a key is {}, not a name", kind(key)));
