@@ -687,22 +687,45 @@ async fn execute(
     } else {
         sandbox.without_network()
     };
-    let mut env = scrubbed_env(&job.commit, &job.branch);
+    let env = scrubbed_env(&job.commit, &job.branch);
     let mut timeout = config.job_timeout;
-    let mut timeout_note = String::new();
+    let mut notes = String::new();
+    // What `sh -c` runs: the command, after a pipeline job's variables.
+    let mut script = None;
     let command = match &job.spec {
         // A job of a pipeline: its own command, variables and timeout.
         Some(spec) => {
-            env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            env.extend(spec.matrix_env().map(|(k, v)| (k, v.to_string())));
+            let variables: Vec<(String, String)> = spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(spec.matrix_env().map(|(k, v)| (k, v.to_string())))
+                .collect();
+            match exporting(&variables, &spec.run) {
+                Ok(text) => script = Some(text),
+                Err(reason) => {
+                    return finish(
+                        Outcome::Error,
+                        None,
+                        format!("warren: {reason}\n"),
+                        false,
+                        Some(reason),
+                    )
+                }
+            }
+            if !variables.is_empty() {
+                let listed: Vec<String> =
+                    variables.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                notes.push_str(&format!("warren: with {}\n", listed.join(" ")));
+            }
             if let Some(ms) = spec.timeout_ms {
                 let asked = Duration::from_millis(ms);
                 if asked > config.job_timeout {
-                    timeout_note = format!(
+                    notes.push_str(&format!(
                         "warren: the job's timeout of {} s is capped at this runner's --job-timeout of {} s\n",
                         asked.as_secs_f64(),
                         config.job_timeout.as_secs_f64()
-                    );
+                    ));
                 } else {
                     timeout = asked;
                 }
@@ -738,7 +761,7 @@ async fn execute(
         None => String::new(),
     };
     let header = format!(
-        "warren: testing {} ({}){named} on {} ({isolation})\n{timeout_note}warren: $ {}\n",
+        "warren: testing {} ({}){named} on {} ({isolation})\n{notes}warren: $ {}\n",
         job.commit, job.branch, runner.id, command
     );
     // Watchers see the same header the recorded log starts with.
@@ -773,7 +796,7 @@ async fn execute(
     };
     let ran = run_test_with(
         &config.supervisor,
-        &command,
+        script.as_deref().unwrap_or(&command),
         &dir,
         &env,
         timeout,
@@ -863,6 +886,26 @@ async fn execute(
             }
         }
     }
+}
+
+/// `run` after `export NAME='value'` lines for a pipeline job's variables
+/// (`env` and `MATRIX_*`). They are set by the job's shell, not put in the
+/// environment the runner starts the supervisor with: that environment is
+/// also the supervisor's and the sandbox's (bubblewrap), which run outside
+/// the sandbox, so a repository's `LD_PRELOAD: ./evil.so` there would run
+/// its code outside the sandbox. Err: a name that is not a variable name
+/// (the model refuses those; checked again here as it is quoted unescaped).
+fn exporting(variables: &[(String, String)], run: &str) -> Result<String, String> {
+    let mut script = String::new();
+    for (name, value) in variables {
+        if !model::pipeline::is_env_name(name) || value.contains('\0') {
+            return Err(format!("the job's variable {name:?} cannot be set"));
+        }
+        let quoted = value.replace('\'', "'\\''");
+        script.push_str(&format!("export {name}='{quoted}'\n"));
+    }
+    script.push_str(run);
+    Ok(script)
 }
 
 /// What a planning job prints: the jobs it planned, one a line, and those
@@ -1623,6 +1666,7 @@ mod tests {
     /// Runs `supervise -- CMD...` as the supervisor would: CMD runs until
     /// it ends or the liveness pipe (fd 3) closes, which kills it.
     const FAKE_SUPERVISOR: &str = r#"#!/bin/sh
+echo "supervisor sees FOO=${FOO-unset}"
 shift 2
 "$@" 3<&- &
 child=$!
@@ -1731,12 +1775,12 @@ jobs:
   lint:
     run: echo lint
   test:
-    run: echo \"$MATRIX_TOOLCHAIN $MATRIX_FEATURES $FOO\"
+    run: echo \"$MATRIX_TOOLCHAIN $MATRIX_FEATURES $FOO\"; echo \"$TRICKY\"
     needs: [lint]
     matrix:
       toolchain: [stable, beta]
       features: [all]
-    env: {FOO: bar}
+    env: {FOO: bar, TRICKY: \"it's $HOME `x`\"}
     timeout: 1h
     queue: linux-x86
   docs:
