@@ -19,6 +19,7 @@
 //! away) on the in-memory broker with scripted jobs.
 
 mod limits;
+pub mod pipeline;
 mod process;
 pub mod repo_files;
 pub mod sandbox;
@@ -309,6 +310,7 @@ impl Runner {
             host: self.host.clone(),
             connection: transport.connection_name().to_string(),
             sandbox: self.sandbox,
+            queues: Vec::new(),
         };
         if let Some(result) = self.pending.take() {
             if let Err(err) = self.publish_result(&**transport, &result).await {
@@ -518,7 +520,9 @@ impl Runner {
 }
 
 /// Shrinks a result's output until the encoded message fits the cap (JSON
-/// escaping can make output grow several times), marking it truncated.
+/// escaping can make output grow several times), marking it truncated. A
+/// plan too large for a message even without output (256 jobs of long
+/// commands) makes the planning job an `error` that says so.
 fn fit_to_cap(result: &mut JobResult, cap: usize) {
     let budget = cap.saturating_sub(16 * 1024);
     let mut shrunk = false;
@@ -535,6 +539,18 @@ fn fit_to_cap(result: &mut JobResult, cap: usize) {
         result
             .output
             .push_str("\n[warren: output truncated to fit the message size cap]\n");
+    }
+    if result.plan.is_some() && broker::message::encode(result).len() > budget {
+        let size = result
+            .plan
+            .take()
+            .map_or(0, |plan| broker::message::encode(&plan).len());
+        let reason = format!(
+            "the plan of {REPO_CONFIG_FILE} takes {size} bytes, more than a message may carry ({cap} bytes with the result): shorten the jobs' commands or split the pipeline"
+        );
+        result.outcome = Outcome::Error;
+        result.output.push_str(&format!("warren: {reason}\n"));
+        result.reason = Some(reason);
     }
 }
 
@@ -566,11 +582,13 @@ async fn execute(
     cancel: CancellationToken,
 ) -> Execution {
     let clock = std::time::Instant::now();
-    let finish = |outcome: Outcome,
-                  exit_code: Option<i32>,
-                  output: String,
-                  truncated: bool,
-                  reason: Option<String>| {
+    // Every result but a planning job's has no plan.
+    let finish_with = |outcome: Outcome,
+                       exit_code: Option<i32>,
+                       output: String,
+                       truncated: bool,
+                       reason: Option<String>,
+                       plan: Option<model::Plan>| {
         Execution::Finished(Box::new(JobResult {
             v: SCHEMA_VERSION,
             job: job.clone(),
@@ -583,8 +601,15 @@ async fn execute(
             truncated,
             runner: runner.clone(),
             reason,
-            plan: None,
+            plan,
         }))
+    };
+    let finish = |outcome: Outcome,
+                  exit_code: Option<i32>,
+                  output: String,
+                  truncated: bool,
+                  reason: Option<String>| {
+        finish_with(outcome, exit_code, output, truncated, reason, None)
     };
     let checkout = tokio::select! {
         checkout = workspace.checkout(&job) => checkout,
@@ -604,11 +629,17 @@ async fn execute(
         }
     };
     // The repository's own files: untrusted, read sealed (see repo_files).
+    // `.warren-test` only matters to a commit without a pipeline.
     let repo_files = tokio::task::spawn_blocking({
         let dir = dir.clone();
+        let first_job = job.spec.is_none();
         move || {
             let config = RepoConfig::read(&dir)?;
-            let command = repo_files::read_repo_file(&dir, REPO_COMMAND_FILE)?;
+            let command = if first_job && config.jobs.is_none() {
+                repo_files::read_repo_file(&dir, REPO_COMMAND_FILE)?
+            } else {
+                None
+            };
             Ok::<_, String>((config, command))
         }
     })
@@ -627,6 +658,18 @@ async fn execute(
             );
         }
     };
+    // A commit's first job with a pipeline plans it and runs nothing.
+    if job.spec.is_none() {
+        if let Some(pipeline) = &repo_config.jobs {
+            let plan = pipeline.for_branch(&job.branch);
+            let output = plan_output(&job, &runner, pipeline, plan.as_ref());
+            if let Ok(mut live) = live.lock() {
+                live.extend_from_slice(output.as_bytes());
+            }
+            tracing::info!(job = %job.id, jobs = plan.as_ref().map_or(0, |p| p.jobs.len()), "planned the pipeline");
+            return finish_with(Outcome::Passed, None, output, false, None, plan);
+        }
+    }
     let sandbox = if repo_config.network {
         sandbox
     } else if sandbox.kind == model::Sandbox::Off {
@@ -645,14 +688,59 @@ async fn execute(
     } else {
         sandbox.without_network()
     };
-    let command = match repo_command {
-        Some(text) if !text.trim().is_empty() => text.trim().to_string(),
-        _ => config
-            .test_command
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TEST_COMMAND.to_string()),
-    };
     let env = scrubbed_env(&job.commit, &job.branch);
+    let mut timeout = config.job_timeout;
+    let mut notes = String::new();
+    // What `sh -c` runs: the command, after a pipeline job's variables.
+    let mut script = None;
+    let command = match &job.spec {
+        // A job of a pipeline: its own command, variables and timeout.
+        Some(spec) => {
+            let variables: Vec<(String, String)> = spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(spec.matrix_env().map(|(k, v)| (k, v.to_string())))
+                .collect();
+            match exporting(&variables, &spec.run) {
+                Ok(text) => script = Some(text),
+                Err(reason) => {
+                    return finish(
+                        Outcome::Error,
+                        None,
+                        format!("warren: {reason}\n"),
+                        false,
+                        Some(reason),
+                    )
+                }
+            }
+            if !variables.is_empty() {
+                let listed: Vec<String> =
+                    variables.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                notes.push_str(&format!("warren: with {}\n", listed.join(" ")));
+            }
+            if let Some(ms) = spec.timeout_ms {
+                let asked = Duration::from_millis(ms);
+                if asked > config.job_timeout {
+                    notes.push_str(&format!(
+                        "warren: the job's timeout of {} s is capped at this runner's --job-timeout of {} s\n",
+                        asked.as_secs_f64(),
+                        config.job_timeout.as_secs_f64()
+                    ));
+                } else {
+                    timeout = asked;
+                }
+            }
+            spec.run.clone()
+        }
+        None => match repo_command {
+            Some(text) if !text.trim().is_empty() => text.trim().to_string(),
+            _ => config
+                .test_command
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TEST_COMMAND.to_string()),
+        },
+    };
     let isolation = match sandbox.kind {
         model::Sandbox::Off => "no sandbox".to_string(),
         model::Sandbox::Bwrap => format!(
@@ -669,8 +757,12 @@ async fn execute(
             sandbox::CHECKOUT
         ),
     };
+    let named = match &job.spec {
+        Some(spec) => format!(" job {:?}", spec.name),
+        None => String::new(),
+    };
     let header = format!(
-        "warren: testing {} ({}) on {} ({isolation})\nwarren: $ {}\n",
+        "warren: testing {} ({}){named} on {} ({isolation})\n{notes}warren: $ {}\n",
         job.commit, job.branch, runner.id, command
     );
     // Watchers see the same header the recorded log starts with.
@@ -705,10 +797,10 @@ async fn execute(
     };
     let ran = run_test_with(
         &config.supervisor,
-        &command,
+        script.as_deref().unwrap_or(&command),
         &dir,
         &env,
-        config.job_timeout,
+        timeout,
         config.output_cap,
         &live,
         &cancel,
@@ -787,7 +879,7 @@ async fn execute(
                 Ending::TimedOut => {
                     let reason = format!(
                         "exceeded the job timeout of {} s; its process group was killed",
-                        config.job_timeout.as_secs_f64()
+                        timeout.as_secs_f64()
                     );
                     let output = format!("{output}\nwarren: {reason}\n");
                     finish(Outcome::Timeout, None, output, run.truncated, Some(reason))
@@ -795,6 +887,81 @@ async fn execute(
             }
         }
     }
+}
+
+/// `run` after `export NAME='value'` lines for a pipeline job's variables
+/// (`env` and `MATRIX_*`). They are set by the job's shell, not put in the
+/// environment the runner starts the supervisor with: that environment is
+/// also the supervisor's and the sandbox's (bubblewrap), which run outside
+/// the sandbox, so a repository's `LD_PRELOAD: ./evil.so` there would run
+/// its code outside the sandbox. Err: a name that is not a variable name
+/// (the model refuses those; checked again here as it is quoted unescaped).
+fn exporting(variables: &[(String, String)], run: &str) -> Result<String, String> {
+    let mut script = String::new();
+    for (name, value) in variables {
+        if !model::pipeline::is_env_name(name) || value.contains('\0') {
+            return Err(format!("the job's variable {name:?} cannot be set"));
+        }
+        let quoted = value.replace('\'', "'\\''");
+        script.push_str(&format!("export {name}='{quoted}'\n"));
+    }
+    script.push_str(run);
+    Ok(script)
+}
+
+/// What a planning job prints: the jobs it planned, one a line, and those
+/// `branches` left out.
+fn plan_output(
+    job: &Job,
+    runner: &RunnerInfo,
+    pipeline: &pipeline::Pipeline,
+    plan: Option<&model::Plan>,
+) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "warren: planning {} ({}) on {}: the jobs of {REPO_CONFIG_FILE}\n",
+        job.commit, job.branch, runner.id
+    );
+    let planned: Vec<&model::JobSpec> = plan.map(|p| p.jobs.iter().collect()).unwrap_or_default();
+    for spec in &planned {
+        let _ = write!(
+            out,
+            "warren: job {:?} on queue {}",
+            spec.name,
+            spec.queue.as_str()
+        );
+        if !spec.needs.is_empty() {
+            let needs: Vec<String> = spec.needs.iter().map(|n| format!("{n:?}")).collect();
+            let _ = write!(out, ", needs {}", needs.join(", "));
+        }
+        if spec.allow_failure {
+            out.push_str(", allowed to fail");
+        }
+        out.push('\n');
+    }
+    let left_out: Vec<String> = pipeline
+        .job_names()
+        .filter(|name| !planned.iter().any(|spec| spec.name == *name))
+        .map(|name| format!("{name:?}"))
+        .collect();
+    if !left_out.is_empty() {
+        let _ = writeln!(
+            out,
+            "warren: left out on branch {} (branches): {}",
+            job.branch,
+            left_out.join(", ")
+        );
+    }
+    if planned.is_empty() {
+        let _ = writeln!(
+            out,
+            "warren: no job of {REPO_CONFIG_FILE} runs on branch {}: nothing to do",
+            job.branch
+        );
+    } else {
+        let _ = writeln!(out, "warren: {} jobs planned", planned.len());
+    }
+    out
 }
 
 /// The most output one heartbeat carries; the rest goes with the next.
@@ -1484,5 +1651,312 @@ mod tests {
         assert!(broker::message::encode(&result).len() <= cap);
         assert!(result.truncated);
         assert!(result.output.ends_with("cap]\n"));
+    }
+
+    /// Checks out and runs jobs for real, from a git repository in a
+    /// temporary folder, under a stand-in for `warren supervise` (the
+    /// `warren` binary is not built with this crate).
+    struct Real {
+        repo: tempfile::TempDir,
+        head: String,
+        _work: tempfile::TempDir,
+        config: RunnerConfig,
+        workspace: Workspace,
+    }
+
+    /// Runs `supervise -- CMD...` as the supervisor would: CMD runs until
+    /// it ends or the liveness pipe (fd 3) closes, which kills it.
+    const FAKE_SUPERVISOR: &str = r#"#!/bin/sh
+echo "supervisor sees FOO=${FOO-unset}"
+shift 2
+"$@" 3<&- &
+child=$!
+(cat <&3; kill -KILL "$child") >/dev/null 2>&1 &
+exec 3<&-
+wait "$child"
+"#;
+
+    impl Real {
+        /// A repository whose one commit (on `main`) has `files`.
+        async fn with(files: &[(&str, &str)]) -> Real {
+            let repo = tempfile::tempdir().expect("tempdir");
+            let git = git::Git::new(repo.path());
+            git.run(&["init", "-q", "-b", "main"]).await.expect("init");
+            for (name, text) in files {
+                std::fs::write(repo.path().join(name), text).expect("write");
+                git.run(&["add", name]).await.expect("add");
+            }
+            git.run(&[
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@e",
+                "commit",
+                "-qm",
+                "c",
+            ])
+            .await
+            .expect("commit");
+            let head = git.run(&["rev-parse", "HEAD"]).await.expect("head");
+            let work = tempfile::tempdir().expect("tempdir");
+            let supervisor = work.path().join("supervise");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o755)
+                    .open(&supervisor)
+                    .expect("supervisor");
+                file.write_all(FAKE_SUPERVISOR.as_bytes()).expect("write");
+            }
+            let config = RunnerConfig {
+                broker: BrokerConfig {
+                    url: "amqp://unused".into(),
+                    names: Names::new("t"),
+                    settings: Default::default(),
+                    max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
+                },
+                workdir: work.path().join("jobs"),
+                test_command: Some("echo default command ran".into()),
+                job_timeout: Duration::from_secs(20),
+                id: RunnerId::parse("r1").expect("id"),
+                heartbeat: Duration::from_secs(1),
+                output_cap: DEFAULT_OUTPUT_CAP,
+                grace: Duration::from_millis(50),
+                supervisor,
+                git_timeout: Duration::from_secs(60),
+                isolation: Isolation::default(),
+            };
+            let workspace = Workspace::new(work.path().join("jobs"));
+            Real {
+                repo,
+                head: head.trim().to_string(),
+                _work: work,
+                config,
+                workspace,
+            }
+        }
+
+        /// The commit's first job.
+        fn first_job(&self, branch: &str) -> Job {
+            Job::try_new(self.repo.path().to_str().expect("utf8"), branch, &self.head)
+                .expect("a valid job")
+        }
+
+        async fn run(&self, job: Job) -> JobResult {
+            let runner = RunnerInfo {
+                id: self.config.id.clone(),
+                host: "h".into(),
+                connection: "c".into(),
+                sandbox: Default::default(),
+            };
+            let execution = execute(
+                job,
+                self.config.clone(),
+                self.workspace.clone(),
+                JobSandbox::none(),
+                Arc::new(Limits::unlimited()),
+                runner,
+                0,
+                LiveOutput::default(),
+                CancellationToken::new(),
+            );
+            match tokio::time::timeout(WITHIN, execution).await {
+                Ok(Execution::Finished(result)) => *result,
+                Ok(Execution::Cancelled) => panic!("cancelled"),
+                Err(_) => panic!("the job did not end within {WITHIN:?}"),
+            }
+        }
+    }
+
+    const PIPELINE: &str = "network: false
+jobs:
+  lint:
+    run: echo lint
+  test:
+    run: echo \"$MATRIX_TOOLCHAIN $MATRIX_FEATURES $FOO\"; echo \"$TRICKY\"
+    needs: [lint]
+    matrix:
+      toolchain: [stable, beta]
+      features: [all]
+    env: {FOO: bar, TRICKY: \"it's $HOME `x`\"}
+    timeout: 1h
+    queue: linux-x86
+  docs:
+    run: make docs
+    needs: [test]
+    allow_failure: true
+    branches: [main]
+";
+
+    #[tokio::test]
+    async fn a_commits_first_job_with_a_pipeline_returns_the_plan_and_runs_nothing() {
+        // network: false would be an error for a test on this runner
+        // (no sandbox), but planning runs nothing.
+        let real = Real::with(&[
+            (REPO_CONFIG_FILE, PIPELINE),
+            (REPO_COMMAND_FILE, "echo the test command ran"),
+        ])
+        .await;
+        let result = real.run(real.first_job("main")).await;
+        assert_eq!(result.outcome, Outcome::Passed, "{}", result.output);
+        assert_eq!(result.reason, None);
+        let plan = result.plan.clone().expect("a plan");
+        let names: Vec<&str> = plan.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["lint", "test (stable, all)", "test (beta, all)", "docs"]
+        );
+        assert!(!result.output.contains("ran"), "{}", result.output);
+        for line in [
+            "warren: job \"lint\" on queue default\n",
+            "warren: job \"test (beta, all)\" on queue linux-x86, needs \"lint\"\n",
+            "warren: job \"docs\" on queue default, needs \"test (stable, all)\", \"test (beta, all)\", allowed to fail\n",
+            "warren: 4 jobs planned\n",
+        ] {
+            assert!(result.output.contains(line), "{line:?} in\n{}", result.output);
+        }
+        use model::Message as _;
+        assert_eq!(result.validate(), Ok(()));
+
+        let feature = real.run(real.first_job("feature")).await;
+        assert_eq!(feature.plan.expect("a plan").jobs.len(), 3);
+        assert!(feature
+            .output
+            .contains("warren: left out on branch feature (branches): \"docs\""));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_pipeline_is_an_error_naming_the_line_and_field_without_a_plan() {
+        let text = "jobs:\n  lint:\n    run: echo lint\n    timeout: 10x\n";
+        let real = Real::with(&[(REPO_CONFIG_FILE, text)]).await;
+        let result = real.run(real.first_job("main")).await;
+        assert_eq!(result.outcome, Outcome::Error);
+        assert_eq!(result.plan, None);
+        assert_eq!(
+            result.reason.as_deref(),
+            Some(".warren.yml is not valid: line 4: jobs.lint.timeout: \"10x\" is not a duration (such as 10m, 90s or 1h 30m)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_job_runs_its_command_with_its_variables_and_never_plans() {
+        let text = PIPELINE.replace("network: false\n", "");
+        let real = Real::with(&[(REPO_CONFIG_FILE, &text)]).await;
+        let first = real.first_job("main");
+        let plan = real.run(first.clone()).await.plan.expect("a plan");
+        let spec = plan.jobs[2].clone();
+        assert_eq!(spec.name, "test (beta, all)");
+        let result = real.run(first.planned(spec)).await;
+        assert_eq!(result.outcome, Outcome::Passed, "{}", result.output);
+        assert_eq!(result.plan, None);
+        assert!(
+            result.output.contains("\nbeta all bar\n"),
+            "{}",
+            result.output
+        );
+        assert!(
+            result
+                .output
+                .contains(") job \"test (beta, all)\" on r1 (no sandbox)"),
+            "{}",
+            result.output
+        );
+        // 1 h asked, 20 s allowed by this runner.
+        assert!(
+            result.output.contains(
+                "warren: the job's timeout of 3600 s is capped at this runner's --job-timeout of 20 s"
+            ),
+            "{}",
+            result.output
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pipeline_jobs_own_timeout_ends_it() {
+        let text = "jobs:\n  slow:\n    run: sleep 30\n    timeout: 300ms\n";
+        let real = Real::with(&[(REPO_CONFIG_FILE, text)]).await;
+        let first = real.first_job("main");
+        let spec = real.run(first.clone()).await.plan.expect("a plan").jobs[0].clone();
+        let clock = std::time::Instant::now();
+        let result = real.run(first.planned(spec)).await;
+        assert_eq!(result.outcome, Outcome::Timeout, "{}", result.output);
+        assert!(
+            result
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("timeout of 0.3 s")),
+            "{:?}",
+            result.reason
+        );
+        assert!(!result.output.contains("capped"));
+        assert!(clock.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn without_jobs_the_commit_is_one_test_as_before() {
+        let real = Real::with(&[
+            (REPO_CONFIG_FILE, "network: true\n"),
+            (REPO_COMMAND_FILE, "echo the repository command ran"),
+        ])
+        .await;
+        let result = real.run(real.first_job("main")).await;
+        assert_eq!(result.outcome, Outcome::Passed, "{}", result.output);
+        assert_eq!(result.plan, None);
+        assert!(result.output.contains("the repository command ran"));
+        assert!(!result.output.contains(" job \""), "{}", result.output);
+
+        let plain = Real::with(&[("README", "x")]).await;
+        let result = plain.run(plain.first_job("main")).await;
+        assert_eq!(result.outcome, Outcome::Passed, "{}", result.output);
+        assert!(result.output.contains("default command ran"));
+    }
+
+    #[test]
+    fn a_plan_too_large_for_a_message_is_an_error_that_says_so() {
+        let runner = RunnerInfo {
+            id: RunnerId::parse("r").expect("id"),
+            host: "h".into(),
+            connection: "c".into(),
+            sandbox: Default::default(),
+        };
+        let spec = |i: usize| model::JobSpec {
+            name: format!("j{i}"),
+            run: "x".repeat(60 * 1024),
+            env: Default::default(),
+            matrix: Default::default(),
+            timeout_ms: None,
+            queue: Default::default(),
+            needs: vec![],
+            allow_failure: false,
+        };
+        let mut result = JobResult {
+            v: SCHEMA_VERSION,
+            job: Job::try_new("/r", "main", &"a".repeat(40)).expect("a valid job"),
+            outcome: Outcome::Passed,
+            exit_code: None,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            duration_ms: 0,
+            output: "planned\n".into(),
+            truncated: false,
+            runner,
+            reason: None,
+            plan: Some(model::Plan {
+                jobs: (0..10).map(spec).collect(),
+            }),
+        };
+        let mut fits = result.clone();
+        fit_to_cap(&mut fits, 4 * 1024 * 1024);
+        assert_eq!(fits, result);
+        fit_to_cap(&mut result, 256 * 1024);
+        assert_eq!(result.outcome, Outcome::Error);
+        assert_eq!(result.plan, None);
+        assert!(result
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("more than a message may carry")));
     }
 }

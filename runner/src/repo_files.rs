@@ -1,56 +1,88 @@
 //! The files of a job's repository the runner itself reads after the
 //! checkout: `.warren-test` (the test command) and `.warren.yml` (the
-//! repository's configuration). Both come from the commit under test, so
-//! they are untrusted input, read by the runner outside the sandbox: each
-//! is read only if it is a regular file at the checkout's root (a symlink
-//! is refused, never followed: it could point at anything the runner's
-//! user can read, whose content would then be shown in the job's log), of
-//! at most [`MAX_REPO_FILE_BYTES`], in UTF-8.
+//! repository's configuration and pipeline). Both come from the commit
+//! under test, so they are untrusted input, read by the runner outside the
+//! sandbox: each is read only if it is a regular file at the checkout's
+//! root (a symlink is refused, never followed: it could point at anything
+//! the runner's user can read, whose content would then be shown in the
+//! job's log), in UTF-8, of at most [`MAX_REPO_FILE_BYTES`]
+//! (`.warren-test`) or [`MAX_CONFIG_FILE_BYTES`] (`.warren.yml`, which
+//! may describe a pipeline of 256 jobs).
 //!
-//! `.warren.yml` is the start of the per-repository configuration the
-//! pipelines issue will extend. For now it has one key, `network`. Unknown
+//! `.warren.yml` has two keys: `network` (see [`RepoConfig`]) and `jobs`,
+//! the pipeline (see [`crate::pipeline`]): without `jobs`, a commit is one
+//! job running `.warren-test` (or the runner's default command). Unknown
 //! keys are an error, not ignored: a runner that does not know a key
 //! cannot do what the repository asked for with it, and a job must never
 //! run with less than it asked for (say, a later key that narrows what a
-//! job may reach) just because its runner is older.
+//! job may reach) just because its runner is older. Every error names the
+//! line (`.warren.yml is not valid: line 7: jobs.test.timeout: …`).
 
 use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::pipeline::{self, Pipeline, RawJobs};
+
 /// The test command file at a repository's root.
 pub const REPO_COMMAND_FILE: &str = ".warren-test";
 /// The configuration file at a repository's root.
 pub const REPO_CONFIG_FILE: &str = ".warren.yml";
-/// The largest repository file the runner reads.
+/// The largest `.warren-test` the runner reads.
 pub const MAX_REPO_FILE_BYTES: u64 = 64 * 1024;
+/// The largest `.warren.yml` the runner reads.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 256 * 1024;
 
 /// A repository's `.warren.yml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoConfig {
     /// `false`: the job gets a network namespace of its own (only a
     /// loopback), whatever the runner's `--network`. `true` (the default)
-    /// gives a job no more than its runner's `--network` allows.
-    #[serde(default = "yes")]
+    /// gives a job no more than its runner's `--network` allows. It
+    /// applies to every job of the pipeline.
     pub network: bool,
+    /// The `jobs:` section, checked; None without one.
+    pub jobs: Option<Pipeline>,
+}
+
+/// `.warren.yml` as the parser reads it.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with network and jobs (both optional)"
+)]
+struct RawConfig {
+    #[serde(default = "yes")]
+    network: bool,
+    /// `jobs:` with nothing under it is an empty section (an error), not
+    /// an absent one.
+    #[serde(default, deserialize_with = "present")]
+    jobs: Option<RawJobs>,
 }
 
 fn yes() -> bool {
     true
 }
 
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<RawJobs>, D::Error> {
+    RawJobs::deserialize(deserializer).map(Some)
+}
+
 impl Default for RepoConfig {
     fn default() -> Self {
-        RepoConfig { network: true }
+        RepoConfig {
+            network: true,
+            jobs: None,
+        }
     }
 }
 
 impl RepoConfig {
-    /// Parses the text of a `.warren.yml`. An empty file (or one of
-    /// comments only) is the default. Err: the parse error, which names an
-    /// unknown key and says where it is.
+    /// Parses the text of a `.warren.yml`, its pipeline checked. An empty
+    /// file (or one of comments only) is the default. Err: a reason for
+    /// the job's `error` (`.warren.yml is not valid: line N: field: …`),
+    /// which names the field (or the unknown key) and the line.
     pub fn parse(text: &str) -> Result<RepoConfig, String> {
         let blank = text.lines().all(|line| {
             let line = line.trim();
@@ -59,16 +91,23 @@ impl RepoConfig {
         if blank {
             return Ok(RepoConfig::default());
         }
-        serde_norway::from_str(text).map_err(|e| e.to_string())
+        let raw: RawConfig = serde_norway::from_str(text).map_err(|e| pipeline::yaml_error(&e))?;
+        let jobs = match raw.jobs {
+            None => None,
+            Some(jobs) => Some(Pipeline::build(jobs, text)?),
+        };
+        Ok(RepoConfig {
+            network: raw.network,
+            jobs,
+        })
     }
 
     /// Reads and parses `.warren.yml` in `checkout`; missing is the
     /// default. Err: a reason for the job's `error`, naming the file.
     pub fn read(checkout: &Path) -> Result<RepoConfig, String> {
-        match read_repo_file(checkout, REPO_CONFIG_FILE)? {
+        match read_repo_file_up_to(checkout, REPO_CONFIG_FILE, MAX_CONFIG_FILE_BYTES)? {
             None => Ok(RepoConfig::default()),
-            Some(text) => RepoConfig::parse(&text)
-                .map_err(|e| format!("{REPO_CONFIG_FILE} is not valid: {e}")),
+            Some(text) => RepoConfig::parse(&text),
         }
     }
 }
@@ -78,6 +117,15 @@ impl RepoConfig {
 /// a regular file, larger than [`MAX_REPO_FILE_BYTES`], not UTF-8, or
 /// cannot be read.
 pub fn read_repo_file(checkout: &Path, name: &str) -> Result<Option<String>, String> {
+    read_repo_file_up_to(checkout, name, MAX_REPO_FILE_BYTES)
+}
+
+/// [`read_repo_file`] with a cap of `max` bytes.
+pub fn read_repo_file_up_to(
+    checkout: &Path,
+    name: &str,
+    max: u64,
+) -> Result<Option<String>, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = checkout.join(name);
     // O_NOFOLLOW: a symlink as the last component fails with ELOOP instead
@@ -102,15 +150,15 @@ pub fn read_repo_file(checkout: &Path, name: &str) -> Result<Option<String>, Str
     if !meta.file_type().is_file() {
         return Err(format!("{name} is not a regular file"));
     }
-    let too_large = || format!("{name} is larger than {MAX_REPO_FILE_BYTES} bytes");
-    if meta.len() > MAX_REPO_FILE_BYTES {
+    let too_large = || format!("{name} is larger than {max} bytes");
+    if meta.len() > max {
         return Err(too_large());
     }
     let mut bytes = Vec::new();
-    file.take(MAX_REPO_FILE_BYTES + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read {name}: {e}"))?;
-    if bytes.len() as u64 > MAX_REPO_FILE_BYTES {
+    if bytes.len() as u64 > max {
         return Err(too_large());
     }
     String::from_utf8(bytes)
@@ -167,7 +215,13 @@ mod tests {
         assert_eq!(RepoConfig::read(root), Ok(RepoConfig::default()));
 
         std::fs::write(root.join(REPO_CONFIG_FILE), "network: false\n").expect("write");
-        assert_eq!(RepoConfig::read(root), Ok(RepoConfig { network: false }));
+        assert_eq!(
+            RepoConfig::read(root),
+            Ok(RepoConfig {
+                network: false,
+                jobs: None
+            })
+        );
 
         std::fs::write(root.join(REPO_CONFIG_FILE), "network: maybe\n").expect("write");
         let err = RepoConfig::read(root).unwrap_err();
@@ -200,5 +254,29 @@ mod tests {
         let fits = "y".repeat(MAX_REPO_FILE_BYTES as usize);
         std::fs::write(root.join("fits"), &fits).expect("write");
         assert_eq!(read_repo_file(root, "fits"), Ok(Some(fits)));
+    }
+
+    #[test]
+    fn a_warren_yml_may_have_256_kib_and_no_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        // A pipeline of 200 KiB: over the .warren-test cap, under the file's.
+        let mut text = String::from("network: true\njobs:\n  big:\n    run: echo big\n");
+        while text.len() < 200 * 1024 {
+            text.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(root.join(REPO_CONFIG_FILE), &text).expect("write");
+        let config = RepoConfig::read(root).expect("read");
+        assert!(config.jobs.is_some());
+        assert!(read_repo_file(root, REPO_CONFIG_FILE)
+            .unwrap_err()
+            .contains("larger than 65536 bytes"));
+
+        while text.len() < 300 * 1024 {
+            text.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(root.join(REPO_CONFIG_FILE), &text).expect("write");
+        let err = RepoConfig::read(root).unwrap_err();
+        assert_eq!(err, ".warren.yml is larger than 262144 bytes");
     }
 }
