@@ -13,7 +13,7 @@ use broker::topology::{Topology, TopologySettings};
 use broker::{BrokerConfig, Names};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
-use model::{BranchName, JobStatus, RunnerId};
+use model::{BranchName, JobStatus, QueueName, RunnerId};
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -401,6 +401,11 @@ pub struct RunnerArgs {
     #[arg(long, env = "WARREN_JOB_PIDS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub job_pids: Option<u64>,
 
+    /// Work queues to take jobs from, comma-separated: a pipeline job goes
+    /// to the queue its `queue:` names, `default` when it names none
+    #[arg(long = "queue", env = "WARREN_QUEUES", value_name = "QUEUE", value_delimiter = ',', default_value = QueueName::DEFAULT, value_parser = parse_queue)]
+    pub queues: Vec<QueueName>,
+
     #[command(flatten)]
     pub git: GitArgs,
 }
@@ -420,6 +425,15 @@ impl RunnerArgs {
             // one if the file was replaced (an upgrade) while running.
             supervisor: PathBuf::from("/proc/self/exe"),
             git_timeout: self.git.git_timeout,
+            queues: {
+                let mut queues: Vec<QueueName> = Vec::new();
+                for queue in self.queues {
+                    if !queues.contains(&queue) {
+                        queues.push(queue);
+                    }
+                }
+                queues
+            },
             isolation: runner::Isolation {
                 sandbox: self.sandbox,
                 network: self.network,
@@ -558,6 +572,11 @@ pub struct TopologyArgs {
     /// Delete the namespace's queues and exchanges from the broker
     #[arg(long)]
     pub delete: bool,
+
+    /// With --delete: the named work queues (`N.jobs.<queue>`) to delete
+    /// too; AMQP cannot list them, so those not named here stay
+    #[arg(long = "queue", value_name = "QUEUE", requires = "delete", value_delimiter = ',', value_parser = parse_queue)]
+    pub queues: Vec<QueueName>,
 }
 
 /// `warren topology`: print definitions, or delete the namespace.
@@ -567,7 +586,7 @@ pub async fn topology(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if args.delete {
-        broker::delete_namespace(broker, &shutdown)
+        broker::delete_namespace(broker, &args.queues, &shutdown)
             .await
             .context("deleting the namespace")?;
         println!("deleted namespace {}", broker.names.namespace());
@@ -773,6 +792,12 @@ fn parse_network(value: &str) -> Result<runner::Network, String> {
 fn parse_id(value: &str) -> Result<RunnerId, String> {
     RunnerId::parse(value)
         .map_err(|_| format!("expected 1 to 128 letters, digits, '-', '_' or '.', got {value:?}"))
+}
+
+fn parse_queue(value: &str) -> Result<QueueName, String> {
+    QueueName::parse(value.trim()).map_err(|_| {
+        format!("expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most 64), got {value:?}")
+    })
 }
 
 fn parse_status(value: &str) -> Result<JobStatus, String> {

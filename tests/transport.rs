@@ -1,7 +1,8 @@
 //! The in-memory broker behaves as RabbitMQ does where Warren relies on
 //! it: one scenario (pipelined confirms, the ledger read in place, topic
 //! routing, prefetch, redelivery and its count, reject, the delivery limit
-//! and its dead letter, private subscriptions, a consumer's dead letter)
+//! and its dead letter, a named work queue declared at run time and taken
+//! from with get, private subscriptions, a consumer's dead letter)
 //! runs against the real broker and against `broker::memory`, and both
 //! must tell the same story. The components' unit tests trust the memory
 //! broker because of this test.
@@ -17,6 +18,7 @@ use broker::transport::{Deliveries, Delivery};
 use broker::{Connector, Transport};
 use common::Namespace;
 use futures::StreamExt;
+use model::QueueName;
 use tokio_util::sync::CancellationToken;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -37,6 +39,14 @@ fn seen(delivery: &Delivery) -> String {
         delivery.redelivered(),
         delivery.delivery_count()
     )
+}
+
+/// A consumer of the dispatcher's queue of broker dead letters.
+async fn rejected_again(transport: &dyn Transport) -> Deliveries {
+    transport
+        .consume(&transport.names().dispatcher_rejected_queue(), 64)
+        .await
+        .expect("consume rejected")
 }
 
 /// The scenario; returns what it saw, line by line.
@@ -149,6 +159,65 @@ async fn scenario(connector: &dyn Connector) -> Vec<String> {
     dead.ack().await.expect("ack");
     second.close().await;
 
+    // A named work queue, declared at run time with the work queue's
+    // arguments: reached through the default exchange, taken with get
+    // (settled like a consumed delivery) or consumed, dead-lettered at the
+    // delivery limit.
+    let gpu = QueueName::parse("gpu").expect("a queue name");
+    let queue = publisher.declare_work_queue(&gpu).await.expect("declared");
+    let same = publisher
+        .declare_work_queue(&gpu)
+        .await
+        .expect("declared again");
+    story.push(format!(
+        "named queue {} declared twice: {}",
+        queue.strip_prefix(names.namespace()).unwrap_or("?"),
+        queue == same
+    ));
+    for body in ["gpu-0", "gpu-1"] {
+        publisher.publish("", &queue, &body).await.expect("queued");
+    }
+    let getter = connect("warren-test-getter-1").await;
+    let job = getter.get(&queue).await.expect("get").expect("a job");
+    story.push(format!("getter 1 got {}", seen(&job)));
+    getter.close().await;
+    let getter = connect("warren-test-getter-2").await;
+    let job = getter.get(&queue).await.expect("get").expect("a job");
+    story.push(format!("getter 2 got {}", seen(&job)));
+    job.reject(true).await.expect("requeue");
+    let job = getter.get(&queue).await.expect("get").expect("a job");
+    story.push(format!("getter 2 got {}", seen(&job)));
+    // One return more than the broker's limit: dead.
+    job.reject(true).await.expect("requeue");
+    let job = getter.get(&queue).await.expect("get").expect("a job");
+    story.push(format!("getter 2 got {}", seen(&job)));
+    job.ack().await.expect("ack");
+    story.push(format!(
+        "then the named queue is empty: {}",
+        getter.get(&queue).await.expect("get").is_none()
+    ));
+    let dead = next(
+        &mut rejected_again(&*getter).await,
+        "the named queue's dead letter",
+    )
+    .await;
+    story.push(format!(
+        "rejected {} reason={:?} queue={:?}",
+        String::from_utf8_lossy(dead.body()),
+        dead.header("x-first-death-reason"),
+        dead.header("x-first-death-queue").map(|q| q == queue),
+    ));
+    dead.ack().await.expect("ack");
+    publisher
+        .publish("", &queue, &"gpu-2")
+        .await
+        .expect("queued");
+    let mut consumed = getter.consume(&queue, 1).await.expect("consume");
+    let job = next(&mut consumed, "a job of the named queue").await;
+    story.push(format!("a consumer of the named queue got {}", seen(&job)));
+    job.ack().await.expect("ack");
+    getter.close().await;
+
     // Every subscriber gets every control message.
     let a = connect("warren-test-a").await;
     let b = connect("warren-test-b").await;
@@ -214,6 +283,12 @@ async fn the_memory_broker_tells_the_same_story_as_rabbitmq() {
     let ns = Namespace::new("transport");
     let config = ns.broker_config();
     let real = scenario(&config).await;
+    // `warren topology --delete` (the namespace's drop) knows only the
+    // queues it is told of.
+    let gpu = QueueName::parse("gpu").expect("a queue name");
+    broker::delete_namespace(&config, &[gpu], &CancellationToken::new())
+        .await
+        .expect("the namespace deleted");
     let names = config.names.clone();
     let memory =
         MemoryBroker::new(&names, &Topology::new(&names, config.settings)).expect("memory broker");
@@ -232,6 +307,14 @@ async fn the_memory_broker_tells_the_same_story_as_rabbitmq() {
             "runner 2 got \"job-0\" redelivered=true count=Some(2)",
             "runner 2 got \"job-1\" redelivered=false count=None",
             "rejected \"job-0\" reason=Some(\"delivery_limit\") queue=Some(true)",
+            "named queue .jobs.gpu declared twice: true",
+            "getter 1 got \"gpu-0\" redelivered=false count=Some(0)",
+            "getter 2 got \"gpu-0\" redelivered=true count=Some(1)",
+            "getter 2 got \"gpu-0\" redelivered=true count=Some(2)",
+            "getter 2 got \"gpu-1\" redelivered=false count=Some(0)",
+            "then the named queue is empty: true",
+            "rejected \"gpu-0\" reason=Some(\"delivery_limit\") queue=Some(true)",
+            "a consumer of the named queue got \"gpu-2\" redelivered=false count=None",
             "a got \"cancel\" redelivered=false count=None",
             "b got \"cancel\" redelivered=false count=None",
             "dead letter {not json reason=Some(\"not valid JSON\") x-client=Some(\"conformance\")",

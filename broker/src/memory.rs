@@ -613,7 +613,7 @@ impl State {
                 let tag = consumer.next_tag;
                 let delivery = Delivery::new(
                     message.body.clone(),
-                    delivered_properties(&message, queue.quorum),
+                    delivered_properties(&message, queue.quorum, false),
                     message.returns > 0,
                     SettleBy::Memory(Settle {
                         shared: shared.clone(),
@@ -901,7 +901,7 @@ impl State {
         let tag = consumer.next_tag;
         let delivery = Delivery::new(
             message.body.clone(),
-            delivered_properties(&message, q.quorum),
+            delivered_properties(&message, q.quorum, true),
             message.returns > 0,
             SettleBy::Memory(Settle {
                 shared,
@@ -953,9 +953,10 @@ impl State {
 }
 
 /// The properties a consumer sees: a quorum queue counts earlier returns
-/// in `x-delivery-count`.
-fn delivered_properties(message: &Message, quorum: bool) -> Properties {
-    if !quorum || message.returns == 0 {
+/// in `x-delivery-count`, on a first delivery too when it is a `get` (as
+/// RabbitMQ does: `Some(0)`).
+fn delivered_properties(message: &Message, quorum: bool, get: bool) -> Properties {
+    if !quorum || (message.returns == 0 && !get) {
         return message.properties.clone();
     }
     let mut headers = message.properties.headers().clone().unwrap_or_default();
@@ -1562,7 +1563,7 @@ mod tests {
             let runner = broker.open(&format!("runner-{delivery}")).expect("open");
             let job = runner.get(&queue).await.expect("get").expect("a job");
             assert_eq!(job.body(), b"gpu job");
-            assert_eq!(job.delivery_count(), (delivery > 1).then_some(delivery - 1));
+            assert_eq!(job.delivery_count(), Some(delivery - 1), "counted from 0");
             assert!(runner.get(&queue).await.expect("get").is_none(), "one job");
             assert_eq!(broker.counts(&queue).unacked, 1);
             drop(runner);

@@ -263,7 +263,9 @@ impl Delivery {
     }
 
     /// How many times it went back to a quorum queue before this delivery
-    /// (its `x-delivery-count` header); `None` on a first delivery.
+    /// (its `x-delivery-count` header); `None` on a first delivery of a
+    /// consumer, `Some(0)` on a first [`Transport::get`] (as RabbitMQ
+    /// sends it).
     pub fn delivery_count(&self) -> Option<u64> {
         match self
             .properties

@@ -1,6 +1,17 @@
-//! The runner: competes with other runners for jobs on the work queue
-//! (prefetch 1, manual ack), tests one commit at a time, publishes the
-//! result with a confirm, and only then acks the job.
+//! The runner: competes with other runners for jobs on the work queues it
+//! serves (`--queue`, manual ack), tests one commit at a time, publishes
+//! the result with a confirm, and only then acks the job.
+//!
+//! A runner serving one queue consumes it with prefetch 1. One serving
+//! several polls them with `basic.get`, in turn, starting after the queue
+//! that gave the last job, waiting 20 ms doubling to 500 ms while all are
+//! empty. Not one consumer per queue: each would hold a prefetched job
+//! while another runs, and handing it back (a requeue or a closed channel)
+//! counts against the quorum queue's delivery limit, so a job could be
+//! dead-lettered without ever running (and quorum queues have no
+//! channel-wide prefetch to share one slot between consumers). Polling never holds a job it is not
+//! running and never returns one; the price is up to half a second before
+//! an idle runner sees a new job.
 //!
 //! While a job runs it sends heartbeats, so the dispatcher can tell a frozen
 //! runner from a slow test. If the broker goes away mid-test, the test runs
@@ -37,7 +48,7 @@ use broker::{BrokerConfig, BrokerError, Connector, Incoming, Transport};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use model::{
-    Control, Event, Job, JobId, JobResult, Outcome, OutputChunk, RunnerId, RunnerInfo,
+    Control, Event, Job, JobId, JobResult, Outcome, OutputChunk, QueueName, RunnerId, RunnerInfo,
     SCHEMA_VERSION,
 };
 use tasks::Tasks;
@@ -79,6 +90,25 @@ pub struct RunnerConfig {
     pub git_timeout: Duration,
     /// The sandbox and the limits each job gets (see [`sandbox`]).
     pub isolation: Isolation,
+    /// The work queues it takes jobs from (`--queue`); empty means
+    /// `default`.
+    pub queues: Vec<QueueName>,
+}
+
+impl RunnerConfig {
+    /// The queues it serves, each once: `default` when it names none.
+    pub fn served_queues(&self) -> Vec<QueueName> {
+        let mut queues: Vec<QueueName> = Vec::new();
+        for queue in &self.queues {
+            if !queues.contains(queue) {
+                queues.push(queue.clone());
+            }
+        }
+        if queues.is_empty() {
+            queues.push(QueueName::default());
+        }
+        queues
+    }
 }
 
 /// `<host>-<pid>`, so `--scale runner=N` needs no per-runner setting.
@@ -115,6 +145,72 @@ struct Current {
 }
 
 type SharedCurrent = Arc<Mutex<Option<Current>>>;
+
+/// The first wait of a runner polling several queues that are all empty.
+const POLL_WAIT_MIN: Duration = Duration::from_millis(20);
+/// The longest: an idle runner of several queues sees a new job within it.
+const POLL_WAIT_MAX: Duration = Duration::from_millis(500);
+
+/// Where a session's jobs come from (see the module documentation).
+enum Jobs {
+    /// The one queue it serves, consumed with prefetch 1.
+    Consumed(Deliveries),
+    /// Several queues, polled with `get`.
+    Polled(Poller),
+}
+
+impl Jobs {
+    /// Declares the session's queues and starts taking from them.
+    async fn open(transport: &dyn Transport, queues: &[QueueName]) -> Result<Jobs, BrokerError> {
+        let mut names = Vec::with_capacity(queues.len());
+        for queue in queues {
+            names.push(transport.declare_work_queue(queue).await?);
+        }
+        Ok(match names.as_slice() {
+            [one] => Jobs::Consumed(transport.consume(one, 1).await?),
+            _ => Jobs::Polled(Poller {
+                queues: names,
+                next: 0,
+                wait: POLL_WAIT_MIN,
+            }),
+        })
+    }
+
+    /// The next job; `None` once the consumer is gone. Dropped while it
+    /// waits, nothing is taken.
+    async fn next(&mut self, transport: &dyn Transport) -> Option<Result<Delivery, BrokerError>> {
+        match self {
+            Jobs::Consumed(deliveries) => deliveries.next().await,
+            Jobs::Polled(poller) => Some(poller.next(transport).await),
+        }
+    }
+}
+
+/// Takes one job at a time from several queues, in turn.
+struct Poller {
+    queues: Vec<String>,
+    /// Where the next round starts: after the queue of the last job.
+    next: usize,
+    /// The wait after the next round that finds every queue empty.
+    wait: Duration,
+}
+
+impl Poller {
+    async fn next(&mut self, transport: &dyn Transport) -> Result<Delivery, BrokerError> {
+        loop {
+            for i in 0..self.queues.len() {
+                let index = (self.next + i) % self.queues.len();
+                if let Some(delivery) = transport.get(&self.queues[index]).await? {
+                    self.next = (index + 1) % self.queues.len();
+                    self.wait = POLL_WAIT_MIN;
+                    return Ok(delivery);
+                }
+            }
+            tokio::time::sleep(self.wait).await;
+            self.wait = (self.wait * 2).min(POLL_WAIT_MAX);
+        }
+    }
+}
 
 /// How long a session's tasks get to end once it is over.
 const SESSION_TASKS_STOP: Duration = Duration::from_secs(2);
@@ -310,7 +406,7 @@ impl Runner {
             host: self.host.clone(),
             connection: transport.connection_name().to_string(),
             sandbox: self.sandbox,
-            queues: Vec::new(),
+            queues: self.config.served_queues(),
         };
         if let Some(result) = self.pending.take() {
             if let Err(err) = self.publish_result(&**transport, &result).await {
@@ -320,7 +416,7 @@ impl Runner {
             tracing::info!(job = %result.job.id, outcome = result.outcome.as_str(), "delivered a result kept while the broker was away");
         }
         let names = transport.names();
-        let mut jobs = transport.consume(&names.work_queue(), 1).await?;
+        let mut jobs = Jobs::open(&**transport, &info.queues).await?;
         let control = transport.subscribe(&names.control_exchange()).await?;
         // Not stopped by `shutdown`: a job finishing within its grace
         // period still sends heartbeats and still obeys a cancel. They stop
@@ -360,7 +456,7 @@ impl Runner {
     /// dispatcher's lease takes the job back if needed).
     async fn take_jobs(
         &mut self,
-        jobs: &mut Deliveries,
+        jobs: &mut Jobs,
         tasks: &Tasks,
         transport: &dyn Transport,
         info: &RunnerInfo,
@@ -377,7 +473,7 @@ impl Runner {
                     tracing::error!("{died} while the connection is up; starting a new session");
                     return Ok(SessionEnd::TaskEnded);
                 }
-                next = jobs.next() => match next {
+                next = jobs.next(transport) => match next {
                     Some(delivery) => delivery?,
                     None => return Ok(SessionEnd::Lost),
                 },
@@ -1190,6 +1286,11 @@ mod tests {
         }
 
         fn start_with(sandbox: model::Sandbox) -> Harness {
+            Harness::start_serving(sandbox, &[])
+        }
+
+        /// A runner serving `queues` (none: `default`).
+        fn start_serving(sandbox: model::Sandbox, queues: &[&str]) -> Harness {
             let names = Names::new("t");
             let config = RunnerConfig {
                 broker: BrokerConfig {
@@ -1208,6 +1309,10 @@ mod tests {
                 supervisor: PathBuf::from("/nonexistent"),
                 git_timeout: Duration::from_secs(60),
                 isolation: Isolation::default(),
+                queues: queues
+                    .iter()
+                    .map(|q| QueueName::parse(q).expect("a queue name"))
+                    .collect(),
             };
             let broker = MemoryBroker::new(&names, &Topology::new(&names, config.broker.settings))
                 .expect("memory broker");
@@ -1392,6 +1497,121 @@ mod tests {
             assert_eq!(results[0].runner.sandbox, sandbox);
             h.stop().await;
         }
+    }
+
+    /// Publishes a job to the work queue of `queue` (declared if need be),
+    /// as the dispatcher does: the default exchange, the queue's name.
+    async fn queue_job_on(h: &Harness, queue: &str, commit: char) -> Job {
+        let queue = QueueName::parse(queue).expect("a queue name");
+        let name = h
+            .transport()
+            .declare_work_queue(&queue)
+            .await
+            .expect("declared");
+        let job = Job::try_new("/srv/repo", "main", &commit.to_string().repeat(40)).expect("job");
+        h.transport()
+            .publish("", &name, &job)
+            .await
+            .expect("queued");
+        job
+    }
+
+    #[tokio::test]
+    async fn a_runner_of_several_queues_takes_jobs_in_turn_and_never_holds_one_it_is_not_running() {
+        let mut h = Harness::start_serving(model::Sandbox::Off, &["default", "gpu"]);
+        h.wait_session(1).await;
+        let (default, gpu) = (h.names.work_queue(), "t.jobs.gpu".to_string());
+        h.wait("the runner to declare the gpu queue", |b| {
+            b.queues().contains(&gpu).then_some(())
+        })
+        .await;
+        // Queued without yielding: the runner's next round sees all three.
+        let a = queue_job_on(&h, "default", 'a').await;
+        let b = queue_job_on(&h, "gpu", 'b').await;
+        let c = queue_job_on(&h, "gpu", 'c').await;
+        // Round robin, from the queue after the last job's: a, b, then the
+        // default queue is empty and c.
+        for expected in [&a, &b, &c] {
+            let run = h.next_run().await;
+            assert_eq!(&run.job, expected);
+            let (d, g) = (h.broker.counts(&default), h.broker.counts(&gpu));
+            assert_eq!(d.unacked + g.unacked, 1, "holds only the job it runs");
+            assert_eq!(d.consumers + g.consumers, 0, "polls, never consumes");
+            run.finish.send(Outcome::Passed).expect("finish");
+            let done = h.results().len() + 1;
+            h.wait("the result", |_| (h.results().len() == done).then_some(()))
+                .await;
+        }
+        for queue in [&default, &gpu] {
+            h.wait("the queues to be drained", |b| {
+                let counts = b.counts(queue);
+                (counts.ready == 0 && counts.unacked == 0).then_some(())
+            })
+            .await;
+            assert!(
+                h.broker
+                    .acked(queue)
+                    .iter()
+                    .all(|acked| acked.message.returns == 0),
+                "nothing handed back"
+            );
+        }
+        assert_eq!(h.executions(), 3);
+        let served: Vec<String> = h.results()[0]
+            .runner
+            .queues
+            .iter()
+            .map(|q| q.to_string())
+            .collect();
+        assert_eq!(served, ["default", "gpu"], "results say what it serves");
+        assert!(h.events().iter().all(|e| {
+            let (Event::Started { runner, .. } | Event::Heartbeat { runner, .. }) = e;
+            runner.queues.len() == 2
+        }));
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_runner_of_the_gpu_queue_never_takes_a_default_job() {
+        let mut h = Harness::start_serving(model::Sandbox::Off, &["gpu"]);
+        h.wait_session(1).await;
+        let gpu = "t.jobs.gpu".to_string();
+        h.wait("the runner to consume the gpu queue", |b| {
+            (b.counts(&gpu).consumers == 1).then_some(())
+        })
+        .await;
+        let default_job = h.queue_job('a').await;
+        let gpu_job = queue_job_on(&h, "gpu", 'b').await;
+        let run = h.next_run().await;
+        assert_eq!(run.job, gpu_job);
+        run.finish.send(Outcome::Passed).expect("finish");
+        h.wait("the gpu queue to be drained", |b| {
+            let counts = b.counts(&gpu);
+            (counts.ready == 0 && counts.unacked == 0).then_some(())
+        })
+        .await;
+        let waiting = h.broker.counts(&h.names.work_queue());
+        assert_eq!(
+            (waiting.ready, waiting.unacked, waiting.consumers),
+            (1, 0, 0)
+        );
+        assert_eq!(
+            broker::message::decode::<Job>(
+                &h.broker.ready(&h.names.work_queue())[0].body,
+                usize::MAX
+            )
+            .expect("job"),
+            default_job
+        );
+        assert_eq!(h.executions(), 1);
+        let served: Vec<String> = h.results()[0]
+            .runner
+            .queues
+            .iter()
+            .map(|q| q.to_string())
+            .collect();
+        assert_eq!(served, ["gpu"]);
+        h.stop().await;
     }
 
     #[tokio::test]
@@ -1630,6 +1850,7 @@ mod tests {
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         };
         let mut result = JobResult {
             v: SCHEMA_VERSION,
@@ -1728,6 +1949,7 @@ wait "$child"
                 supervisor,
                 git_timeout: Duration::from_secs(60),
                 isolation: Isolation::default(),
+                queues: Vec::new(),
             };
             let workspace = Workspace::new(work.path().join("jobs"));
             Real {
@@ -1751,6 +1973,7 @@ wait "$child"
                 host: "h".into(),
                 connection: "c".into(),
                 sandbox: Default::default(),
+                queues: Vec::new(),
             };
             let execution = execute(
                 job,
@@ -1921,6 +2144,7 @@ jobs:
             host: "h".into(),
             connection: "c".into(),
             sandbox: Default::default(),
+            queues: Vec::new(),
         };
         let spec = |i: usize| model::JobSpec {
             name: format!("j{i}"),
