@@ -66,8 +66,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<JobId>,
     /// A job of a pipeline: its name and what it runs (with `pipeline`).
+    /// Boxed: most jobs have none, and a job travels inside every event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<JobSpec>,
+    pub spec: Option<Box<JobSpec>>,
 }
 
 impl Job {
@@ -93,7 +94,7 @@ impl Job {
     pub fn planned(&self, spec: JobSpec) -> Job {
         let mut job = Job {
             pipeline: Some(self.id.clone()),
-            spec: Some(spec),
+            spec: Some(Box::new(spec)),
             salt: String::new(),
             enqueued_at_ms: crate::now_ms(),
             ..self.clone()
@@ -452,7 +453,7 @@ mod tests {
         assert_eq!(rerun.validate(), Ok(()));
         assert_ne!(rerun.id, lint.id);
         let mut renamed = lint.clone();
-        renamed.spec = Some(spec("deploy"));
+        renamed.spec = Some(Box::new(spec("deploy")));
         assert!(matches!(renamed.validate(), Err(Invalid::ForeignId { .. })));
         let mut half = lint.clone();
         half.pipeline = None;

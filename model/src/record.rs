@@ -79,7 +79,7 @@ impl JobRecord {
             author: self.author.clone(),
             salt: self.salt.clone(),
             pipeline: self.spec.as_ref().map(|_| self.pipeline.clone()),
-            spec: self.spec.clone(),
+            spec: self.spec.clone().map(Box::new),
         }
     }
 }
