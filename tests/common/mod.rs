@@ -577,7 +577,7 @@ impl Api {
 pub fn is_terminal(job: &Value) -> bool {
     matches!(
         job["status"].as_str(),
-        Some("passed" | "failed" | "error" | "timeout")
+        Some("passed" | "failed" | "error" | "timeout" | "skipped" | "canceled")
     )
 }
 
