@@ -246,22 +246,19 @@ fn an_invalid_pipeline_file_ends_the_commit_as_error_naming_the_field_and_line_a
         ("jobs:\n  a:\n    run: true\n    matrix: {}\n", "matrix"),
         ("jobs:\n  a:\n    run: true\n    timeout: 10x\n", "timeout"),
     ];
-    let mut commits = Vec::new();
-    for (text, _) in cases {
-        repo.write(".warren.yml", text);
-        commits.push(repo.commit("a bad pipeline"));
-    }
-    repo.write(".warren.yml", "network: true\n");
-    repo.write(".warren-test", "echo the old way\n");
-    let plain = repo.commit("no pipeline");
-
+    repo.write("README", "a repository\n");
+    repo.commit("start");
     let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
     let _runner = runner(&ns, &scratch, "r1", &[]);
     let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
     let api = dispatcher.api();
 
-    for ((_, says), commit) in cases.iter().zip(&commits) {
-        let view = wait_verdict(&api, commit, Duration::from_secs(60));
+    // One commit at a time: the observer builds the newest commit of a
+    // branch it sees for the first time, then every new one.
+    for (text, says) in cases {
+        repo.write(".warren.yml", text);
+        let commit = repo.commit("a bad pipeline");
+        let view = wait_verdict(&api, &commit, Duration::from_secs(60));
         assert_eq!(view["status"], "error", "{view:#}");
         let jobs = view["jobs"].as_array().expect("jobs");
         assert_eq!(jobs.len(), 1, "no job runs: {view:#}");
@@ -269,6 +266,9 @@ fn an_invalid_pipeline_file_ends_the_commit_as_error_naming_the_field_and_line_a
         assert!(reason.contains(".warren.yml"), "{reason}");
         assert!(reason.contains(says), "{reason} should say {says}");
     }
+    repo.write(".warren.yml", "network: true\n");
+    repo.write(".warren-test", "echo the old way\n");
+    let plain = repo.commit("no pipeline");
     let view = wait_verdict(&api, &plain, Duration::from_secs(60));
     assert_eq!(view["status"], "passed", "{view:#}");
     let jobs = view["jobs"].as_array().expect("jobs");
