@@ -42,8 +42,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin warren
 
-# ---- runtime: small Debian with what the services run ----
-FROM debian:bookworm-slim
+# ---- base: small Debian with what the services run, and no warren yet ----
+FROM debian:bookworm-slim AS base
 # git: observer and runners run git; openssh-client: for git@host: URLs;
 # python3: the default test command; ca-certificates: https and amqps;
 # tini: an init for Kubernetes, where there is no `init: true`;
@@ -62,8 +62,23 @@ RUN useradd --system --user-group --uid 10001 --home-dir /var/lib/warren \
         --shell /usr/sbin/nologin warren \
  && mkdir -p /var/lib/warren/data /var/lib/warren/observer /var/lib/warren/runner \
  && chown -R warren:warren /var/lib/warren
-COPY --from=builder /src/target/release/warren /usr/local/bin/warren
 USER warren
 WORKDIR /var/lib/warren
 ENTRYPOINT ["warren"]
 CMD ["--help"]
+
+# ---- prebuilt: the same image around a warren binary built elsewhere ----
+# For CI, which has built the binary for its tests already and should not
+# compile it a second time. The build context is a folder that holds only
+# that binary, named warren (a Debian bookworm build, or older glibc):
+#
+#   mkdir ctx && cp target/debug/warren ctx/
+#   docker build --target prebuilt -f Dockerfile -t warren:local ctx
+#
+# scripts/test-deploy does this through a compose override file.
+FROM base AS prebuilt
+COPY warren /usr/local/bin/warren
+
+# ---- runtime (the default target): the binary built above ----
+FROM base
+COPY --from=builder /src/target/release/warren /usr/local/bin/warren

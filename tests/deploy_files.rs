@@ -822,8 +822,9 @@ fn dockerfile_builds_and_runs_the_warren_binary() {
     let text = read("Dockerfile");
     let instructions = dockerfile_instructions(&text);
 
-    // Stages: (name, instructions).
+    // Stages: (name, instructions), and the image each starts FROM.
     let mut stages: Vec<(Option<String>, Instructions)> = Vec::new();
+    let mut bases: Vec<String> = Vec::new();
     for (instruction, rest) in instructions {
         if instruction == "FROM" {
             let words: Vec<&str> = rest.split_whitespace().collect();
@@ -833,6 +834,7 @@ fn dockerfile_builds_and_runs_the_warren_binary() {
                 .and_then(|i| words.get(i + 1))
                 .map(|s| s.to_string());
             stages.push((name, Vec::new()));
+            bases.push(words[0].to_string());
         } else {
             stages
                 .last_mut()
@@ -879,9 +881,29 @@ fn dockerfile_builds_and_runs_the_warren_binary() {
         .unwrap_or_else(|| "/".to_string());
     let built = format!("{}/target/release/warren", workdir.trim_end_matches('/'));
 
-    // The runtime stage copies exactly that file, runs it as non-root.
-    let (_, runtime) = stages.last().unwrap();
-    let copy = runtime
+    // A stage's instructions with those of the stages it is built FROM
+    // (`FROM base`), oldest first: what the image it makes has.
+    let effective = |index: usize| -> Instructions {
+        let mut chain = vec![index];
+        while let Some(parent) = stages
+            .iter()
+            .position(|(name, _)| name.as_deref() == Some(bases[*chain.last().unwrap()].as_str()))
+        {
+            assert!(!chain.contains(&parent), "FROM loop at stage {parent}");
+            chain.push(parent);
+        }
+        chain
+            .iter()
+            .rev()
+            .flat_map(|&i| stages[i].1.iter().cloned())
+            .collect()
+    };
+
+    // The runtime stage (the last, the default target) copies exactly that
+    // file, runs it as non-root.
+    let (_, runtime_own) = stages.last().unwrap();
+    let runtime = &effective(stages.len() - 1);
+    let copy = runtime_own
         .iter()
         .find(|(i, r)| i == "COPY" && r.contains(&format!("--from={builder_name}")))
         .map(|(_, r)| {
@@ -949,8 +971,30 @@ fn dockerfile_builds_and_runs_the_warren_binary() {
         "the runner's default test command is still python"
     );
 
-    // Every file the build COPYs from the context exists.
-    for (_, stage) in &stages {
+    // The prebuilt stage (scripts/test-deploy, CI) is the runtime image
+    // around a binary from its own build context: the same base, the same
+    // place, nothing else added.
+    let prebuilt = stages
+        .iter()
+        .position(|(name, _)| name.as_deref() == Some("prebuilt"))
+        .expect("a stage named prebuilt, for a binary built outside Docker");
+    assert_eq!(
+        bases[prebuilt],
+        bases[stages.len() - 1],
+        "the prebuilt and the runtime stage start from the same base"
+    );
+    assert_eq!(
+        stages[prebuilt].1,
+        vec![("COPY".to_string(), format!("warren {installed}"))],
+        "the prebuilt stage only copies the binary named warren to where the runtime stage has it"
+    );
+
+    // Every file the build COPYs from the context exists (the prebuilt
+    // stage's context is the folder of the binary, not this repository).
+    for (index, (_, stage)) in stages.iter().enumerate() {
+        if index == prebuilt {
+            continue;
+        }
         for (_, rest) in stage.iter().filter(|(i, _)| i == "COPY" || i == "ADD") {
             if rest.contains("--from=") {
                 continue;
