@@ -1,4 +1,8 @@
-# syntax=docker/dockerfile:1
+# No `# syntax=` line on purpose: it makes every build fetch the frontend
+# image docker/dockerfile from Docker Hub, which fails on a machine that
+# reaches no registry. The frontend built into Docker 20.10 and later
+# (BuildKit; the default builder since 23.0) knows everything used here,
+# `RUN --mount=type=cache` included.
 #
 # One image for every Warren service: compose.yaml starts the observer, the
 # dispatcher and the runners from it with different commands
