@@ -15,15 +15,11 @@ use serde_json::Value;
 /// The commit's pipeline from `GET /api/commits/{sha}` once its verdict
 /// is final.
 fn wait_verdict(api: &Api, commit: &str, within: Duration) -> Value {
-    wait_for(
-        &format!("commit {commit}'s verdict"),
-        within,
-        || {
-            let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
-            let status = view["status"].as_str()?.to_string();
-            matches!(status.as_str(), "passed" | "failed" | "error").then_some(view)
-        },
-    )
+    wait_for(&format!("commit {commit}'s verdict"), within, || {
+        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
+        let status = view["status"].as_str()?.to_string();
+        matches!(status.as_str(), "passed" | "failed" | "error").then_some(view)
+    })
 }
 
 fn by_name(view: &Value) -> HashMap<String, Value> {
@@ -122,7 +118,15 @@ fn a_diamond_with_a_matrix_runs_each_job_once_after_its_needs_and_a_failing_need
         "release-only is not built on main"
     );
     let status = |name: &str| jobs[name]["status"].as_str().expect("status").to_string();
-    for name in ["plan", "a", "b (1, p)", "b (2, q)", "c", "d", "after-may-fail"] {
+    for name in [
+        "plan",
+        "a",
+        "b (1, p)",
+        "b (2, q)",
+        "c",
+        "d",
+        "after-may-fail",
+    ] {
         assert_eq!(status(name), "passed", "{name}: {:#}", jobs[name]);
     }
     assert_eq!(status("may-fail"), "failed");
@@ -195,13 +199,17 @@ fn a_job_on_a_queue_no_runner_serves_says_so_and_runs_when_such_a_runner_starts(
     let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
     let api = dispatcher.api();
 
-    let view = wait_for("the gpu job to wait for a runner", Duration::from_secs(60), || {
-        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
-        let jobs = by_name(&view);
-        let lint_done = jobs.get("lint")?["status"] == "passed";
-        (lint_done && jobs.get("cuda")?["waiting_reason"] == "no runner serves queue 'gpu'")
-            .then_some(view)
-    });
+    let view = wait_for(
+        "the gpu job to wait for a runner",
+        Duration::from_secs(60),
+        || {
+            let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
+            let jobs = by_name(&view);
+            let lint_done = jobs.get("lint")?["status"] == "passed";
+            (lint_done && jobs.get("cuda")?["waiting_reason"] == "no runner serves queue 'gpu'")
+                .then_some(view)
+        },
+    );
     let jobs = by_name(&view);
     assert_eq!(view["status"], "running", "{view:#}");
     assert_eq!(jobs["cuda"]["status"], "queued");
@@ -242,7 +250,10 @@ fn an_invalid_pipeline_file_ends_the_commit_as_error_naming_the_field_and_line_a
             "jobs:\n  a:\n    run: true\n    needs: [b]\n  b:\n    run: true\n    needs: [a]\n",
             "cycle",
         ),
-        ("jobs:\n  a:\n    run: true\n    needs: [nothing]\n", "nothing"),
+        (
+            "jobs:\n  a:\n    run: true\n    needs: [nothing]\n",
+            "nothing",
+        ),
         ("jobs:\n  a:\n    run: true\n    matrix: {}\n", "matrix"),
         ("jobs:\n  a:\n    run: true\n    timeout: 10x\n", "timeout"),
     ];
@@ -315,10 +326,14 @@ fn a_dispatcher_killed_again_and_again_during_a_chain_publishes_each_job_once() 
     // outbox, and the next dispatcher goes on from there.
     let mut kills = 0;
     for step in 1..8 {
-        wait_for(&format!("step {step} to run"), Duration::from_secs(60), || {
-            let ran = std::fs::read_to_string(marks.join("ran")).unwrap_or_default();
-            (ran.lines().count() >= step).then_some(())
-        });
+        wait_for(
+            &format!("step {step} to run"),
+            Duration::from_secs(60),
+            || {
+                let ran = std::fs::read_to_string(marks.join("ran")).unwrap_or_default();
+                (ran.lines().count() >= step).then_some(())
+            },
+        );
         if step % 2 == 1 {
             dispatcher.proc.signal(libc::SIGKILL);
             dispatcher.proc.wait_exit(Duration::from_secs(10));

@@ -120,9 +120,12 @@ impl JobSpec {
 
     /// `MATRIX_TOOLCHAIN=stable`, … for this combination.
     pub fn matrix_env(&self) -> impl Iterator<Item = (String, &str)> {
-        self.matrix
-            .iter()
-            .map(|(key, value)| (format!("MATRIX_{}", key.to_ascii_uppercase()), value.as_str()))
+        self.matrix.iter().map(|(key, value)| {
+            (
+                format!("MATRIX_{}", key.to_ascii_uppercase()),
+                value.as_str(),
+            )
+        })
     }
 }
 
@@ -441,20 +444,36 @@ mod tests {
         let unknown = Plan {
             jobs: vec![spec("test", &["lint"])],
         };
-        assert!(unknown.validate().unwrap_err().to_string().contains("needs \"lint\""));
+        assert!(unknown
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs \"lint\""));
         let twice = Plan {
             jobs: vec![spec("a", &[]), spec("a", &[])],
         };
         assert_eq!(twice.validate(), Err(PlanError::DuplicateName("a".into())));
         let cycle = Plan {
-            jobs: vec![spec("a", &["c"]), spec("b", &["a"]), spec("c", &["b"]), spec("d", &[])],
+            jobs: vec![
+                spec("a", &["c"]),
+                spec("b", &["a"]),
+                spec("c", &["b"]),
+                spec("d", &[]),
+            ],
         };
         let text = cycle.validate().unwrap_err().to_string();
-        assert!(text.contains("cycle") && text.contains("a → c → b → a"), "{text}");
+        assert!(
+            text.contains("cycle") && text.contains("a → c → b → a"),
+            "{text}"
+        );
         assert_eq!(Plan { jobs: vec![] }.validate(), Err(PlanError::Empty));
         let mut bad_env = spec("e", &[]);
         bad_env.env.insert("1X".into(), "v".into());
-        assert!(Plan { jobs: vec![bad_env] }.validate().is_err());
+        assert!(Plan {
+            jobs: vec![bad_env]
+        }
+        .validate()
+        .is_err());
     }
 
     fn state<'a>(name: &'a str, status: JobStatus, needs: &'a [String]) -> JobState<'a> {
@@ -515,10 +534,16 @@ mod tests {
             Verdict::Running
         );
         docs.status = JobStatus::Failed;
-        assert_eq!(verdict(JobStatus::Passed, &[test.clone(), docs]), Verdict::Passed);
+        assert_eq!(
+            verdict(JobStatus::Passed, &[test.clone(), docs]),
+            Verdict::Passed
+        );
         let mut broken = test.clone();
         broken.status = JobStatus::Error;
         let skipped = state("docs", JobStatus::Skipped, &none);
-        assert_eq!(verdict(JobStatus::Passed, &[broken, skipped]), Verdict::Failed);
+        assert_eq!(
+            verdict(JobStatus::Passed, &[broken, skipped]),
+            Verdict::Failed
+        );
     }
 }

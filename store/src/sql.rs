@@ -34,9 +34,8 @@ use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
 
 use crate::url::{Kind, PostgresTarget, SslMode};
 use crate::{
-    Outgoing,
-    CommitMatch, Histogram, Queued, Recorded, Started, Store, StoreError, StoreSettings, StoreUrl,
-    Totals, AMBIGUOUS_LISTED,
+    CommitMatch, Histogram, Outgoing, Queued, Recorded, Started, Store, StoreError, StoreSettings,
+    StoreUrl, Totals, AMBIGUOUS_LISTED,
 };
 
 /// A connection of either backend, borrowed for one statement.
@@ -1085,7 +1084,11 @@ impl SqlStore {
         Ok((record, made))
     }
 
-    async fn pipeline_jobs(&self, conn: Conn<'_>, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+    async fn pipeline_jobs(
+        &self,
+        conn: Conn<'_>,
+        pipeline: &JobId,
+    ) -> Result<Vec<JobRecord>, Fail> {
         Ok(on!(conn, |c| sqlx::query(PIPELINE_JOBS)
             .bind(pipeline.as_str())
             .fetch_all(c)

@@ -33,7 +33,10 @@ async fn show_commit(State(state): State<AppState>, Path(sha): Path<String>) -> 
 
 /// The pipeline whose planning job is `pipeline`, with its verdict and
 /// each job's waiting reason. None when the planning job is unknown.
-pub async fn commit_view(state: &AppState, pipeline: &JobId) -> Result<Option<CommitView>, Response> {
+pub async fn commit_view(
+    state: &AppState,
+    pipeline: &JobId,
+) -> Result<Option<CommitView>, Response> {
     let jobs = state.store().pipeline(pipeline).await.map_err(internal)?;
     let Some(verdict) = model::pipeline::verdict_of(pipeline, &jobs) else {
         return Ok(None);
@@ -55,7 +58,10 @@ pub async fn commit_view(state: &AppState, pipeline: &JobId) -> Result<Option<Co
 /// Fills in why each job that has not started waits: the needs it waits
 /// for, a queue no online runner serves, or how many jobs are ahead of it
 /// on its queue.
-pub async fn with_reasons(state: &AppState, mut views: Vec<JobView>) -> Result<Vec<JobView>, Response> {
+pub async fn with_reasons(
+    state: &AppState,
+    mut views: Vec<JobView>,
+) -> Result<Vec<JobView>, Response> {
     let waiting = |status| matches!(status, JobStatus::Waiting | JobStatus::Queued);
     if !views.iter().any(|view| waiting(view.record.status)) {
         return Ok(views);
@@ -73,7 +79,11 @@ pub async fn with_reasons(state: &AppState, mut views: Vec<JobView>) -> Result<V
         view.waiting_reason = match job.status {
             JobStatus::Waiting => {
                 if !pipelines.contains_key(&job.pipeline) {
-                    let jobs = state.store().pipeline(&job.pipeline).await.map_err(internal)?;
+                    let jobs = state
+                        .store()
+                        .pipeline(&job.pipeline)
+                        .await
+                        .map_err(internal)?;
                     pipelines.insert(job.pipeline.clone(), jobs);
                 }
                 let jobs = &pipelines[&job.pipeline];
