@@ -352,7 +352,7 @@ const QUEUE_JOB: &str = concat!(
 const PIPELINE_JOBS: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM jobs WHERE pipeline = $1 ORDER BY seq"
+    " FROM jobs WHERE pipeline = $1 OR (id = $1 AND pipeline IS NULL) ORDER BY seq"
 );
 
 /// Locks a pipeline (its planning job's row) while its jobs are advanced,
@@ -692,7 +692,12 @@ where
             .map(parse)
             .transpose()?,
         name: row.try_get(21)?,
-        pipeline: parse(&row.try_get::<String, _>(22)?)?,
+        // NULL from a writer that predates pipelines (a dispatcher of an
+        // older version on the same PostgreSQL): the job is its own.
+        pipeline: match row.try_get::<Option<String>, _>(22)? {
+            Some(pipeline) => parse(&pipeline)?,
+            None => parse(&row.try_get::<String, _>(1)?)?,
+        },
         queue: parse(&row.try_get::<String, _>(23)?)?,
         needs: json_column(&row.try_get::<String, _>(24)?, "needs")?,
         allow_failure: row.try_get(25)?,
