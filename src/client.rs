@@ -16,8 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cli::{
-    secret, CancelArgs, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs,
-    TriggerArgs,
+    secret, CancelArgs, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
 };
 
 pub(crate) struct Client {
@@ -346,7 +345,10 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
     if args.failed {
         let answer: RerunAnswer = client
-            .post(&format!("{}/rerun?failed=true", commit_path(&args.job)?), &())
+            .post(
+                &format!("{}/rerun?failed=true", commit_path(&args.job)?),
+                &(),
+            )
             .await?;
         println!(
             "running {} job(s) again in pipeline {}:",

@@ -62,7 +62,11 @@ pub async fn follow(
         }
         while let Ok(event) = events.try_recv() {
             if needs_stop(&event) {
-                let reason = event.job.reason.clone().unwrap_or_else(|| "canceled".into());
+                let reason = event
+                    .job
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "canceled".into());
                 pending.push((event.job.id, reason));
             }
         }

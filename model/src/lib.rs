@@ -22,9 +22,9 @@ pub use message::{
     job_id, Control, Event, Invalid, Job, JobResult, Message, OutputChunk, RunnerInfo,
     SCHEMA_VERSION,
 };
+pub use pipeline::{JobSpec, Plan, Verdict};
 pub use record::{JobQuery, JobRecord, RunnerRecord};
 pub use repo::{ForgeKind, Repo, RepoError, StatusTarget};
-pub use pipeline::{JobSpec, Plan, Verdict};
 pub use sandbox::Sandbox;
 pub use status::{JobStatus, Outcome, UnknownStatus};
 

@@ -471,7 +471,8 @@ mod tests {
     #[test]
     fn a_runner_that_names_no_queues_serves_the_default_one() {
         let old: RunnerInfo =
-            serde_json::from_str(r#"{"id": "r", "host": "h", "connection": "c"}"#).expect("decodes");
+            serde_json::from_str(r#"{"id": "r", "host": "h", "connection": "c"}"#)
+                .expect("decodes");
         assert!(old.queues.is_empty());
         assert_eq!(old.served_queues(), [QueueName::default()]);
         let gpu = QueueName::parse("gpu").expect("a queue name");

@@ -125,9 +125,12 @@ impl JobSpec {
 
     /// `MATRIX_TOOLCHAIN=stable`, … for this combination.
     pub fn matrix_env(&self) -> impl Iterator<Item = (String, &str)> {
-        self.matrix
-            .iter()
-            .map(|(key, value)| (format!("MATRIX_{}", key.to_ascii_uppercase()), value.as_str()))
+        self.matrix.iter().map(|(key, value)| {
+            (
+                format!("MATRIX_{}", key.to_ascii_uppercase()),
+                value.as_str(),
+            )
+        })
     }
 }
 
@@ -464,12 +467,24 @@ mod tests {
         let ok = Plan::new(vec![spec("lint", &[]), spec("test", &["lint"])]);
         assert_eq!(ok.validate(), Ok(()));
         let unknown = Plan::new(vec![spec("test", &["lint"])]);
-        assert!(unknown.validate().unwrap_err().to_string().contains("needs \"lint\""));
+        assert!(unknown
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs \"lint\""));
         let twice = Plan::new(vec![spec("a", &[]), spec("a", &[])]);
         assert_eq!(twice.validate(), Err(PlanError::DuplicateName("a".into())));
-        let cycle = Plan::new(vec![spec("a", &["c"]), spec("b", &["a"]), spec("c", &["b"]), spec("d", &[])]);
+        let cycle = Plan::new(vec![
+            spec("a", &["c"]),
+            spec("b", &["a"]),
+            spec("c", &["b"]),
+            spec("d", &[]),
+        ]);
         let text = cycle.validate().unwrap_err().to_string();
-        assert!(text.contains("cycle") && text.contains("a → c → b → a"), "{text}");
+        assert!(
+            text.contains("cycle") && text.contains("a → c → b → a"),
+            "{text}"
+        );
         assert_eq!(Plan::new(vec![]).validate(), Err(PlanError::Empty));
         let mut bad_env = spec("e", &[]);
         bad_env.env.insert("1X".into(), "v".into());
@@ -534,10 +549,54 @@ mod tests {
             Verdict::Running
         );
         docs.status = JobStatus::Failed;
-        assert_eq!(verdict(JobStatus::Passed, &[test.clone(), docs]), Verdict::Passed);
+        assert_eq!(
+            verdict(JobStatus::Passed, &[test.clone(), docs]),
+            Verdict::Passed
+        );
         let mut broken = test.clone();
         broken.status = JobStatus::Error;
         let skipped = state("docs", JobStatus::Skipped, &none);
-        assert_eq!(verdict(JobStatus::Passed, &[broken, skipped]), Verdict::Failed);
+        assert_eq!(
+            verdict(JobStatus::Passed, &[broken, skipped]),
+            Verdict::Failed
+        );
+    }
+
+    #[test]
+    fn a_canceled_need_is_not_met_even_when_allowed_to_fail_and_the_verdict_says_canceled() {
+        let none: Vec<String> = vec![];
+        let needs_a = vec!["a".to_string()];
+        let mut a = state("a", JobStatus::Canceled, &none);
+        let b = state("b", JobStatus::Waiting, &needs_a);
+        assert_eq!(advance(&[a.clone(), b.clone()]).skip, vec!["b".to_string()]);
+        a.allow_failure = true;
+        assert_eq!(advance(&[a.clone(), b]).skip, vec!["b".to_string()]);
+
+        let passed = state("p", JobStatus::Passed, &none);
+        let canceled = state("c", JobStatus::Canceled, &none);
+        let skipped = state("s", JobStatus::Skipped, &none);
+        let failed = state("f", JobStatus::Failed, &none);
+        assert_eq!(
+            verdict(
+                JobStatus::Passed,
+                &[passed.clone(), canceled.clone(), skipped]
+            ),
+            Verdict::Canceled
+        );
+        assert_eq!(verdict(JobStatus::Canceled, &[]), Verdict::Canceled);
+        // A failure decides first.
+        assert_eq!(
+            verdict(JobStatus::Passed, &[canceled.clone(), failed]),
+            Verdict::Failed
+        );
+        // A job allowed to fail that was canceled changes nothing.
+        let mut optional = canceled;
+        optional.allow_failure = true;
+        assert_eq!(
+            verdict(JobStatus::Passed, &[passed, optional]),
+            Verdict::Passed
+        );
+        assert_eq!(Verdict::Canceled.as_str(), "canceled");
+        assert!(Verdict::Canceled.is_final());
     }
 }

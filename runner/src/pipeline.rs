@@ -731,8 +731,11 @@ jobs:
         let text = format!("cancel_superseded: true\n{EXAMPLE}");
         assert!(plan(&text, "main").cancel_superseded);
         assert!(plan(&text, "feature").cancel_superseded);
-        let err = plan_for("cancel_superseded: yes please\njobs:\n  a:\n    run: x\n", "main")
-            .expect_err("not a boolean");
+        let err = plan_for(
+            "cancel_superseded: yes please\njobs:\n  a:\n    run: x\n",
+            "main",
+        )
+        .expect_err("not a boolean");
         assert!(err.contains("line 1"), "{err}");
     }
 

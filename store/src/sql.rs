@@ -34,9 +34,8 @@ use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
 
 use crate::url::{Kind, PostgresTarget, SslMode};
 use crate::{
-    Outgoing,
-    CommitMatch, Histogram, Queued, Recorded, Started, Store, StoreError, StoreSettings, StoreUrl,
-    Totals, AMBIGUOUS_LISTED,
+    CommitMatch, Histogram, Outgoing, Queued, Recorded, Started, Store, StoreError, StoreSettings,
+    StoreUrl, Totals, AMBIGUOUS_LISTED,
 };
 
 /// A connection of either backend, borrowed for one statement.
@@ -1115,7 +1114,10 @@ impl SqlStore {
                 .map(|row| row.try_get::<String, _>(0))
                 .collect::<Result<Vec<_>, _>>()?);
             if !older.is_empty() {
-                let older = older.iter().map(|id| parse(id)).collect::<Result<Vec<JobId>, _>>()?;
+                let older = older
+                    .iter()
+                    .map(|id| parse(id))
+                    .collect::<Result<Vec<JobId>, _>>()?;
                 let reason = format!("canceled: superseded by {}", record.commit);
                 let canceled = self
                     .cancel_in(tx, &older, &reason, ms(model::now_ms()))
@@ -1244,7 +1246,9 @@ impl SqlStore {
                 Some(record) => record.clone(),
                 None => job_by_id(tx.conn(), job.id.as_str())
                     .await?
-                    .ok_or_else(|| Fail::Corrupt(format!("job {} vanished once recorded", job.id)))?,
+                    .ok_or_else(|| {
+                        Fail::Corrupt(format!("job {} vanished once recorded", job.id))
+                    })?,
             };
             made.push(record);
         }
@@ -1260,7 +1264,11 @@ impl SqlStore {
         Ok(made)
     }
 
-    async fn pipeline_jobs(&self, conn: Conn<'_>, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+    async fn pipeline_jobs(
+        &self,
+        conn: Conn<'_>,
+        pipeline: &JobId,
+    ) -> Result<Vec<JobRecord>, Fail> {
         Ok(on!(conn, |c| sqlx::query(PIPELINE_JOBS)
             .bind(pipeline.as_str())
             .fetch_all(c)

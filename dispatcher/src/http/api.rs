@@ -177,7 +177,10 @@ pub async fn cancel_jobs(state: &AppState, ids: &[model::JobId]) -> Response {
         .into_iter()
         .partition(|job| job.status == JobStatus::Canceled);
     if canceled.is_empty() {
-        return error(StatusCode::CONFLICT, "nothing to cancel: every job has ended");
+        return error(
+            StatusCode::CONFLICT,
+            "nothing to cancel: every job has ended",
+        );
     }
     for job in &canceled {
         tracing::info!(job = %job.id, name = %job.name, commit = %job.commit, "job canceled by hand");

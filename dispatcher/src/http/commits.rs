@@ -52,7 +52,10 @@ async fn cancel_commit(
     if open.is_empty() {
         return error(
             StatusCode::CONFLICT,
-            format!("nothing to cancel: every job of commit {} has ended", newest.commit),
+            format!(
+                "nothing to cancel: every job of commit {} has ended",
+                newest.commit
+            ),
         );
     }
     cancel_jobs(&state, &open).await
@@ -102,8 +105,7 @@ async fn rerun_commit(
         Err(err) => return internal(err),
     };
     let salt = format!("rerun-{}", model::now_ms());
-    let first_failed =
-        first.status.is_failure() || first.status == JobStatus::Canceled;
+    let first_failed = first.status.is_failure() || first.status == JobStatus::Canceled;
     if !failed_only || first_failed {
         if failed_only && !first.is_terminal() {
             return error(StatusCode::CONFLICT, "the commit's first job has not ended");
@@ -130,7 +132,10 @@ async fn rerun_commit(
     if copies.is_empty() {
         return error(
             StatusCode::CONFLICT,
-            format!("no job of commit {} failed: nothing to run again", first.commit),
+            format!(
+                "no job of commit {} failed: nothing to run again",
+                first.commit
+            ),
         );
     }
     for job in &copies {
@@ -165,7 +170,10 @@ async fn show_commit(State(state): State<AppState>, Path(sha): Path<String>) -> 
 
 /// The pipeline whose planning job is `pipeline`, with its verdict and
 /// each job's waiting reason. None when the planning job is unknown.
-pub async fn commit_view(state: &AppState, pipeline: &JobId) -> Result<Option<CommitView>, Response> {
+pub async fn commit_view(
+    state: &AppState,
+    pipeline: &JobId,
+) -> Result<Option<CommitView>, Response> {
     let jobs = state.store().pipeline(pipeline).await.map_err(internal)?;
     let Some(verdict) = model::pipeline::verdict_of(pipeline, &jobs) else {
         return Ok(None);
@@ -187,7 +195,10 @@ pub async fn commit_view(state: &AppState, pipeline: &JobId) -> Result<Option<Co
 /// Fills in why each job that has not started waits: the needs it waits
 /// for, a queue no online runner serves, or how many jobs are ahead of it
 /// on its queue.
-pub async fn with_reasons(state: &AppState, mut views: Vec<JobView>) -> Result<Vec<JobView>, Response> {
+pub async fn with_reasons(
+    state: &AppState,
+    mut views: Vec<JobView>,
+) -> Result<Vec<JobView>, Response> {
     let waiting = |status| matches!(status, JobStatus::Waiting | JobStatus::Queued);
     if !views.iter().any(|view| waiting(view.record.status)) {
         return Ok(views);
@@ -205,7 +216,11 @@ pub async fn with_reasons(state: &AppState, mut views: Vec<JobView>) -> Result<V
         view.waiting_reason = match job.status {
             JobStatus::Waiting => {
                 if !pipelines.contains_key(&job.pipeline) {
-                    let jobs = state.store().pipeline(&job.pipeline).await.map_err(internal)?;
+                    let jobs = state
+                        .store()
+                        .pipeline(&job.pipeline)
+                        .await
+                        .map_err(internal)?;
                     pipelines.insert(job.pipeline.clone(), jobs);
                 }
                 let jobs = &pipelines[&job.pipeline];
