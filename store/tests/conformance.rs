@@ -1592,7 +1592,7 @@ conformance!(
         assert!(store.outbox_pending(100).await.expect("outbox").is_empty());
         // Nothing left to cancel: nothing changes.
         let again = store
-            .jobs_canceled(&[b.id.clone()], "stop", 50)
+            .jobs_canceled(std::slice::from_ref(&b.id), "stop", 50)
             .await
             .expect("cancel");
         assert!(again.is_empty());
