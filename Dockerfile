@@ -1,4 +1,8 @@
-# syntax=docker/dockerfile:1
+# No `# syntax=` line on purpose: it makes every build fetch the frontend
+# image docker/dockerfile from Docker Hub, which fails on a machine that
+# reaches no registry. The frontend built into Docker 20.10 and later
+# (BuildKit; the default builder since 23.0) knows everything used here,
+# `RUN --mount=type=cache` included.
 #
 # One image for every Warren service: compose.yaml starts the observer, the
 # dispatcher and the runners from it with different commands
@@ -42,8 +46,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin warren
 
-# ---- runtime: small Debian with what the services run ----
-FROM debian:bookworm-slim
+# ---- base: small Debian with what the services run, and no warren yet ----
+FROM debian:bookworm-slim AS base
 # git: observer and runners run git; openssh-client: for git@host: URLs;
 # python3: the default test command; ca-certificates: https and amqps;
 # tini: an init for Kubernetes, where there is no `init: true`;
@@ -62,8 +66,23 @@ RUN useradd --system --user-group --uid 10001 --home-dir /var/lib/warren \
         --shell /usr/sbin/nologin warren \
  && mkdir -p /var/lib/warren/data /var/lib/warren/observer /var/lib/warren/runner \
  && chown -R warren:warren /var/lib/warren
-COPY --from=builder /src/target/release/warren /usr/local/bin/warren
 USER warren
 WORKDIR /var/lib/warren
 ENTRYPOINT ["warren"]
 CMD ["--help"]
+
+# ---- prebuilt: the same image around a warren binary built elsewhere ----
+# For CI, which has built the binary for its tests already and should not
+# compile it a second time. The build context is a folder that holds only
+# that binary, named warren (a Debian bookworm build, or older glibc):
+#
+#   mkdir ctx && cp target/debug/warren ctx/
+#   docker build --target prebuilt -f Dockerfile -t warren:local ctx
+#
+# scripts/test-deploy does this through a compose override file.
+FROM base AS prebuilt
+COPY warren /usr/local/bin/warren
+
+# ---- runtime (the default target): the binary built above ----
+FROM base
+COPY --from=builder /src/target/release/warren /usr/local/bin/warren

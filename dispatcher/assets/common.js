@@ -6,8 +6,9 @@
 'use strict';
 
 window.Warren = (function () {
-  const STATUSES = ['queued', 'running', 'passed', 'failed', 'error', 'timeout'];
-  const TERMINAL = ['passed', 'failed', 'error', 'timeout'];
+  // Jobs' statuses, and a commit's verdict (`pending` until a job starts).
+  const STATUSES = ['waiting', 'queued', 'pending', 'running', 'passed', 'failed', 'error', 'timeout', 'skipped', 'canceled'];
+  const TERMINAL = ['passed', 'failed', 'error', 'timeout', 'skipped', 'canceled'];
   const SVG = 'http://www.w3.org/2000/svg';
 
   // el('a', {href: '/x', className: 'y'}, 'text', otherNode): an element
@@ -62,10 +63,14 @@ window.Warren = (function () {
     failed: [disc, ['path', Object.assign({ d: 'M5.4 5.4l5.2 5.2m0-5.2l-5.2 5.2' }, mark)]],
     error: [disc, ['path', Object.assign({ d: 'M8 4.2v4.6M8 11.5v.2' }, mark)]],
     timeout: [disc, ['path', Object.assign({ d: 'M8 4.2V8l2.6 1.7' }, mark)]],
+    skipped: [['circle', { cx: 8, cy: 8, r: 6.5, fill: 'none', stroke: 'currentColor', 'stroke-width': 1.6 }],
+      ['path', { d: 'M4.8 8h6.4', fill: 'none', stroke: 'currentColor', 'stroke-width': 1.8, 'stroke-linecap': 'round' }]],
+    canceled: [disc, ['path', Object.assign({ d: 'M5 8h6' }, mark)]],
     unknown: [['circle', { cx: 8, cy: 8, r: 6.5, fill: 'none', stroke: 'currentColor', 'stroke-width': 1.6 }]],
   };
 
   function icon(status) {
+    if (status === 'waiting' || status === 'pending') status = 'queued';
     const svg = document.createElementNS(SVG, 'svg');
     svg.setAttribute('viewBox', '0 0 16 16');
     svg.setAttribute('class', 'icon');

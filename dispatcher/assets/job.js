@@ -45,7 +45,11 @@
     const waited = j.started_at_ms && j.enqueued_at_ms ? W.duration(j.started_at_ms - j.enqueued_at_ms) : '—';
     document.getElementById('fields').replaceChildren(
       ...field('Status', 'status', W.badge(j.status)),
+      ...field('Name', 'name', j.name || 'test'),
       ...field('Job', 'id', el('code', {}, j.id)),
+      ...field('Queue', 'queue', j.queue || 'default'),
+      ...field('Needs', 'needs', (j.needs || []).length ? j.needs.join(', ') : '—'),
+      ...field('Waiting', 'waiting_reason', j.waiting_reason || '—'),
       ...field('Repository', 'repo', j.repo),
       ...field('Branch', 'branch', j.branch),
       ...field('Commit', 'commit', el('code', {}, j.commit)),
@@ -65,9 +69,30 @@
       ...field('Output', 'truncated', j.truncated ? 'truncated at the runner\'s output cap' : 'complete'),
       ...field('Sequence', 'seq', String(j.seq)));
     document.getElementById('job').hidden = false;
+    loadPipeline(j);
     if (W.isTerminal(j.status) && !logShown) loadLog();
     if (!W.isTerminal(j.status)) {
       document.getElementById('log-note').textContent = 'The log appears here when the job finishes.';
+    }
+  }
+
+  // The commit's pipeline: its verdict and every job, with why each
+  // waits. Read again with every change of this job (a change of another
+  // job of the pipeline shows on that job's page, and here on reload).
+  async function loadPipeline(j) {
+    try {
+      const view = await W.getJSON('/api/commits/' + encodeURIComponent(j.commit));
+      if (view.pipeline !== j.pipeline) return;
+      document.getElementById('verdict').replaceChildren(W.badge(view.status));
+      document.getElementById('pipeline').replaceChildren(...view.jobs.map((other) =>
+        el('li', { className: other.id === j.id ? 'current' : '' },
+          W.badge(other.status),
+          el('a', { href: '/jobs/' + encodeURIComponent(other.id) }, other.name),
+          other.queue && other.queue !== 'default' ? el('span', { className: 'why' }, 'queue ' + other.queue) : null,
+          other.waiting_reason ? el('span', { className: 'why' }, other.waiting_reason) : null,
+          other.reason && other.status === 'skipped' ? el('span', { className: 'why' }, other.reason) : null)));
+    } catch (e) {
+      document.getElementById('pipeline').replaceChildren(el('li', { className: 'why' }, 'Cannot load the pipeline (' + e.message + ').'));
     }
   }
 
@@ -81,7 +106,7 @@
   // Changes that arrive while the job is first fetched are applied after
   // it, if they are further along than what was fetched.
   let early = [];
-  const rank = (j) => (j.status === 'queued' ? 0 : j.status === 'running' ? 1 : 2);
+  const rank = (j) => (j.status === 'waiting' || j.status === 'queued' ? 0 : j.status === 'running' ? 1 : 2);
 
   async function load() {
     try {

@@ -105,6 +105,7 @@
       el('a', { className: 'sha', href: W.jobUrl(job.id), title: job.commit }, W.shortCommit(job.commit)),
       ' ',
       el('span', { className: job.subject ? 'subject' : 'subject muted' }, job.subject || '(no subject)'),
+      job.name && job.name !== 'test' ? el('span', { className: 'job-name' }, ' · ' + job.name) : null,
       job.author ? el('div', { className: 'author' }, job.author) : null);
     const started = el('td', { className: 'started', title: job.started_at || (job.enqueued_at ? 'queued at ' + job.enqueued_at : '') }, startedText(job));
     const attempts = el('td', { className: 'num attempts', title: job.duplicates ? job.duplicates + ' duplicate result(s) discarded' : '' }, job.attempts);

@@ -4,11 +4,13 @@
 //! unsent to the job's work queue, waits for the broker's confirms, and
 //! only then marks the rows sent. A dispatcher killed anywhere in between
 //! leaves the rows unsent, and the next one (or this one, restarted)
-//! publishes them again: a job may be published twice, never lost. A
-//! second copy has the same id, so it is recorded as the same job; a
-//! runner that takes it after the job has ended is told to stop (the
-//! recorder's duplicate execution path), and its result is counted as a
-//! duplicate.
+//! publishes them again, unless the job is no longer queued (a runner
+//! took it). So a job is never lost, and published twice only when the
+//! dispatcher died between the confirm and the mark and no runner had
+//! taken the job yet. That second copy has the same id: the runner that
+//! ran the first acks it unrun (it remembers the results it delivered),
+//! another is told to stop when it announces it (the recorder's duplicate
+//! execution path), and any result is counted as a duplicate.
 //!
 //! It follows the event bus (a job released or planned wakes it) and also
 //! looks every [`POLL`], so rows left by a dispatcher that died, or by a
@@ -81,6 +83,18 @@ async fn drain(
         }
         let mut in_flight = Vec::with_capacity(batch.len());
         for out in &batch {
+            // A job no longer queued was published before (a dispatcher
+            // died after the confirm, before marking it): a runner took it,
+            // or it was cancelled. Publishing it again would only make a
+            // duplicate.
+            let still_queued = store
+                .job(&out.job)
+                .await?
+                .is_some_and(|job| job.status == model::JobStatus::Queued);
+            if !still_queued {
+                store.outbox_sent(&out.job, model::now_ms()).await?;
+                continue;
+            }
             let job: model::Job = serde_json::from_str(&out.body)
                 .map_err(|e| anyhow::anyhow!("outbox row of job {}: {e}", out.job))?;
             let confirm = Producer::new(transport).send(&job).await?;
