@@ -92,12 +92,15 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Recent jobs as a table
     Status(StatusArgs),
-    /// One job (by id or commit); exits non-zero unless it passed
+    /// One job (by id), or a commit's pipeline: its verdict and jobs;
+    /// exits non-zero unless it passed
     Show(ShowArgs),
     /// A job's log (by id or commit); exits non-zero unless it passed
     Log(LogArgs),
-    /// Run a job's commit again, as a new job
+    /// Run a job again, as a new job; with --failed, a commit's failed jobs
     Rerun(RerunArgs),
+    /// Stop a job, or every unfinished job of a commit's pipeline
+    Cancel(CancelArgs),
     /// Enqueue a job by hand for a commit or a branch's head
     Trigger(TriggerArgs),
     /// Runners seen by the dispatcher
@@ -235,6 +238,20 @@ pub struct RerunArgs {
     pub server: Server,
     /// Job id, or a full or abbreviated commit id
     pub job: String,
+    /// JOB is a commit: run again only the jobs of its pipeline that did
+    /// not pass (failed, error, timeout, canceled) and the jobs skipped
+    /// because of them; what passed is not run again
+    #[arg(long)]
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// Job id (that job), or a full or abbreviated commit id (every job
+    /// of its pipeline that has not ended)
+    pub target: String,
 }
 
 #[derive(Debug, Clone, Args)]

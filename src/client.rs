@@ -1,19 +1,22 @@
-//! The client commands (`status`, `show`, `log`, `rerun`, `trigger`,
-//! `runners`): thin callers of the dispatcher's HTTP API, reading and
-//! writing the same types the dispatcher serves (`model::api`). `show` and
-//! `log` exit non-zero unless the job passed, so scripts can use them.
+//! The client commands (`status`, `show`, `log`, `rerun`, `cancel`,
+//! `trigger`, `runners`): thin callers of the dispatcher's HTTP API,
+//! reading and writing the same types the dispatcher serves
+//! (`model::api`). `show` and `log` exit non-zero unless the job (or the
+//! commit's verdict) passed, so scripts can use them.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use model::api::{ErrorBody, JobView, Queued, RunnerView, TriggerRequest};
+use model::api::{
+    CancelAnswer, CommitView, ErrorBody, JobView, Queued, RerunAnswer, RunnerView, TriggerRequest,
+};
 use model::{BranchName, JobStatus};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cli::{
-    secret, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
+    secret, CancelArgs, LogArgs, RerunArgs, RunnersArgs, Server, ShowArgs, StatusArgs, TriggerArgs,
 };
 
 pub(crate) struct Client {
@@ -189,9 +192,85 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Path segment for a commit (a plain word; refuse others).
+fn commit_path(commit: &str) -> anyhow::Result<String> {
+    model::JobId::parse(commit)
+        .map_err(|_| anyhow!("expected a full or abbreviated commit id, got {commit:?}"))?;
+    Ok(format!("/api/commits/{commit}"))
+}
+
+/// Whether `key` names a job by its id (rather than a commit, whose
+/// newest job the API gives for it).
+async fn names_a_job(client: &Client, key: &str) -> anyhow::Result<bool> {
+    let job: JobView = client.get(&job_path(key)?).await?;
+    Ok(job.record.id.as_str() == key)
+}
+
+/// A commit's pipeline: its verdict, then one line per job.
+fn print_commit(view: &CommitView) {
+    println!("{:<12} {}", "commit", view.commit);
+    println!("{:<12} {}", "repo", view.repo);
+    println!("{:<12} {}", "branch", view.branch);
+    println!("{:<12} {}", "status", view.status);
+    println!("{:<12} {}", "pipeline", view.pipeline);
+    println!();
+    let width = view
+        .jobs
+        .iter()
+        .map(|job| job.record.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    println!(
+        "{:<width$} {:<17} {:<8} {:<12} {:>8} {:<16} WHY",
+        "NAME", "JOB", "STATUS", "QUEUE", "TIME", "NEEDS"
+    );
+    for job in &view.jobs {
+        let record = &job.record;
+        let needs = if record.needs.is_empty() {
+            "-".to_string()
+        } else {
+            record.needs.join(",")
+        };
+        let why = job
+            .waiting_reason
+            .as_deref()
+            .or(record.reason.as_deref())
+            .unwrap_or("");
+        println!(
+            "{:<width$} {:<17} {:<8} {:<12} {:>8} {:<16} {}",
+            record.name,
+            record.id,
+            record.status,
+            record.queue,
+            duration(job),
+            needs,
+            why,
+        );
+    }
+}
+
 pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
     let job: JobView = client.get(&job_path(&args.job)?).await?;
+    if job.record.id.as_str() != args.job {
+        // A commit: its newest pipeline. A commit without a pipeline file
+        // has one job, shown as a job.
+        let view: CommitView = client.get(&commit_path(&args.job)?).await?;
+        let single = view.jobs.len() == 1 && view.jobs[0].record.id == view.pipeline;
+        if !single {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_commit(&view);
+            }
+            return Ok(if view.status == model::Verdict::Passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(passed(&job));
@@ -264,6 +343,26 @@ pub async fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
+    if args.failed {
+        let answer: RerunAnswer = client
+            .post(
+                &format!("{}/rerun?failed=true", commit_path(&args.job)?),
+                &(),
+            )
+            .await?;
+        println!(
+            "running {} job(s) again in pipeline {}:",
+            answer.jobs.len(),
+            answer.pipeline
+        );
+        for job in &answer.jobs {
+            println!(
+                "  {} {} ({})",
+                job.record.id, job.record.name, job.record.status
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let answer: Queued = client
         .post(&format!("{}/rerun", job_path(&args.job)?), &())
         .await?;
@@ -272,6 +371,23 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<ExitCode> {
         answer.id,
         or_dash(answer.rerun_of)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server)?;
+    let path = if names_a_job(&client, &args.target).await? {
+        format!("{}/cancel", job_path(&args.target)?)
+    } else {
+        format!("{}/cancel", commit_path(&args.target)?)
+    };
+    let answer: CancelAnswer = client.post(&path, &()).await?;
+    for id in &answer.canceled {
+        println!("canceled job {id}");
+    }
+    for id in &answer.skipped {
+        println!("skipped job {id}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

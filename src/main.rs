@@ -107,6 +107,7 @@ async fn run_command(cli: Cli, signals: &Signals) -> anyhow::Result<ExitCode> {
         Command::Show(args) => return client::show(args).await,
         Command::Log(args) => return client::log(args).await,
         Command::Rerun(args) => return client::rerun(args).await,
+        Command::Cancel(args) => return client::cancel(args).await,
         Command::Trigger(args) => return client::trigger(args).await,
         Command::Runners(args) => return client::runners(args).await,
         Command::Repo(command) => return repo::run(command).await,

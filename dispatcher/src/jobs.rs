@@ -47,10 +47,27 @@ impl Jobs {
 
     /// The lock that orders the changes of `job`.
     fn order_of(&self, job: &JobId) -> &tokio::sync::Mutex<()> {
+        &self.order[self.shard_of(job)]
+    }
+
+    fn shard_of(&self, job: &JobId) -> usize {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         job.hash(&mut hasher);
-        &self.order[(hasher.finish() as usize) % self.order.len()]
+        (hasher.finish() as usize) % self.order.len()
+    }
+
+    /// The locks that order the changes of `jobs`, taken in one order
+    /// (by shard) so two callers cannot wait for each other.
+    async fn order_of_all(&self, jobs: &[JobId]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut shards: Vec<usize> = jobs.iter().map(|job| self.shard_of(job)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut guards = Vec::with_capacity(shards.len());
+        for shard in shards {
+            guards.push(self.order[shard].lock().await);
+        }
+        guards
     }
 
     fn announce(&self, change: Change, job: &model::JobRecord) {
@@ -129,11 +146,46 @@ impl Jobs {
         Ok(recorded)
     }
 
-    /// The other jobs of a pipeline that a job's end changed, in the same
-    /// transaction: planned (waiting), released (queued) or skipped.
+    /// Cancels those of `jobs` that have not ended, their dependents
+    /// skipped, in one store transaction (see `Store::jobs_canceled`);
+    /// each change is announced, a canceled job as `Finished` (the
+    /// dispatcher's canceller then tells runners to stop it). Returns the
+    /// jobs changed.
+    pub async fn canceled(
+        &self,
+        jobs: &[JobId],
+        reason: &str,
+    ) -> Result<Vec<model::JobRecord>, StoreError> {
+        let _order = self.order_of_all(jobs).await;
+        let changed = self
+            .store
+            .jobs_canceled(jobs, reason, model::now_ms())
+            .await?;
+        self.announce_pipeline(&changed);
+        Ok(changed)
+    }
+
+    /// Runs the jobs of a pipeline that did not pass again (see
+    /// `Store::rerun_failed`); each copy is announced as queued (the
+    /// outbox publisher publishes those released). Returns the copies.
+    pub async fn rerun_failed(
+        &self,
+        pipeline: &JobId,
+        salt: &str,
+    ) -> Result<Vec<model::JobRecord>, StoreError> {
+        let copies = self.store.rerun_failed(pipeline, salt).await?;
+        self.announce_pipeline(&copies);
+        Ok(copies)
+    }
+
+    /// The other jobs a job's end changed, in the same transaction:
+    /// planned (waiting), released (queued), skipped or canceled.
     fn announce_pipeline(&self, changed: &[model::JobRecord]) {
         for job in changed {
-            let change = if job.status == model::JobStatus::Skipped {
+            let change = if matches!(
+                job.status,
+                model::JobStatus::Skipped | model::JobStatus::Canceled
+            ) {
                 Change::Finished {
                     dead_lettered: false,
                 }

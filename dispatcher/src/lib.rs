@@ -11,6 +11,7 @@
 //! - [`jobs`] is the one place a job's state changes (a store transition,
 //!   then an event on the [`events`] bus);
 //! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
+//! - [`cancels`] tells runners to stop the canceled jobs they run;
 //! - [`outbox`] publishes the pipeline jobs a transition released (the
 //!   store's outbox, written in the transition's transaction);
 //! - [`notify`], [`status`] (commit statuses on the forges) and [`metrics`]
@@ -23,6 +24,7 @@
 //! that Compose or systemd restarts it, rather than leaving it running
 //! without that part.
 
+pub mod cancels;
 pub mod events;
 pub mod http;
 pub mod jobs;
@@ -183,6 +185,10 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             bus.subscribe(),
             stopping.clone(),
         ),
+    );
+    tasks.lifetime(
+        "the canceller",
+        cancels::follow(broker_slot.clone(), bus.subscribe(), stopping.clone()),
     );
 
     tracing::info!(store = %config.store, "dashboard and API on http://{address}");

@@ -304,8 +304,12 @@ async fn decide_all(
         };
         let job = match event.change {
             // A skipped job never ran: it says nothing of its commit (the
-            // need that failed does).
-            Change::Finished { .. } if event.job.status != JobStatus::Skipped => event.job,
+            // need that failed does); nor does a canceled one.
+            Change::Finished { .. }
+                if !matches!(event.job.status, JobStatus::Skipped | JobStatus::Canceled) =>
+            {
+                event.job
+            }
             _ => continue,
         };
         // Each job of a pipeline goes red and green on its own: `lint`

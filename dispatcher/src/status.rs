@@ -306,6 +306,7 @@ fn verdict_status(verdict: model::Verdict) -> JobStatus {
         model::Verdict::Passed => JobStatus::Passed,
         model::Verdict::Failed => JobStatus::Failed,
         model::Verdict::Error => JobStatus::Error,
+        model::Verdict::Canceled => JobStatus::Canceled,
     }
 }
 

@@ -23,7 +23,9 @@ pub const MAX_DESCRIPTION_CHARS: usize = 140;
 /// The forge's word for a job's status: queued and running are `pending`
 /// (GitLab: `pending`, `running`), passed is `success`, failed is
 /// `failure` (GitLab: `failed`), error and timeout are `error` (GitLab has
-/// no such state: `failed`).
+/// no such state: `failed`), canceled is GitLab's `canceled` and GitHub's
+/// `error` (GitHub has no canceled commit state; `error` keeps a canceled
+/// commit from looking good).
 pub fn status_word(kind: ForgeKind, status: JobStatus) -> &'static str {
     let gitlab = kind == ForgeKind::GitLab;
     match status {
@@ -31,6 +33,8 @@ pub fn status_word(kind: ForgeKind, status: JobStatus) -> &'static str {
         JobStatus::Running if gitlab => "running",
         JobStatus::Skipped if gitlab => "skipped",
         JobStatus::Skipped => "error",
+        JobStatus::Canceled if gitlab => "canceled",
+        JobStatus::Canceled => "error",
         JobStatus::Running => "pending",
         JobStatus::Passed => "success",
         JobStatus::Failed | JobStatus::Error | JobStatus::Timeout if gitlab => "failed",
@@ -271,6 +275,7 @@ impl StatusUpdate {
         let description = match status {
             JobStatus::Waiting => "Waiting",
             JobStatus::Skipped => "Skipped",
+            JobStatus::Canceled => "Canceled",
             JobStatus::Queued => "Queued",
             JobStatus::Running => "Running",
             JobStatus::Passed => "Passed",

@@ -44,7 +44,7 @@ pub struct CommitView {
     pub commit: crate::CommitId,
     pub repo: RepoUrl,
     pub branch: crate::BranchName,
-    /// The verdict: pending, running, passed, failed or error.
+    /// The verdict: pending, running, passed, failed, error or canceled.
     pub status: crate::Verdict,
     /// The planning job (the commit's first job).
     pub pipeline: JobId,
@@ -95,6 +95,25 @@ pub struct Queued {
     /// For a rerun: the job it runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<JobId>,
+}
+
+/// The answer to `POST /api/jobs/{id}/cancel` and `POST
+/// /api/commits/{sha}/cancel`: the jobs canceled (waiting, queued or
+/// running before) and the waiting jobs skipped because a job they need
+/// was canceled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelAnswer {
+    pub canceled: Vec<JobId>,
+    pub skipped: Vec<JobId>,
+}
+
+/// The answer to `POST /api/commits/{sha}/rerun` (`?failed=true`): the
+/// pipeline the new jobs belong to (a new one when the commit's first job
+/// was run again) and the new jobs, as recorded (`waiting` or `queued`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RerunAnswer {
+    pub pipeline: JobId,
+    pub jobs: Vec<JobView>,
 }
 
 /// `GET /api/queue`: the work queue and the dead letters.

@@ -61,6 +61,11 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub jobs: Vec<JobSpec>,
+    /// `cancel_superseded: true` at the top of the file: when this plan is
+    /// recorded, the jobs of the older pipelines of the same repository
+    /// and branch that have not ended are canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_superseded: bool,
 }
 
 /// Why a plan cannot run.
@@ -139,6 +144,14 @@ pub fn is_env_name(key: &str) -> bool {
 }
 
 impl Plan {
+    /// A plan of these jobs, superseding nothing.
+    pub fn new(jobs: Vec<JobSpec>) -> Plan {
+        Plan {
+            jobs,
+            cancel_superseded: false,
+        }
+    }
+
     /// What a whole plan must be: 1 to [`MAX_PIPELINE_JOBS`] valid jobs with
     /// distinct names, needs that name jobs of the plan, and no cycle.
     pub fn validate(&self) -> Result<(), PlanError> {
@@ -234,16 +247,16 @@ pub struct Advance {
 }
 
 /// Whether a need that ended lets its dependents run: it passed, or it
-/// may fail.
-fn need_met(job: &JobState<'_>) -> bool {
-    job.status == JobStatus::Passed
-        || (job.allow_failure && job.status.is_terminal() && job.status != JobStatus::Skipped)
+/// may fail and did (a skipped or canceled need is never met, even one
+/// allowed to fail: it did not run to its end).
+pub fn need_met(job: &JobState<'_>) -> bool {
+    job.status == JobStatus::Passed || (job.allow_failure && job.status.is_failure())
 }
 
 /// Which waiting jobs to release and which to skip, given every job of
 /// one pipeline. A waiting job is skipped when one of its needs ended
-/// without being met (failed, error, timeout or skipped, and not
-/// `allow_failure`), and released when every need ended and was met.
+/// without being met (failed, error or timeout and not `allow_failure`;
+/// or skipped, or canceled), and released when every need ended and was met.
 /// Skips cascade: a job that needs a skipped job is skipped in the same
 /// call. A need that names no job of the pipeline is never met; plans are
 /// validated, so that does not happen.
@@ -321,6 +334,10 @@ pub enum Verdict {
     Failed,
     /// The plan could not be made (or the commit's only job erred).
     Error,
+    /// None failed, but a job that may not fail was canceled (by hand, or
+    /// superseded by a newer push), or the planning job was: the commit
+    /// is not known to be good, nor known to be bad.
+    Canceled,
 }
 
 impl Verdict {
@@ -331,6 +348,7 @@ impl Verdict {
             Verdict::Passed => "passed",
             Verdict::Failed => "failed",
             Verdict::Error => "error",
+            Verdict::Canceled => "canceled",
         }
     }
 
@@ -351,8 +369,11 @@ impl fmt::Display for Verdict {
 /// other job. Until every job has ended the commit is `pending`, or
 /// `running` once one has started; then `error` if the first job erred
 /// (no plan, or the only job could not run), `failed` if a job that may
-/// not fail did not pass, else `passed`. A job skipped because a need
-/// failed changes nothing: that need already failed the commit.
+/// not fail failed, erred or timed out, `canceled` if none did but the
+/// first job or a job that may not fail was canceled, else `passed`. A
+/// job skipped because a need failed or was canceled changes nothing: that
+/// need already decided the verdict. Failures come first: a pipeline
+/// canceled after a job failed is `failed`.
 pub fn verdict(first: JobStatus, planned: &[JobState<'_>]) -> Verdict {
     let statuses = std::iter::once(first).chain(planned.iter().map(|job| job.status));
     let all_ended = statuses.clone().all(JobStatus::is_terminal);
@@ -373,8 +394,14 @@ pub fn verdict(first: JobStatus, planned: &[JobState<'_>]) -> Verdict {
         || planned
             .iter()
             .any(|job| !job.allow_failure && job.status.is_failure());
+    let canceled = first == JobStatus::Canceled
+        || planned
+            .iter()
+            .any(|job| !job.allow_failure && job.status == JobStatus::Canceled);
     if failed {
         Verdict::Failed
+    } else if canceled {
+        Verdict::Canceled
     } else {
         Verdict::Passed
     }
@@ -437,43 +464,31 @@ mod tests {
 
     #[test]
     fn a_plan_with_unknown_needs_duplicates_or_cycles_is_refused_in_words() {
-        let ok = Plan {
-            jobs: vec![spec("lint", &[]), spec("test", &["lint"])],
-        };
+        let ok = Plan::new(vec![spec("lint", &[]), spec("test", &["lint"])]);
         assert_eq!(ok.validate(), Ok(()));
-        let unknown = Plan {
-            jobs: vec![spec("test", &["lint"])],
-        };
+        let unknown = Plan::new(vec![spec("test", &["lint"])]);
         assert!(unknown
             .validate()
             .unwrap_err()
             .to_string()
             .contains("needs \"lint\""));
-        let twice = Plan {
-            jobs: vec![spec("a", &[]), spec("a", &[])],
-        };
+        let twice = Plan::new(vec![spec("a", &[]), spec("a", &[])]);
         assert_eq!(twice.validate(), Err(PlanError::DuplicateName("a".into())));
-        let cycle = Plan {
-            jobs: vec![
-                spec("a", &["c"]),
-                spec("b", &["a"]),
-                spec("c", &["b"]),
-                spec("d", &[]),
-            ],
-        };
+        let cycle = Plan::new(vec![
+            spec("a", &["c"]),
+            spec("b", &["a"]),
+            spec("c", &["b"]),
+            spec("d", &[]),
+        ]);
         let text = cycle.validate().unwrap_err().to_string();
         assert!(
             text.contains("cycle") && text.contains("a → c → b → a"),
             "{text}"
         );
-        assert_eq!(Plan { jobs: vec![] }.validate(), Err(PlanError::Empty));
+        assert_eq!(Plan::new(vec![]).validate(), Err(PlanError::Empty));
         let mut bad_env = spec("e", &[]);
         bad_env.env.insert("1X".into(), "v".into());
-        assert!(Plan {
-            jobs: vec![bad_env]
-        }
-        .validate()
-        .is_err());
+        assert!(Plan::new(vec![bad_env]).validate().is_err());
     }
 
     fn state<'a>(name: &'a str, status: JobStatus, needs: &'a [String]) -> JobState<'a> {
@@ -545,5 +560,43 @@ mod tests {
             verdict(JobStatus::Passed, &[broken, skipped]),
             Verdict::Failed
         );
+    }
+
+    #[test]
+    fn a_canceled_need_is_not_met_even_when_allowed_to_fail_and_the_verdict_says_canceled() {
+        let none: Vec<String> = vec![];
+        let needs_a = vec!["a".to_string()];
+        let mut a = state("a", JobStatus::Canceled, &none);
+        let b = state("b", JobStatus::Waiting, &needs_a);
+        assert_eq!(advance(&[a.clone(), b.clone()]).skip, vec!["b".to_string()]);
+        a.allow_failure = true;
+        assert_eq!(advance(&[a.clone(), b]).skip, vec!["b".to_string()]);
+
+        let passed = state("p", JobStatus::Passed, &none);
+        let canceled = state("c", JobStatus::Canceled, &none);
+        let skipped = state("s", JobStatus::Skipped, &none);
+        let failed = state("f", JobStatus::Failed, &none);
+        assert_eq!(
+            verdict(
+                JobStatus::Passed,
+                &[passed.clone(), canceled.clone(), skipped]
+            ),
+            Verdict::Canceled
+        );
+        assert_eq!(verdict(JobStatus::Canceled, &[]), Verdict::Canceled);
+        // A failure decides first.
+        assert_eq!(
+            verdict(JobStatus::Passed, &[canceled.clone(), failed]),
+            Verdict::Failed
+        );
+        // A job allowed to fail that was canceled changes nothing.
+        let mut optional = canceled;
+        optional.allow_failure = true;
+        assert_eq!(
+            verdict(JobStatus::Passed, &[passed, optional]),
+            Verdict::Passed
+        );
+        assert_eq!(Verdict::Canceled.as_str(), "canceled");
+        assert!(Verdict::Canceled.is_final());
     }
 }

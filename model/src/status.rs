@@ -2,6 +2,8 @@
 //! runner announced it, and ends with exactly one outcome: `passed`,
 //! `failed`, `error` or `timeout`. A job of a pipeline is `waiting` until
 //! its needs have ended, and `skipped` (its end) when one of them failed.
+//! A job stopped by hand (`warren cancel`), or superseded by a newer push,
+//! ends `canceled`: not a failure, and not a need met either.
 //! An ended job never changes status again (later results are counted as
 //! duplicates).
 
@@ -58,15 +60,18 @@ pub enum JobStatus {
     Timeout,
     /// Never ran: a job it needs failed (or was skipped).
     Skipped,
+    /// Stopped before its end, by hand or because a newer push of its
+    /// branch superseded it: no outcome, and not a failure.
+    Canceled,
 }
 
 /// A word that names no status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown status {0:?} (one of waiting, queued, running, passed, failed, error, timeout, skipped)")]
+#[error("unknown status {0:?} (one of waiting, queued, running, passed, failed, error, timeout, skipped, canceled)")]
 pub struct UnknownStatus(pub String);
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 8] = [
+    pub const ALL: [JobStatus; 9] = [
         JobStatus::Waiting,
         JobStatus::Queued,
         JobStatus::Running,
@@ -75,12 +80,14 @@ impl JobStatus {
         JobStatus::Error,
         JobStatus::Timeout,
         JobStatus::Skipped,
+        JobStatus::Canceled,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Waiting => "waiting",
             JobStatus::Skipped => "skipped",
+            JobStatus::Canceled => "canceled",
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
             JobStatus::Passed => "passed",
@@ -92,15 +99,17 @@ impl JobStatus {
 
     /// Whether the job has ended (and so never changes again).
     pub fn is_terminal(self) -> bool {
-        self.outcome().is_some() || self == JobStatus::Skipped
+        self.outcome().is_some() || matches!(self, JobStatus::Skipped | JobStatus::Canceled)
     }
 
     /// The outcome, for a job that ran to its end.
     pub fn outcome(self) -> Option<Outcome> {
         match self {
-            JobStatus::Waiting | JobStatus::Queued | JobStatus::Running | JobStatus::Skipped => {
-                None
-            }
+            JobStatus::Waiting
+            | JobStatus::Queued
+            | JobStatus::Running
+            | JobStatus::Skipped
+            | JobStatus::Canceled => None,
             JobStatus::Passed => Some(Outcome::Passed),
             JobStatus::Failed => Some(Outcome::Failed),
             JobStatus::Error => Some(Outcome::Error),
@@ -168,8 +177,10 @@ mod tests {
             .collect();
         let mut expected = Outcome::ALL.map(JobStatus::from).to_vec();
         expected.push(JobStatus::Skipped);
+        expected.push(JobStatus::Canceled);
         assert_eq!(terminal, expected);
         assert!(!JobStatus::Skipped.is_failure() && !JobStatus::Waiting.is_terminal());
+        assert!(!JobStatus::Canceled.is_failure() && JobStatus::Canceled.outcome().is_none());
         assert!(!JobStatus::Passed.is_failure());
         assert!(JobStatus::Timeout.is_failure() && JobStatus::Error.is_failure());
         assert!(!JobStatus::Running.is_failure());

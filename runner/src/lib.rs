@@ -2168,9 +2168,7 @@ jobs:
             truncated: false,
             runner,
             reason: None,
-            plan: Some(model::Plan {
-                jobs: (0..10).map(spec).collect(),
-            }),
+            plan: Some(model::Plan::new((0..10).map(spec).collect())),
         };
         let mut fits = result.clone();
         fit_to_cap(&mut fits, 4 * 1024 * 1024);

@@ -125,6 +125,11 @@ impl<'de> Deserialize<'de> for RawJobs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pipeline {
     jobs: Vec<PipelineJob>,
+    /// `cancel_superseded: true` at the top of `.warren.yml` (set by
+    /// [`crate::repo_files::RepoConfig::parse`]): each plan made from this
+    /// pipeline asks the dispatcher to cancel the older pipelines of its
+    /// branch that have not ended.
+    pub(crate) cancel_superseded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,9 +267,7 @@ impl Pipeline {
         }
 
         // The model's rules, last: names, run, variable names, duplicates.
-        let plan = Plan {
-            jobs: out.iter().map(|job| job.spec.clone()).collect(),
-        };
+        let plan = Plan::new(out.iter().map(|job| job.spec.clone()).collect());
         if let Err(err) = plan.validate() {
             // The written job an expanded name comes from (the last one:
             // a duplicate is reported where it is written the second time).
@@ -291,7 +294,10 @@ impl Pipeline {
                 None => at.error(at.jobs(), "jobs", &reason),
             });
         }
-        Ok(Pipeline { jobs: out })
+        Ok(Pipeline {
+            jobs: out,
+            cancel_superseded: false,
+        })
     }
 
     /// The plan for a commit of `branch`: the jobs whose `branches` match
@@ -315,7 +321,10 @@ impl Pipeline {
                 spec
             })
             .collect();
-        Some(Plan { jobs })
+        Some(Plan {
+            jobs,
+            cancel_superseded: self.cancel_superseded,
+        })
     }
 
     /// Every job's name, matrices expanded, whatever its branches.
@@ -714,6 +723,20 @@ jobs:
             .iter()
             .find(|job| job.name == name)
             .unwrap_or_else(|| panic!("no job {name}"))
+    }
+
+    #[test]
+    fn cancel_superseded_at_the_top_is_carried_by_every_plan() {
+        assert!(!plan(EXAMPLE, "main").cancel_superseded);
+        let text = format!("cancel_superseded: true\n{EXAMPLE}");
+        assert!(plan(&text, "main").cancel_superseded);
+        assert!(plan(&text, "feature").cancel_superseded);
+        let err = plan_for(
+            "cancel_superseded: yes please\njobs:\n  a:\n    run: x\n",
+            "main",
+        )
+        .expect_err("not a boolean");
+        assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! (`.warren-test`) or [`MAX_CONFIG_FILE_BYTES`] (`.warren.yml`, which
 //! may describe a pipeline of 256 jobs).
 //!
-//! `.warren.yml` has two keys: `network` (see [`RepoConfig`]) and `jobs`,
-//! the pipeline (see [`crate::pipeline`]): without `jobs`, a commit is one
+//! `.warren.yml` has three keys: `network` (see [`RepoConfig`]), `jobs`,
+//! the pipeline (see [`crate::pipeline`]), and `cancel_superseded` (a
+//! newer push of a branch cancels its older pipelines' unfinished jobs): without `jobs`, a commit is one
 //! job running `.warren-test` (or the runner's default command). Unknown
 //! keys are an error, not ignored: a runner that does not know a key
 //! cannot do what the repository asked for with it, and a job must never
@@ -50,11 +51,13 @@ pub struct RepoConfig {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map with network and jobs (both optional)"
+    expecting = "a map with network, jobs and cancel_superseded (all optional)"
 )]
 struct RawConfig {
     #[serde(default = "yes")]
     network: bool,
+    #[serde(default)]
+    cancel_superseded: bool,
     /// `jobs:` with nothing under it is an empty section (an error), not
     /// an absent one.
     #[serde(default, deserialize_with = "present")]
@@ -94,7 +97,11 @@ impl RepoConfig {
         let raw: RawConfig = serde_norway::from_str(text).map_err(|e| pipeline::yaml_error(&e))?;
         let jobs = match raw.jobs {
             None => None,
-            Some(jobs) => Some(Pipeline::build(jobs, text)?),
+            Some(jobs) => {
+                let mut pipeline = Pipeline::build(jobs, text)?;
+                pipeline.cancel_superseded = raw.cancel_superseded;
+                Some(pipeline)
+            }
         };
         Ok(RepoConfig {
             network: raw.network,

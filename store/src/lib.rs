@@ -107,10 +107,12 @@ pub enum Recorded {
     New {
         record: JobRecord,
         was: Option<JobStatus>,
-        /// Other jobs of its pipeline this changed, in the same
-        /// transaction: a plan's new jobs (`waiting`, or `queued` when
-        /// they need nothing), jobs released (`queued`, in the outbox) and
-        /// jobs skipped.
+        /// Other jobs this changed, in the same transaction: a plan's new
+        /// jobs (`waiting`, or `queued` when they need nothing), jobs of
+        /// its pipeline released (`queued`, in the outbox) and jobs
+        /// skipped; and for a plan with `cancel_superseded`, the jobs of
+        /// the branch's older pipelines it canceled (and the jobs that
+        /// skipped).
         pipeline: Vec<JobRecord>,
     },
     /// The job already had an outcome: this result was counted in
@@ -239,6 +241,39 @@ pub trait Store: Send + Sync {
         job: Option<&JobId>,
         at_ms: u64,
     ) -> Result<(), StoreError>;
+
+    /// Cancels those of `jobs` that have not ended (waiting, queued or
+    /// running), in one transaction: each becomes `canceled` with `reason`
+    /// (also appended to its log) and `finished_at_ms`, its unsent outbox
+    /// row is dropped (a released job not yet published is never
+    /// published), and each pipeline they belong to is advanced (a
+    /// canceled need is not met: its waiting dependents are skipped).
+    /// Jobs that had ended are left as they are. Returns the jobs
+    /// canceled, then the jobs skipped. Stopping a running job's runner
+    /// is the caller's (a `cancel` on the control exchange).
+    async fn jobs_canceled(
+        &self,
+        jobs: &[JobId],
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Runs again, in one transaction, the jobs of the pipeline whose
+    /// planning job is `pipeline` that did not pass: each job whose
+    /// current run (the newest of its name) is failed, error, timeout,
+    /// canceled or skipped gets a new copy (`Job::again(salt)`, the same
+    /// name and spec, an id of its own) recorded `waiting`; then the
+    /// pipeline is advanced, so the copies whose needs have passed are
+    /// released (`queued`, in the outbox) and the others wait for the
+    /// copies they need. Jobs that passed, or have not ended, are left
+    /// alone; the planning job is never copied (a pipeline whose plan
+    /// failed has nothing to rerun here: rerun its planning job). Returns
+    /// the copies as recorded (empty when nothing failed).
+    async fn rerun_failed(
+        &self,
+        pipeline: &JobId,
+        salt: &str,
+    ) -> Result<Vec<JobRecord>, StoreError>;
 
     async fn job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError>;
     /// Every job of the pipeline whose planning job is `pipeline`, oldest

@@ -373,6 +373,25 @@ const SKIP_JOB: &str = concat!(
     job_columns!()
 );
 
+/// A job that has not ended ($6, $7, $8: waiting, queued, running) is
+/// canceled ($2) with a reason ($3) now ($4); $5 bytes of note are
+/// appended to its log.
+const CANCEL_JOB: &str = concat!(
+    "UPDATE jobs SET status = $2, reason = $3, finished_at_ms = $4, log_bytes = log_bytes + $5 ",
+    "WHERE id = $1 AND status IN ($6, $7, $8) RETURNING ",
+    job_columns!()
+);
+
+/// A canceled job's row that was never published is not published.
+const OUTBOX_DROP: &str = "DELETE FROM outbox WHERE job_id = $1 AND sent_ms IS NULL";
+
+/// The jobs that have not ended ($4, $5, $6) of the pipelines of a
+/// repository ($1) and branch ($2) whose planning job was recorded before
+/// the one numbered $3 (pipelines a newer plan supersedes).
+const SUPERSEDED_JOBS: &str = "SELECT id FROM jobs WHERE repo = $1 AND branch = $2 \
+     AND status IN ($4, $5, $6) AND pipeline IN (SELECT p.id FROM jobs p \
+     WHERE p.repo = $1 AND p.branch = $2 AND p.seq < $3 AND p.id = p.pipeline) ORDER BY seq";
+
 /// A commit's first job that returned a plan is its pipeline's `plan`.
 const NAME_PLAN: &str = concat!(
     "UPDATE jobs SET name = $2 WHERE id = $1 RETURNING ",
@@ -1086,7 +1105,168 @@ impl SqlStore {
                     .unwrap_or(job),
             );
         }
+        if plan.cancel_superseded {
+            let older: Vec<String> = on!(tx.conn(), |c| sqlx::query(SUPERSEDED_JOBS)
+                .bind(record.repo.as_str())
+                .bind(record.branch.as_str())
+                .bind(record.seq)
+                .bind(JobStatus::Waiting.as_str())
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str())
+                .fetch_all(c)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()?);
+            if !older.is_empty() {
+                let older = older
+                    .iter()
+                    .map(|id| parse(id))
+                    .collect::<Result<Vec<JobId>, _>>()?;
+                let reason = format!("canceled: superseded by {}", record.commit);
+                let canceled = self
+                    .cancel_in(tx, &older, &reason, ms(model::now_ms()))
+                    .await?;
+                made.extend(canceled);
+            }
+        }
         Ok((record, made))
+    }
+
+    /// Cancels those of `ids` that have not ended, in the caller's
+    /// transaction: each becomes `canceled` with `reason` (also appended
+    /// to its log), its unsent outbox row is dropped, and then each
+    /// pipeline they belong to is advanced (their waiting dependents are
+    /// skipped). Rows are locked jobs first, planning jobs last, each
+    /// group by id, the order every transition takes (a job, then its
+    /// pipeline), so concurrent transactions cannot deadlock. Returns the
+    /// jobs canceled, then the jobs skipped.
+    async fn cancel_in(
+        &self,
+        tx: &mut Tx<'_>,
+        ids: &[JobId],
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<JobRecord>, Fail> {
+        let reason = storable(reason);
+        let note = format!("\nwarren: {reason}\n");
+        let mut order: Vec<&JobId> = ids.iter().collect();
+        order.sort();
+        order.dedup();
+        let mut canceled: Vec<JobRecord> = Vec::new();
+        // Pipelines' planning jobs last: every transition locks a job
+        // before its pipeline.
+        for planning_last in [false, true] {
+            for id in &order {
+                let known = job_by_id(tx.conn(), id.as_str()).await?;
+                let Some(known) = known else { continue };
+                if (known.pipeline == known.id) != planning_last {
+                    continue;
+                }
+                let row = on!(tx.conn(), |c| sqlx::query(CANCEL_JOB)
+                    .bind(id.as_str())
+                    .bind(JobStatus::Canceled.as_str())
+                    .bind(reason.as_ref())
+                    .bind(now)
+                    .bind(note.len() as i64)
+                    .bind(JobStatus::Waiting.as_str())
+                    .bind(JobStatus::Queued.as_str())
+                    .bind(JobStatus::Running.as_str())
+                    .fetch_optional(c)
+                    .await?
+                    .map(|row| job_from_row(&row))
+                    .transpose()?);
+                let Some(record) = row else { continue };
+                on!(tx.conn(), |c| sqlx::query(APPEND_LOG)
+                    .bind(id.as_str())
+                    .bind(note.as_str())
+                    .execute(c)
+                    .await?
+                    .rows_affected());
+                on!(tx.conn(), |c| sqlx::query(OUTBOX_DROP)
+                    .bind(id.as_str())
+                    .execute(c)
+                    .await?
+                    .rows_affected());
+                canceled.push(record);
+            }
+        }
+        let mut pipelines: Vec<JobId> = canceled.iter().map(|job| job.pipeline.clone()).collect();
+        pipelines.sort();
+        pipelines.dedup();
+        for pipeline in pipelines {
+            let skipped = self.advance(tx, &pipeline).await?;
+            canceled.extend(skipped);
+        }
+        Ok(canceled)
+    }
+
+    async fn cancel(
+        &self,
+        ids: &[JobId],
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<Vec<JobRecord>, Fail> {
+        let mut tx = self.pool.begin().await?;
+        let changed = self.cancel_in(&mut tx, ids, reason, ms(at_ms)).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Runs the jobs of `pipeline` that did not pass again: see
+    /// [`Store::rerun_failed`].
+    async fn rerun(&self, pipeline: &JobId, salt: &str) -> Result<Vec<JobRecord>, Fail> {
+        let mut tx = self.pool.begin().await?;
+        on!(tx.conn(), |c| sqlx::query(LOCK_PIPELINE)
+            .bind(pipeline.as_str())
+            .execute(c)
+            .await?
+            .rows_affected());
+        let jobs = self.pipeline_jobs(tx.conn(), pipeline).await?;
+        let again: Vec<Job> = model::pipeline::current(&jobs)
+            .into_iter()
+            .filter(|job| &job.id != pipeline && job.spec.is_some())
+            .filter(|job| {
+                job.status.is_failure()
+                    || matches!(job.status, JobStatus::Canceled | JobStatus::Skipped)
+            })
+            .map(|job| job.to_job().again(salt))
+            .collect();
+        if again.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        for job in &again {
+            let mut values = JobValues::of(job);
+            values.status = JobStatus::Waiting;
+            on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        let released = self.advance(&mut tx, pipeline).await?;
+        let mut made = Vec::with_capacity(again.len());
+        for job in &again {
+            let record = match released.iter().find(|r| r.id == job.id) {
+                Some(record) => record.clone(),
+                None => job_by_id(tx.conn(), job.id.as_str())
+                    .await?
+                    .ok_or_else(|| {
+                        Fail::Corrupt(format!("job {} vanished once recorded", job.id))
+                    })?,
+            };
+            made.push(record);
+        }
+        // Skipped in the same advance (a need that is still failed): not
+        // expected, since every job that did not pass is run again, but
+        // reported all the same.
+        for record in released {
+            if !made.iter().any(|m| m.id == record.id) {
+                made.push(record);
+            }
+        }
+        tx.commit().await?;
+        Ok(made)
     }
 
     async fn pipeline_jobs(
@@ -1671,6 +1851,27 @@ impl Store for SqlStore {
         self.seen(runner, job, at_ms)
             .await
             .map_err(self.failed("recording a heartbeat"))
+    }
+
+    async fn jobs_canceled(
+        &self,
+        jobs: &[JobId],
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.cancel(jobs, reason, at_ms)
+            .await
+            .map_err(self.failed("canceling jobs"))
+    }
+
+    async fn rerun_failed(
+        &self,
+        pipeline: &JobId,
+        salt: &str,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.rerun(pipeline, salt)
+            .await
+            .map_err(self.failed("running failed jobs again"))
     }
 
     async fn job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {

@@ -774,6 +774,7 @@ conformance!(
                 (JobStatus::Error, 1),
                 (JobStatus::Timeout, 0),
                 (JobStatus::Skipped, 0),
+                (JobStatus::Canceled, 0),
             ]
         );
         assert_eq!(totals.count(JobStatus::Timeout), 0);
@@ -1355,16 +1356,14 @@ conformance!(
         let first = job("/r", "main", commit('a'));
         store.job_queued(&first).await.expect("queued");
         let mut planning = result(&first, Outcome::Passed, "r1");
-        planning.plan = Some(model::Plan {
-            jobs: vec![
+        planning.plan = Some(model::Plan::new(vec![
                 spec("lint", &[], "default", false),
                 spec("build", &[], "arm", false),
                 spec("test", &["lint", "build"], "default", false),
                 spec("docs", &["test"], "default", true),
                 spec("deploy", &["docs"], "default", false),
                 spec("bench", &["lint"], "gpu", false),
-            ],
-        });
+            ]));
         let recorded = store.job_finished(&planning).await.expect("plan");
         assert_eq!(recorded.record().name, "plan");
         assert_eq!(recorded.record().status, JobStatus::Passed);
@@ -1461,13 +1460,11 @@ conformance!(
         for round in 0..8u64 {
             let first = job("/r", "main", numbered_commit(round));
             let mut planning = result(&first, Outcome::Passed, "r1");
-            planning.plan = Some(model::Plan {
-                jobs: vec![
+            planning.plan = Some(model::Plan::new(vec![
                     spec("a", &[], "default", false),
                     spec("b", &[], "default", false),
                     spec("c", &["a", "b"], "default", false),
-                ],
-            });
+                ]));
             let recorded = stores[0].job_finished(&planning).await.expect("plan");
             let a = planned(&recorded, "a").to_job();
             let b = planned(&recorded, "b").to_job();
@@ -1498,5 +1495,289 @@ conformance!(
         }
         let outbox = stores[0].outbox_pending(1000).await.expect("outbox");
         assert_eq!(outbox.len(), 8 * 3);
+    }
+);
+
+/// The pipeline of `first` as (name, status), oldest first.
+async fn statuses(store: &dyn store::Store, first: &Job) -> Vec<(String, JobStatus)> {
+    store
+        .pipeline(&first.id)
+        .await
+        .expect("pipeline")
+        .into_iter()
+        .map(|job| (job.name, job.status))
+        .collect()
+}
+
+conformance!(
+    async fn canceling_stops_queued_running_and_waiting_jobs_skips_dependents_and_drops_unsent_rows(backend) {
+        let store = backend.open().await;
+        let first = job("/r", "main", commit('c'));
+        let mut planning = result(&first, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan::new(vec![
+            spec("a", &[], "default", false),
+            spec("b", &[], "default", false),
+            spec("c", &["a"], "default", false),
+            spec("d", &["c"], "default", false),
+            spec("e", &["b"], "default", false),
+        ]));
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        let (a, b) = (planned(&recorded, "a"), planned(&recorded, "b"));
+        assert_eq!(store.outbox_pending(100).await.expect("outbox").len(), 2);
+        // a runs; b is released but its outbox row is not sent yet.
+        store.outbox_sent(&a.id, 5).await.expect("sent");
+        store
+            .job_started(&a.to_job(), &runner("r1"), 10)
+            .await
+            .expect("started");
+
+        // Canceling a (running): it is canceled, c and d (waiting on it)
+        // are skipped; b and e are untouched.
+        let changed = store
+            .jobs_canceled(std::slice::from_ref(&a.id), "canceled by hand", 20)
+            .await
+            .expect("cancel");
+        let names: Vec<(&str, JobStatus)> =
+            changed.iter().map(|j| (j.name.as_str(), j.status)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a", JobStatus::Canceled),
+                ("c", JobStatus::Skipped),
+                ("d", JobStatus::Skipped),
+            ]
+        );
+        let canceled = &changed[0];
+        assert_eq!(canceled.reason.as_deref(), Some("canceled by hand"));
+        assert_eq!(canceled.finished_at_ms, Some(20));
+        assert_eq!(canceled.runner, Some(runner("r1").id), "the runner is kept");
+        assert_eq!(changed[1].reason.as_deref(), Some("skipped: a did not pass"));
+        let log = store.log(&a.id).await.expect("log").expect("a log");
+        assert!(log.contains("canceled by hand"), "{log}");
+        // Its result, when the runner finishes anyway, is a duplicate.
+        let late = store
+            .job_finished(&result(&a.to_job(), Outcome::Passed, "r1"))
+            .await
+            .expect("late");
+        assert!(!late.is_new());
+        assert_eq!(late.record().status, JobStatus::Canceled);
+        // A runner that takes a canceled job is a duplicate execution.
+        let started = store
+            .job_started(&a.to_job(), &runner("r2"), 30)
+            .await
+            .expect("started");
+        assert!(started.is_duplicate_execution());
+
+        // Canceling b (queued, not yet published) and e (waiting): b's
+        // outbox row is dropped, e is canceled rather than skipped; an
+        // ended job (a) is left alone.
+        let e = store
+            .pipeline(&first.id)
+            .await
+            .expect("pipeline")
+            .into_iter()
+            .find(|j| j.name == "e")
+            .expect("e");
+        let changed = store
+            .jobs_canceled(&[e.id.clone(), b.id.clone(), a.id.clone()], "stop", 40)
+            .await
+            .expect("cancel");
+        let mut names: Vec<(&str, JobStatus)> =
+            changed.iter().map(|j| (j.name.as_str(), j.status)).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![("b", JobStatus::Canceled), ("e", JobStatus::Canceled)]
+        );
+        assert!(store.outbox_pending(100).await.expect("outbox").is_empty());
+        // Nothing left to cancel: nothing changes.
+        let again = store
+            .jobs_canceled(std::slice::from_ref(&b.id), "stop", 50)
+            .await
+            .expect("cancel");
+        assert!(again.is_empty());
+
+        let all = store.pipeline(&first.id).await.expect("pipeline");
+        assert!(all.iter().all(|j| j.status.is_terminal()), "{all:?}");
+        assert_eq!(
+            model::pipeline::verdict_of(&first.id, &all),
+            Some(model::Verdict::Canceled)
+        );
+        // A planning job canceled before it planned: its plan never lands.
+        let other = job("/r", "main", commit('d'));
+        store.job_queued(&other).await.expect("queued");
+        let changed = store
+            .jobs_canceled(std::slice::from_ref(&other.id), "stop", 60)
+            .await
+            .expect("cancel");
+        assert_eq!(changed.len(), 1);
+        let mut late_plan = result(&other, Outcome::Passed, "r1");
+        late_plan.plan = Some(model::Plan::new(vec![spec("a", &[], "default", false)]));
+        assert!(!store.job_finished(&late_plan).await.expect("plan").is_new());
+        assert_eq!(store.pipeline(&other.id).await.expect("pipeline").len(), 1);
+    }
+);
+
+conformance!(
+    async fn rerunning_failed_jobs_copies_them_and_their_skipped_dependents_and_releases_what_can_run(backend) {
+        let store = backend.open().await;
+        let first = job("/r", "main", commit('f'));
+        let mut planning = result(&first, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan::new(vec![
+            spec("lint", &[], "default", false),
+            spec("test", &[], "default", false),
+            spec("build", &["lint", "test"], "default", false),
+            spec("docs", &["build"], "default", false),
+        ]));
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        let (lint, test) = (planned(&recorded, "lint"), planned(&recorded, "test"));
+        store
+            .job_finished(&result(&lint.to_job(), Outcome::Passed, "r1"))
+            .await
+            .expect("lint");
+        store
+            .job_finished(&result(&test.to_job(), Outcome::Failed, "r1"))
+            .await
+            .expect("test");
+        let all = store.pipeline(&first.id).await.expect("pipeline");
+        assert_eq!(
+            model::pipeline::verdict_of(&first.id, &all),
+            Some(model::Verdict::Failed)
+        );
+        for out in store.outbox_pending(100).await.expect("outbox") {
+            store.outbox_sent(&out.job, 5).await.expect("sent");
+        }
+
+        // test (failed), build and docs (skipped) get new copies; lint
+        // (passed) does not. test's copy needs nothing: released; the
+        // others wait for it.
+        let copies = store
+            .rerun_failed(&first.id, "rerun-1")
+            .await
+            .expect("rerun");
+        let mut names: Vec<(&str, JobStatus)> =
+            copies.iter().map(|j| (j.name.as_str(), j.status)).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                ("build", JobStatus::Waiting),
+                ("docs", JobStatus::Waiting),
+                ("test", JobStatus::Queued),
+            ]
+        );
+        let test2 = copies.iter().find(|j| j.name == "test").expect("test");
+        assert_ne!(test2.id, test.id);
+        assert_eq!(test2.pipeline, first.id);
+        assert_eq!(test2.salt, "rerun-1");
+        let job2 = test2.to_job();
+        use model::Message;
+        job2.validate().expect("a valid job message");
+        let outbox = store.outbox_pending(100).await.expect("outbox");
+        assert_eq!(
+            outbox.iter().map(|o| o.job.clone()).collect::<Vec<_>>(),
+            vec![test2.id.clone()]
+        );
+        let all = store.pipeline(&first.id).await.expect("pipeline");
+        assert_eq!(all.len(), 8, "the old jobs stay: {all:?}");
+        assert_eq!(
+            model::pipeline::verdict_of(&first.id, &all),
+            Some(model::Verdict::Running)
+        );
+
+        // The copy passes: build's copy is released (lint passed before);
+        // then build and docs pass and the commit passes.
+        let after = store
+            .job_finished(&result(&job2, Outcome::Passed, "r2"))
+            .await
+            .expect("test again");
+        let build2 = planned(&after, "build");
+        assert_eq!(build2.status, JobStatus::Queued);
+        assert_eq!(build2.salt, "rerun-1");
+        let after = store
+            .job_finished(&result(&build2.to_job(), Outcome::Passed, "r2"))
+            .await
+            .expect("build");
+        let docs2 = planned(&after, "docs");
+        store
+            .job_finished(&result(&docs2.to_job(), Outcome::Passed, "r2"))
+            .await
+            .expect("docs");
+        let all = store.pipeline(&first.id).await.expect("pipeline");
+        assert_eq!(
+            model::pipeline::verdict_of(&first.id, &all),
+            Some(model::Verdict::Passed)
+        );
+        // Nothing failed now: nothing to run again.
+        assert!(store
+            .rerun_failed(&first.id, "rerun-2")
+            .await
+            .expect("rerun")
+            .is_empty());
+        let names: Vec<(String, JobStatus)> = statuses(store.as_ref(), &first).await;
+        assert_eq!(names.len(), 8, "{names:?}");
+    }
+);
+
+conformance!(
+    async fn a_plan_that_cancels_superseded_pipelines_cancels_the_older_ones_of_its_branch_only(backend) {
+        let store = backend.open().await;
+        let old = job("/r", "main", commit('1'));
+        let mut planning = result(&old, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan::new(vec![
+            spec("a", &[], "default", false),
+            spec("b", &["a"], "default", false),
+        ]));
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        let a = planned(&recorded, "a");
+        store
+            .job_started(&a.to_job(), &runner("r1"), 10)
+            .await
+            .expect("started");
+        // Another branch's pipeline, and a planning job of main not
+        // planned yet.
+        let other_branch = job("/r", "feature", commit('2'));
+        store.job_queued(&other_branch).await.expect("queued");
+        let unplanned = job("/r", "main", commit('3'));
+        store.job_queued(&unplanned).await.expect("queued");
+
+        let new = job("/r", "main", commit('4'));
+        store.job_queued(&new).await.expect("queued");
+        let mut planning = result(&new, Outcome::Passed, "r1");
+        let mut plan = model::Plan::new(vec![spec("a", &[], "default", false)]);
+        plan.cancel_superseded = true;
+        planning.plan = Some(plan);
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        let Recorded::New { pipeline, .. } = &recorded else {
+            panic!("not new")
+        };
+        let mut changed: Vec<(String, JobStatus)> = pipeline
+            .iter()
+            .filter(|j| j.pipeline != new.id)
+            .map(|j| (format!("{}:{}", &j.commit.as_str()[..1], j.name), j.status))
+            .collect();
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![
+                ("1:a".to_string(), JobStatus::Canceled),
+                ("1:b".to_string(), JobStatus::Canceled),
+                ("3:test".to_string(), JobStatus::Canceled),
+            ]
+        );
+        let reason = format!("canceled: superseded by {}", commit('4'));
+        let a = store.job(&a.id).await.expect("job").expect("a");
+        assert_eq!(a.reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(
+            store.job(&other_branch.id).await.expect("job").expect("other").status,
+            JobStatus::Queued
+        );
+        assert_eq!(
+            statuses(store.as_ref(), &new).await,
+            vec![
+                ("plan".to_string(), JobStatus::Passed),
+                ("a".to_string(), JobStatus::Queued)
+            ]
+        );
     }
 );

@@ -1,5 +1,5 @@
-//! The JSON API: jobs (list, one, its log), rerun and trigger, runners and
-//! the work queue. Its request and answer types are the model's
+//! The JSON API: jobs (list, one, its log), rerun, cancel and trigger,
+//! runners and the work queue. Its request and answer types are the model's
 //! (`model::api`), shared with the `warren` client commands.
 
 use axum::extract::{Path, Query, State};
@@ -7,7 +7,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use model::api::{JobView, QueueView, Queued, RunnerView, TriggerRequest, PAGE_DEFAULT, PAGE_MAX};
+use model::api::{
+    CancelAnswer, JobView, QueueView, Queued, RunnerView, TriggerRequest, PAGE_DEFAULT, PAGE_MAX,
+};
 use model::{BranchName, Job, JobQuery, JobStatus, RepoUrl};
 use observer::producer::{self, Producer, Target};
 use serde::Deserialize;
@@ -22,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs/{id}", get(show_job))
         .route("/api/jobs/{id}/log", get(job_log))
         .route("/api/jobs/{id}/rerun", post(rerun))
+        .route("/api/jobs/{id}/cancel", post(cancel_job))
         .route("/api/trigger", post(trigger))
         .route("/api/runners", get(list_runners))
         .route("/api/queue", get(queue))
@@ -136,9 +139,62 @@ async fn job_log(State(state): State<AppState>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// Why jobs canceled through the API are canceled.
+pub const CANCELED_BY_HAND: &str = "canceled by hand";
+
+/// `POST /api/jobs/{id}/cancel`: stops one job that has not ended (its
+/// waiting dependents are skipped). 200 with what changed; 409 when the
+/// job had already ended.
+async fn cancel_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let job = match find_job(state.store().as_ref(), &id).await {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    if job.is_terminal() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("job {} has already ended ({})", job.id, job.status),
+        );
+    }
+    cancel_jobs(&state, &[job.id]).await
+}
+
+/// Cancels `ids` (those not ended) and answers with what changed: 200, or
+/// 409 when every one had ended meanwhile.
+pub async fn cancel_jobs(state: &AppState, ids: &[model::JobId]) -> Response {
+    let changed = match state.jobs.canceled(ids, CANCELED_BY_HAND).await {
+        Ok(changed) => changed,
+        Err(err) => return internal(err),
+    };
+    let (canceled, skipped): (Vec<_>, Vec<_>) = changed
+        .into_iter()
+        .partition(|job| job.status == JobStatus::Canceled);
+    if canceled.is_empty() {
+        return error(
+            StatusCode::CONFLICT,
+            "nothing to cancel: every job has ended",
+        );
+    }
+    for job in &canceled {
+        tracing::info!(job = %job.id, name = %job.name, commit = %job.commit, "job canceled by hand");
+    }
+    Json(CancelAnswer {
+        canceled: canceled.into_iter().map(|job| job.id).collect(),
+        skipped: skipped.into_iter().map(|job| job.id).collect(),
+    })
+    .into_response()
+}
+
 /// Queues `job` through the producer and records it, so the answer can
 /// name it at once.
-async fn queue_job(state: &AppState, job: &Job) -> Result<(), Response> {
+pub async fn queue_job(state: &AppState, job: &Job) -> Result<(), Response> {
     let broker = state.broker().ok_or_else(|| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,

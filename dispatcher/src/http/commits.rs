@@ -1,20 +1,157 @@
-//! A commit's pipeline (`GET /api/commits/{sha}`) and why jobs wait: the
-//! `waiting_reason` every job view carries, worked out when it is shown
-//! (it changes with runners and queues, so it is not stored).
+//! A commit's pipeline (`GET /api/commits/{sha}`), canceling it and
+//! running its failed jobs again, and why jobs wait: the `waiting_reason`
+//! every job view carries, worked out when it is shown (it changes with
+//! runners and queues, so it is not stored).
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use model::api::{CommitView, JobView};
+use model::api::{CommitView, JobView, RerunAnswer};
 use model::{JobId, JobRecord, JobStatus, QueueName};
+use serde::Deserialize;
 
-use super::{find_commit, internal, AppState};
+use super::api::{cancel_jobs, queue_job};
+use super::{authorize, error, find_commit, internal, AppState};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/commits/{sha}", get(show_commit))
+    Router::new()
+        .route("/api/commits/{sha}", get(show_commit))
+        .route("/api/commits/{sha}/cancel", post(cancel_commit))
+        .route("/api/commits/{sha}/rerun", post(rerun_commit))
+}
+
+/// `POST /api/commits/{sha}/cancel`: stops every job of the commit's
+/// newest pipeline that has not ended (waiting, queued or running; the
+/// planning job too while it plans). 200 with the jobs canceled; 409 when
+/// every job had ended.
+async fn cancel_commit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let newest = match find_commit(state.store().as_ref(), &sha).await {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    let jobs = match state.store().pipeline(&newest.pipeline).await {
+        Ok(jobs) => jobs,
+        Err(err) => return internal(err),
+    };
+    let open: Vec<JobId> = jobs
+        .into_iter()
+        .filter(|job| !job.is_terminal())
+        .map(|job| job.id)
+        .collect();
+    if open.is_empty() {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "nothing to cancel: every job of commit {} has ended",
+                newest.commit
+            ),
+        );
+    }
+    cancel_jobs(&state, &open).await
+}
+
+/// `POST /api/commits/{sha}/rerun`'s query.
+#[derive(Debug, Deserialize)]
+struct RerunParams {
+    failed: Option<String>,
+}
+
+/// `POST /api/commits/{sha}/rerun`: the commit again from its first job
+/// (a new pipeline, planned again). With `?failed=true`: only the jobs of
+/// its newest pipeline that did not pass (failed, error, timeout,
+/// canceled, and the jobs skipped because of them), as new jobs of the
+/// same pipeline, in one store transaction; those whose needs passed are
+/// published at once, the others wait for the new copies they need. When
+/// the first job itself did not pass (no plan, or the one job of a commit
+/// without a pipeline file), it is run again: a new pipeline. 202 with the
+/// new jobs; 409 when nothing failed.
+async fn rerun_commit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+    Query(params): Query<RerunParams>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers) {
+        return denied;
+    }
+    let failed_only = match params.failed.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("failed: expected true or false, got {other:?}"),
+            )
+        }
+    };
+    let newest = match find_commit(state.store().as_ref(), &sha).await {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    let first = match state.store().job(&newest.pipeline).await {
+        Ok(Some(first)) => first,
+        Ok(None) => return internal(format!("pipeline {} has no planning job", newest.pipeline)),
+        Err(err) => return internal(err),
+    };
+    let salt = format!("rerun-{}", model::now_ms());
+    let first_failed = first.status.is_failure() || first.status == JobStatus::Canceled;
+    if !failed_only || first_failed {
+        if failed_only && !first.is_terminal() {
+            return error(StatusCode::CONFLICT, "the commit's first job has not ended");
+        }
+        let job = first.to_job().again(&salt);
+        if let Err(response) = queue_job(&state, &job).await {
+            return response;
+        }
+        let record = match state.store().job(&job.id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return internal(format!("job {} vanished once recorded", job.id)),
+            Err(err) => return internal(err),
+        };
+        let answer = RerunAnswer {
+            pipeline: record.pipeline.clone(),
+            jobs: vec![JobView::from(record)],
+        };
+        return (StatusCode::ACCEPTED, Json(answer)).into_response();
+    }
+    let copies = match state.jobs.rerun_failed(&first.id, &salt).await {
+        Ok(copies) => copies,
+        Err(err) => return internal(err),
+    };
+    if copies.is_empty() {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "no job of commit {} failed: nothing to run again",
+                first.commit
+            ),
+        );
+    }
+    for job in &copies {
+        tracing::info!(job = %job.id, name = %job.name, commit = %job.commit, status = %job.status, "failed job run again");
+    }
+    match with_reasons(&state, copies.into_iter().map(JobView::from).collect()).await {
+        Ok(jobs) => (
+            StatusCode::ACCEPTED,
+            Json(RerunAnswer {
+                pipeline: first.id,
+                jobs,
+            }),
+        )
+            .into_response(),
+        Err(response) => response,
+    }
 }
 
 /// `GET /api/commits/{sha}`: the commit's newest pipeline, its verdict and
