@@ -372,8 +372,10 @@ impl fmt::Display for Verdict {
 /// not fail failed, erred or timed out, `canceled` if none did but the
 /// first job or a job that may not fail was canceled, else `passed`. A
 /// job skipped because a need failed or was canceled changes nothing: that
-/// need already decided the verdict. Failures come first: a pipeline
-/// canceled after a job failed is `failed`.
+/// need already decided the verdict; one still skipped after its need was
+/// run again alone and passed makes the commit `failed` (it never ran).
+/// Failures come first: a pipeline canceled after a job failed is
+/// `failed`.
 pub fn verdict(first: JobStatus, planned: &[JobState<'_>]) -> Verdict {
     let statuses = std::iter::once(first).chain(planned.iter().map(|job| job.status));
     let all_ended = statuses.clone().all(JobStatus::is_terminal);
@@ -398,10 +400,17 @@ pub fn verdict(first: JobStatus, planned: &[JobState<'_>]) -> Verdict {
         || planned
             .iter()
             .any(|job| !job.allow_failure && job.status == JobStatus::Canceled);
+    // A job still skipped whose failed need was run again and passed (a
+    // rerun of that one job): it never ran, so the commit did not pass.
+    let skipped = planned
+        .iter()
+        .any(|job| !job.allow_failure && job.status == JobStatus::Skipped);
     if failed {
         Verdict::Failed
     } else if canceled {
         Verdict::Canceled
+    } else if skipped {
+        Verdict::Failed
     } else {
         Verdict::Passed
     }
@@ -526,6 +535,15 @@ mod tests {
         let mut allowed = failed.clone();
         allowed[0].allow_failure = true;
         assert_eq!(advance(&allowed).release, vec!["test".to_string()]);
+    }
+
+    #[test]
+    fn a_job_left_skipped_after_its_need_was_rerun_and_passed_keeps_the_commit_failed() {
+        let none: Vec<String> = vec![];
+        let lint = vec!["lint".to_string()];
+        let rerun_lint = state("lint", JobStatus::Passed, &none);
+        let test = state("test", JobStatus::Skipped, &lint);
+        assert_eq!(verdict(JobStatus::Passed, &[rerun_lint, test]), Verdict::Failed);
     }
 
     #[test]
