@@ -543,7 +543,10 @@ mod tests {
         let lint = vec!["lint".to_string()];
         let rerun_lint = state("lint", JobStatus::Passed, &none);
         let test = state("test", JobStatus::Skipped, &lint);
-        assert_eq!(verdict(JobStatus::Passed, &[rerun_lint, test]), Verdict::Failed);
+        assert_eq!(
+            verdict(JobStatus::Passed, &[rerun_lint, test]),
+            Verdict::Failed
+        );
     }
 
     #[test]
