@@ -213,3 +213,87 @@ fn warren_migrate_checks_then_applies_on_both_backends_and_hides_the_password() 
     assert!(text.contains("127.0.0.1:1"), "it says which store: {text}");
     assert!(!text.contains(secret), "the password is hidden: {text}");
 }
+
+/// The dispatcher of `pair` that says it holds the duties, waited for.
+fn holder(pair: &[Dispatcher]) -> usize {
+    wait_for(
+        "a dispatcher to hold the duties",
+        Duration::from_secs(20),
+        || {
+            pair.iter()
+                .position(|d| d.proc.log_text().contains("holds the duties done once"))
+        },
+    )
+}
+
+#[test]
+fn when_the_dispatcher_holding_the_duties_is_killed_the_other_expires_a_frozen_runners_lease() {
+    let ns = Namespace::new("pg-takeover");
+    let scratch = Scratch::new();
+    let db = PgDatabase::new("takeover");
+    let args = [
+        "--store",
+        db.url.as_str(),
+        "--heartbeat",
+        "0.5",
+        "--lease-missed",
+        "4",
+    ];
+    let mut pair = vec![
+        Dispatcher::start_at(&ns, &scratch, scratch.join("one"), &args, &[]),
+        Dispatcher::start_at(&ns, &scratch, scratch.join("two"), &args, &[]),
+    ];
+    let first = holder(&pair);
+    // Exactly one holds them.
+    assert!(!pair[1 - first]
+        .proc
+        .log_text()
+        .contains("holds the duties done once"));
+
+    let (origin, staging) = origin_and_staging(&scratch);
+    let runner_args = [
+        "--heartbeat",
+        "0.5",
+        "--test-command",
+        "sleep 2; cat value.txt",
+    ];
+    let mut runners: Vec<Proc> = ["r1", "r2"]
+        .iter()
+        .map(|id| runner(&ns, &scratch, id, &runner_args))
+        .collect();
+    let _observer = observer(&ns, &scratch, origin.path_str(), &[]);
+    let commit = head(&staging);
+    let api = pair[1 - first].api();
+    let (_, frozen_id) = wait_running(&api, &commit);
+    let frozen = take_runner(&mut runners, &frozen_id);
+    frozen.signal(libc::SIGSTOP);
+    // The holder dies before the lease expires (2 s): the other must take
+    // the duties over and act on it.
+    pair[first].proc.signal(libc::SIGKILL);
+    pair[first].proc.wait_exit(Duration::from_secs(10));
+    let survivor = &pair[1 - first];
+    wait_for(
+        "the other to take the duties over",
+        Duration::from_secs(10),
+        || {
+            survivor
+                .proc
+                .log_text()
+                .contains("holds the duties done once")
+                .then_some(())
+        },
+    );
+
+    let jobs = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
+    let job = one_job(&jobs, &commit);
+    assert_eq!(job["status"], "passed", "{job}");
+    assert_ne!(job["runner"], frozen_id.as_str());
+    assert_eq!(job["attempts"], 2, "{job}");
+    let log = survivor.proc.log_text();
+    assert!(log.contains("lease expired"), "{log}");
+    frozen.signal(libc::SIGCONT);
+    // Resumed, the frozen runner's late result (if any) changes nothing.
+    let job = one_job(&api.jobs_by_commit(), &commit);
+    assert_eq!(job["status"], "passed");
+    assert_eq!(job["runner"], runners[0].name.as_str());
+}

@@ -4,13 +4,22 @@
 //! acts instead of waiting for the broker's own heartbeat timeout: it
 //! closes the runner's connection through the management API (the broker
 //! then requeues the job), or, without one, republishes the job.
+//!
+//! With several dispatchers, each records the events it consumes (they
+//! compete on the events queue), and only the one that holds the duties
+//! ([`crate::leader`]) acts on expired leases. So that it acts on every
+//! running job, it adopts those it never saw start from the store; and
+//! before acting, it reads the runner's last heartbeat as recorded by any
+//! dispatcher (`runners.last_seen_ms`, the runner's own clock, compared
+//! only with the runner's earlier heartbeats): a runner seen since the
+//! lease's last renewal is alive, its lease renewed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker::transport::Transport;
-use model::{Job, JobId, RunnerId};
+use model::{Job, JobId, JobRecord, RunnerId, RunnerRecord};
 use store::{Store, StoreError};
 use tasks::Tasks;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +41,8 @@ pub struct Lease {
     pub runner: RunnerId,
     /// The runner's AMQP connection name (to close it).
     pub connection: String,
+    /// The `at_ms` of the runner's event that granted or last renewed it.
+    pub seen_ms: u64,
     renewed: Instant,
 }
 
@@ -51,21 +62,55 @@ impl Leases {
     }
 
     /// A runner started (or was found running) a job.
-    pub fn grant(&mut self, job_id: &JobId, runner: &RunnerId, connection: &str, now: Instant) {
+    pub fn grant(
+        &mut self,
+        job_id: &JobId,
+        runner: &RunnerId,
+        connection: &str,
+        seen_ms: u64,
+        now: Instant,
+    ) {
         self.leases.insert(
             (job_id.clone(), runner.clone()),
             Lease {
                 job_id: job_id.clone(),
                 runner: runner.clone(),
                 connection: connection.to_string(),
+                seen_ms,
                 renewed: now,
             },
         );
     }
 
     /// A heartbeat from `runner` naming `job_id`.
-    pub fn renew(&mut self, job_id: &JobId, runner: &RunnerId, connection: &str, now: Instant) {
-        self.grant(job_id, runner, connection, now);
+    pub fn renew(
+        &mut self,
+        job_id: &JobId,
+        runner: &RunnerId,
+        connection: &str,
+        seen_ms: u64,
+        now: Instant,
+    ) {
+        self.grant(job_id, runner, connection, seen_ms, now);
+    }
+
+    /// Leases for the running jobs in the store that have none here (their
+    /// events went to another dispatcher, or this one just started), as of
+    /// their runner's last recorded heartbeat.
+    pub fn adopt(&mut self, running: &[JobRecord], runners: &[RunnerRecord], now: Instant) {
+        for job in running {
+            let (Some(runner), Some(connection)) = (&job.runner, &job.connection) else {
+                continue;
+            };
+            if self.leases.keys().any(|(leased, _)| leased == &job.id) {
+                continue;
+            }
+            let seen_ms = runners
+                .iter()
+                .find(|r| &r.id == runner)
+                .map_or(0, |r| r.last_seen_ms.max(0) as u64);
+            self.grant(&job.id, runner, connection, seen_ms, now);
+        }
     }
 
     /// The job's outcome is recorded: its leases end. Returns the runners
@@ -106,6 +151,8 @@ impl Leases {
 pub struct Expiry {
     pub management: Option<Management>,
     pub tasks: Tasks,
+    /// Whether this dispatcher holds the duties (acts on expiries).
+    pub leader: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every half second until `shutdown`, acts on the leases that expired
@@ -123,15 +170,41 @@ pub async fn watch(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let expired = leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take_expired(Instant::now());
+        let lock = || {
+            leases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if !*expiry.leader.borrow() {
+            // Another dispatcher acts; forget what expired here.
+            lock().take_expired(Instant::now());
+            continue;
+        }
+        let running = store.running().await?;
+        let runners = store.runners().await?;
+        lock().adopt(&running, &runners, Instant::now());
+        let expired = lock().take_expired(Instant::now());
         for lease in expired {
             let Some(job) = store.job(&lease.job_id).await? else {
                 continue;
             };
             if job.is_terminal() {
+                continue;
+            }
+            // Heartbeats another dispatcher recorded since this lease's
+            // last renewal: the runner is alive.
+            let seen = runners
+                .iter()
+                .find(|r| r.id == lease.runner)
+                .map_or(0, |r| r.last_seen_ms.max(0) as u64);
+            if seen > lease.seen_ms {
+                lock().renew(
+                    &lease.job_id,
+                    &lease.runner,
+                    &lease.connection,
+                    seen,
+                    Instant::now(),
+                );
                 continue;
             }
             tracing::warn!(job = %lease.job_id, runner = %lease.runner, "lease expired: the runner stopped sending heartbeats");
@@ -213,12 +286,13 @@ mod tests {
     fn leases_expire_unless_renewed_and_end_with_the_outcome() {
         let start = Instant::now();
         let mut leases = Leases::new(Duration::from_secs(10));
-        leases.grant(&job("j1"), &runner("r1"), "c1", start);
-        leases.grant(&job("j2"), &runner("r2"), "c2", start);
+        leases.grant(&job("j1"), &runner("r1"), "c1", 1, start);
+        leases.grant(&job("j2"), &runner("r2"), "c2", 1, start);
         leases.renew(
             &job("j1"),
             &runner("r1"),
             "c1",
+            2,
             start + Duration::from_secs(8),
         );
         let expired = leases.take_expired(start + Duration::from_secs(11));

@@ -12,6 +12,8 @@
 //!   then an event on the [`events`] bus);
 //! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
 //! - [`cancels`] tells runners to stop the canceled jobs they run;
+//! - [`leader`] says whether this dispatcher does the duties done once
+//!   (lease expiry, the outbox) when several share a PostgreSQL store;
 //! - [`outbox`] publishes the pipeline jobs a transition released (the
 //!   store's outbox, written in the transition's transaction);
 //! - [`notify`], [`status`] (commit statuses on the forges) and [`metrics`]
@@ -28,6 +30,7 @@ pub mod cancels;
 pub mod events;
 pub mod http;
 pub mod jobs;
+pub mod leader;
 pub mod leases;
 pub mod management;
 pub mod metrics;
@@ -38,7 +41,7 @@ pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use broker::{BrokerConfig, BrokerError, Connector, Transport};
@@ -114,13 +117,8 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             None
         }
     };
-    let mut leases = Leases::new(config.lease);
-    let now = Instant::now();
-    for job in store.running().await.context("reading running jobs")? {
-        if let (Some(runner), Some(connection)) = (&job.runner, &job.connection) {
-            leases.grant(&job.id, runner, connection, now);
-        }
-    }
+    // Running jobs are adopted from the store by the lease watcher.
+    let leases = Leases::new(config.lease);
     let metrics = Arc::new(
         Metrics::load(store.as_ref())
             .await
@@ -135,6 +133,11 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
     // task died.
     let tasks = Tasks::new(&shutdown);
     let stopping = tasks.stopping().clone();
+    let (leads, leader) = tokio::sync::watch::channel(false);
+    tasks.lifetime(
+        "the leadership check",
+        leader::follow(store.clone(), leads, stopping.clone()),
+    );
     // First: if it cannot start, nothing else has.
     let reporter = forge::StatusReporter::start(forge::StatusSettings::default(), &tasks)
         .context("starting the commit-status reporter")?;
@@ -172,6 +175,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         expiry: Expiry {
             management,
             tasks: tasks.clone(),
+            leader: leader.clone(),
         },
         max_message_bytes: config.broker.max_message_bytes,
         settings: config.broker.settings,
@@ -183,6 +187,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             store.clone(),
             broker_slot.clone(),
             bus.subscribe(),
+            leader.clone(),
             stopping.clone(),
         ),
     );

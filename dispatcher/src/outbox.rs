@@ -40,11 +40,14 @@ pub async fn publish(
     store: Arc<dyn Store>,
     broker: BrokerSlot,
     mut events: mpsc::UnboundedReceiver<JobEvent>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
     stopping: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
+            // Just took over the duties: publish what the last holder left.
+            changed = leader.changed() => if changed.is_err() { return },
             event = events.recv() => match event {
                 // A job queued by a plan (not by a publisher, which queued
                 // it itself): something may be in the outbox.
@@ -56,6 +59,10 @@ pub async fn publish(
         }
         // Take every event already waiting: one drain serves them all.
         while events.try_recv().is_ok() {}
+        // One dispatcher publishes (see `leader`): two would double jobs.
+        if !*leader.borrow() {
+            continue;
+        }
         let transport = broker.read().ok().and_then(|slot| slot.clone());
         let Some(transport) = transport else {
             continue;

@@ -193,6 +193,7 @@ impl Recorder {
                         &job.id,
                         &runner.id,
                         &runner.connection,
+                        at_ms,
                         Instant::now(),
                     );
                 }
@@ -205,8 +206,13 @@ impl Recorder {
                 ..
             } => {
                 if let Some(job) = &job_id {
-                    self.lock_leases()
-                        .renew(job, &runner.id, &runner.connection, Instant::now());
+                    self.lock_leases().renew(
+                        job,
+                        &runner.id,
+                        &runner.connection,
+                        at_ms,
+                        Instant::now(),
+                    );
                     if let Some(chunk) = output {
                         // Best effort: the whole output comes with the result.
                         if let Err(err) = self.jobs.output(job, chunk.offset, &chunk.text).await {
@@ -374,6 +380,7 @@ mod tests {
                 expiry: crate::leases::Expiry {
                     management: None,
                     tasks: Tasks::new(&shutdown),
+                    leader: tokio::sync::watch::channel(true).1,
                 },
                 max_message_bytes: 64 * 1024,
                 settings,

@@ -332,6 +332,16 @@ pub trait Store: Send + Sync {
     async fn writable(&self) -> bool;
 
     /// Closes the connections (at shutdown).
+    /// Whether this store (its dispatcher) holds the duties that must be
+    /// done by one dispatcher at a time (lease expiry, the outbox): takes
+    /// them if nobody holds them, and keeps them while its session lives.
+    /// PostgreSQL: a session-level advisory lock on a connection of its
+    /// own, released when that connection closes (a dispatcher killed by
+    /// SIGKILL releases it as soon as the server sees the socket close);
+    /// each call checks the session is still alive. SQLite: always true
+    /// (one dispatcher per store file). Never fails: an unreachable
+    /// database means not leading.
+    async fn try_lead(&self) -> bool;
     async fn close(&self);
 }
 

@@ -896,7 +896,17 @@ pub(crate) struct SqlStore {
     pool: Pool,
     url: StoreUrl,
     settings: StoreSettings,
+    /// PostgreSQL: the connection whose session holds the duties' advisory
+    /// lock, while this store leads (see [`Store::try_lead`]).
+    leader: tokio::sync::Mutex<Option<Single>>,
 }
+
+/// The advisory lock's key: one lock per database, whatever the
+/// namespace (a database belongs to one deployment).
+const DUTIES_LOCK: i64 = 0x7761_7272_656e_0001;
+
+/// How long checking or taking the lock may take.
+const LEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl SqlStore {
     pub(crate) async fn open(url: &StoreUrl, settings: StoreSettings) -> Result<Self, StoreError> {
@@ -922,6 +932,7 @@ impl SqlStore {
             pool,
             url: url.clone(),
             settings,
+            leader: Default::default(),
         })
     }
 
@@ -1419,6 +1430,53 @@ impl SqlStore {
             .fetch_one(c)
             .await?
             .try_get::<i64, _>(0)?))
+    }
+
+    /// See [`Store::try_lead`].
+    async fn lead(&self) -> bool {
+        if matches!(self.url.kind(), Kind::Sqlite(_)) {
+            return true;
+        }
+        let mut held = self.leader.lock().await;
+        if let Some(single) = held.as_mut() {
+            // Still our session? A lost connection has lost the lock.
+            let alive = tokio::time::timeout(LEAD_TIMEOUT, async {
+                on!(single.conn(), |c| sqlx::query("SELECT 1")
+                    .execute(c)
+                    .await
+                    .is_ok())
+            })
+            .await
+            .unwrap_or(false);
+            if alive {
+                return true;
+            }
+            if let Some(single) = held.take() {
+                drop(single);
+            }
+        }
+        let taken = tokio::time::timeout(LEAD_TIMEOUT, async {
+            let mut single = connect(&self.url, &self.settings, false).await.ok()?;
+            let locked: bool = on!(single.conn(), |c| sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock($1)"
+            )
+            .bind(DUTIES_LOCK)
+            .fetch_one(c)
+            .await
+            .ok()?);
+            if locked {
+                Some(single)
+            } else {
+                single.close().await;
+                None
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        let leads = taken.is_some();
+        *held = taken;
+        leads
     }
 
     async fn dead(&self, job: &Job, reason: &str, at_ms: u64) -> Result<Recorded, Fail> {
@@ -1978,7 +2036,16 @@ impl Store for SqlStore {
         self.probe_write().await.is_ok()
     }
 
+    async fn try_lead(&self) -> bool {
+        self.lead().await
+    }
+
     async fn close(&self) {
+        // Ending the session releases the advisory lock at once, so the
+        // next dispatcher takes over without waiting for a timeout.
+        if let Some(single) = self.leader.lock().await.take() {
+            single.close().await;
+        }
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,

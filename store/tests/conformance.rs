@@ -1781,3 +1781,26 @@ conformance!(
         );
     }
 );
+
+conformance!(
+    async fn one_store_of_a_database_leads_and_another_takes_over_when_it_closes(backend) {
+        let first = backend.open().await;
+        let second = backend.open().await;
+        assert!(first.try_lead().await, "the first to ask leads");
+        assert!(first.try_lead().await, "and keeps leading");
+        let postgres = backend.database.is_some();
+        if !postgres {
+            // One dispatcher per SQLite file: every store leads.
+            assert!(second.try_lead().await);
+            return;
+        }
+        assert!(!second.try_lead().await, "one leader at a time");
+        first.close().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !second.try_lead().await {
+            assert!(Instant::now() < deadline, "the second never took over");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(second.try_lead().await);
+    }
+);
