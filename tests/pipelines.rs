@@ -172,8 +172,38 @@ fn a_diamond_with_a_matrix_runs_each_job_once_after_its_needs_and_a_failing_need
     let plan_log = api.log(jobs["plan"]["id"].as_str().expect("id"));
     assert!(plan_log.contains("\"after-broken\""), "{plan_log}");
 
-    // Fixed: the next commit's pipeline passes as a whole.
+    // Fixed, and the broken job alone run again: it passes, in the same
+    // pipeline under the same name, but the job it skipped never ran, so
+    // the commit stays failed (`warren rerun --failed` runs both).
     std::fs::write(marks.join("fixed"), "").expect("fix");
+    let broken_id = jobs["broken"]["id"].as_str().expect("id").to_string();
+    let rerun: Value = reqwest::blocking::Client::new()
+        .post(format!("{}/api/jobs/{broken_id}/rerun", dispatcher.url))
+        .send()
+        .expect("rerun")
+        .json()
+        .expect("json");
+    let rerun_id = rerun["id"].as_str().expect("the rerun's id").to_string();
+    let view = wait_for("the rerun to pass", Duration::from_secs(60), || {
+        let view = api.get_json(&format!("/api/commits/{first}")).ok()?;
+        let rerun = view["jobs"]
+            .as_array()?
+            .iter()
+            .find(|job| job["id"] == rerun_id.as_str())?
+            .clone();
+        (rerun["status"] == "passed").then_some(view)
+    });
+    let jobs = by_name(&view);
+    assert_eq!(
+        jobs["broken"]["id"],
+        rerun_id.as_str(),
+        "the rerun stands for its name"
+    );
+    assert_eq!(jobs["broken"]["pipeline"], jobs["plan"]["id"]);
+    assert_eq!(jobs["after-broken"]["status"], "skipped");
+    assert_eq!(view["status"], "failed", "{view:#}");
+
+    // The next commit's pipeline passes as a whole.
     repo.write("README", "fixed\n");
     let second = repo.commit("fix");
     let view = wait_verdict(&api, &second, Duration::from_secs(120));
