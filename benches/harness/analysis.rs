@@ -338,5 +338,64 @@ pub fn render(report: &Report) -> String {
             n("sandbox.bwrap.process", 1),
         );
     }
+    // Scenario 9.
+    if let Some(gap) = report.get("pipelines.gap.1") {
+        let slowest = match (
+            report.get("pipelines.gap.1.max"),
+            report.get("pipelines.gap.1.max_publish"),
+        ) {
+            (Some(max), Some(publish)) if publish >= max / 2.0 => format!(
+                " The slowest gap with one runner, {max:.0} ms, held {publish:.0} ms of its runner \
+                 waiting for the broker to confirm the result ({} ms at the median): a slow \
+                 broker, not work the pipeline adds.",
+                n("pipelines.gap.1.publish", 0)
+            ),
+            (Some(max), _) => format!(" The slowest gap with one runner was {max:.0} ms."),
+            _ => String::new(),
+        };
+        let scenario_3 = report
+            .get("throughput.rate.4")
+            .map(|rate| format!(" (scenario 3's flat queue drains at {rate:.0} with four)"))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "### Pipelines: a released job is one transaction and one publish away\n\n\
+             Between two jobs of a chain {gap:.1} ms pass at the median with one runner ({} ms \
+             with two; target ≤ 20 ms). {} ms of it go until the dispatcher has stored the \
+             previous job's outcome and, in the same transaction, released the next job into the \
+             outbox (on the runner's side, the result published and confirmed and the job acked: \
+             {} ms); {} ms \
+             more until a runner has the next job: the event bus wakes the outbox task, which \
+             reads the row and the job, publishes it to the work queue, and the broker pushes it \
+             to the runner consuming it. The confirm and the row marked sent come after ({} ms \
+             after the record) and are not on the path; neither is the poll of the outbox \
+             (every second, for rows a dead dispatcher left).{slowest} A chain job's own cost \
+             (checkout and `true`: {} ms, scenario 2's per-job overhead) is larger than the gap, \
+             so a chain of ten trivial jobs and its plan take {} ms, mostly in the jobs. A \
+             {}-job fan-out over {} runners ran at {} jobs/s{scenario_3}: the first job started \
+             {} ms after the plan ended and the outbox had every job published and confirmed \
+             {} ms after it, so the runners, {} jobs each on {} shared cores, set the pace.\n\n",
+            n("pipelines.gap.2", 1),
+            n("pipelines.gap.1.to_recorded", 1),
+            n("pipelines.gap.1.runner_done", 1),
+            n("pipelines.gap.1.recorded_to_start", 1),
+            n("pipelines.gap.1.recorded_to_published", 1),
+            n("pipelines.job.1", 1),
+            n("pipelines.whole.1", 0),
+            n("pipelines.fanout.jobs", 0),
+            n("pipelines.fanout.runners", 0),
+            n("pipelines.fanout.rate", 0),
+            n("pipelines.fanout.to_first", 0),
+            n("pipelines.fanout.published", 0),
+            report
+                .get("pipelines.fanout.jobs")
+                .zip(report.get("pipelines.fanout.runners"))
+                .map(|(jobs, runners)| format!("{:.0}", jobs / runners))
+                .unwrap_or_else(|| "?".into()),
+            std::thread::available_parallelism()
+                .map(|c| c.get())
+                .unwrap_or(1),
+        );
+    }
     out
 }

@@ -52,7 +52,7 @@ pub fn render(report: &Report, run: &Run, previous: Option<&Previous>) -> String
          refresh this file. Do not edit by hand: the next run overwrites it.*\n\n\
          The harness runs the real `warren` binary (release build) against the real RabbitMQ \
          on 127.0.0.1:5672 and real git repositories, and reports the median, p95 and max of \
-         every measurement against the targets of issues 7, 14 and 15. `cargo test --test bench_smoke` runs \
+         every measurement against the targets of issues 7, 14, 15 and 16. `cargo test --test bench_smoke` runs \
          every scenario once at a tiny size.\n\n\
          ## Machine and run\n\n\
          | | |\n|---|---|\n\

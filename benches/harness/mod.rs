@@ -63,6 +63,15 @@ pub struct Sizes {
     pub many_repos: ManyRepos,
     /// Jobs (test command `true`) run with each sandbox setting.
     pub sandbox_jobs: usize,
+    /// Chain pipelines (ten jobs each) measured per runner count, after
+    /// one warm-up, and those runner counts.
+    pub pipeline_chains: usize,
+    pub pipeline_chain_runners: Vec<usize>,
+    /// Fan-out pipelines measured (after one warm-up), the side of their
+    /// square matrix, and the runners sharing them.
+    pub pipeline_fanouts: usize,
+    pub pipeline_matrix_side: usize,
+    pub pipeline_fanout_runners: usize,
 }
 
 /// Repositories registered and polled by one observer, and how long its
@@ -107,6 +116,11 @@ impl Sizes {
                 step_secs: 10.0,
             },
             sandbox_jobs: 40,
+            pipeline_chains: 5,
+            pipeline_chain_runners: vec![1, 2],
+            pipeline_fanouts: 2,
+            pipeline_matrix_side: 8,
+            pipeline_fanout_runners: 4,
         }
     }
 
@@ -139,6 +153,11 @@ impl Sizes {
                 step_secs: 1.0,
             },
             sandbox_jobs: 3,
+            pipeline_chains: 1,
+            pipeline_chain_runners: vec![1],
+            pipeline_fanouts: 1,
+            pipeline_matrix_side: 2,
+            pipeline_fanout_runners: 2,
         }
     }
 }

@@ -154,7 +154,7 @@ pub struct Report {
     pub facts: std::collections::BTreeMap<String, f64>,
 }
 
-pub const TITLES: [&str; 8] = [
+pub const TITLES: [&str; 9] = [
     "Commit to start and commit to outcome",
     "Per-job overhead",
     "Throughput",
@@ -163,6 +163,7 @@ pub const TITLES: [&str; 8] = [
     "Dashboard and API",
     "Webhooks and many repositories (issue 15)",
     "Sandbox cost per job (issue 14)",
+    "Pipelines (issue 16)",
 ];
 
 impl Default for Report {
@@ -196,7 +197,7 @@ impl Report {
         self.facts.get(name).copied().filter(|v| v.is_finite())
     }
 
-    /// Scenario `id` (1 to 8).
+    /// Scenario `id` (1 to 9).
     pub fn section(&mut self, id: u8) -> &mut Section {
         &mut self.sections[usize::from(id) - 1]
     }

@@ -1,11 +1,12 @@
-//! The six scenarios of issue 7, the pushes of issue 15 and the sandbox of
-//! issue 14. Each adds rows and details to a [`Report`]; [`run`] also notes
+//! The six scenarios of issue 7, the pushes of issue 15, the sandbox of
+//! issue 14 and the pipelines of issue 16. Each adds rows and details to a [`Report`]; [`run`] also notes
 //! the load average and duration.
 
 pub mod api;
 pub mod failover;
 pub mod latency;
 pub mod overhead;
+pub mod pipelines;
 pub mod pushes;
 pub mod resources;
 pub mod sandbox;
@@ -17,7 +18,7 @@ use crate::harness::system::load_average;
 use crate::harness::{Report, Sizes};
 
 /// The scenarios by number, in the order of the issues.
-pub const ALL: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+pub const ALL: [u8; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// Runs scenario `id`, printing its progress to stderr.
 pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
@@ -34,6 +35,7 @@ pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
         6 => api::run(sizes, report),
         7 => pushes::run(sizes, report),
         8 => sandbox::run(sizes, report),
+        9 => pipelines::run(sizes, report),
         _ => panic!("no scenario {id}"),
     }
     let seconds = clock.elapsed().as_secs_f64();
