@@ -184,6 +184,19 @@ fn scenario_8_sandbox_cost_per_job() {
 }
 
 #[test]
+fn scenario_9_pipelines() {
+    let mut report = smoke(9, &[9]);
+    let section = report.section(9);
+    assert!(
+        section
+            .rows
+            .iter()
+            .any(|row| row.metric.contains("chain") && row.target.is_some()),
+        "the chain's gap, with its target: {section:?}"
+    );
+}
+
+#[test]
 fn log_lines_statistics_and_dates_are_parsed() {
     use harness::logs::{parse_line, parse_timestamp};
     let line = parse_line(
