@@ -307,6 +307,18 @@ fn an_invalid_pipeline_file_ends_the_commit_as_error_naming_the_field_and_line_a
         assert!(reason.contains(".warren.yml"), "{reason}");
         assert!(reason.contains(says), "{reason} should say {says}");
     }
+    // A file over 256 KiB is refused the same way, unread.
+    let huge = format!("jobs:\n  a:\n    run: true\n# {}\n", "x".repeat(300 * 1024));
+    repo.write(".warren.yml", &huge);
+    let commit = repo.commit("a huge pipeline file");
+    let view = wait_verdict(&api, &commit, Duration::from_secs(60));
+    assert_eq!(view["status"], "error", "{view:#}");
+    let reason = view["jobs"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(".warren.yml") && reason.contains("larger than"),
+        "{reason}"
+    );
+
     repo.write(".warren.yml", "network: true\n");
     repo.write(".warren-test", "echo the old way\n");
     let plain = repo.commit("no pipeline");
