@@ -187,6 +187,27 @@ impl Topology {
         }
     }
 
+    /// The same topology with `x-quorum-initial-group-size` = `size` on
+    /// every quorum queue, when given. Without it the argument is not
+    /// declared: the broker's default (`quorum_cluster_size`, 3) applies,
+    /// capped at the cluster's size, and queues declared by a Warren that
+    /// did not know the argument stay equivalent (RabbitMQ compares it on
+    /// redeclare: an existing queue without it refuses a declare with it).
+    pub fn with_quorum_size(mut self, size: Option<u32>) -> Self {
+        let Some(size) = size else { return self };
+        let argument = ("x-quorum-initial-group-size", json!(size));
+        let is_quorum = |arguments: &[(&'static str, Value)]| {
+            arguments.contains(&("x-queue-type", json!("quorum")))
+        };
+        for queue in &mut self.queues {
+            if is_quorum(&queue.arguments) {
+                queue.arguments.push(argument.clone());
+            }
+        }
+        self.work_queue_arguments.push(argument);
+        self
+    }
+
     /// A work queue named `name` (a named queue's, see
     /// [`Names::work_queue_for`]) with the same arguments as the default
     /// work queue: quorum, the delivery limit, dead-lettered to
@@ -334,7 +355,7 @@ pub(crate) async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Resul
         .map_err(|source| {
             if is_precondition_failed(&source) {
                 BrokerError::TopologyMismatch(format!(
-                    "queue {} exists with other arguments ({source}); use the same --delivery-limit everywhere, or delete the namespace with `warren topology --delete`",
+                    "queue {} exists with other arguments ({source}); use the same --delivery-limit and --quorum-size everywhere, or delete the namespace with `warren topology --delete`",
                     queue.name
                 ))
             } else {
@@ -405,6 +426,23 @@ mod tests {
         assert_eq!(gpu.name, "t.jobs.gpu");
         assert_eq!(gpu.arguments, work.arguments);
         assert!(!topology.bindings.iter().any(|b| b.queue == gpu.name));
+    }
+
+    #[test]
+    fn a_quorum_size_is_declared_on_every_quorum_queue_only_when_given() {
+        let names = Names::new("t");
+        let size = ("x-quorum-initial-group-size", json!(5));
+        let plain = Topology::new(&names, TopologySettings::default());
+        assert!(plain.queues.iter().all(|q| !q.arguments.contains(&size)));
+        let sized = Topology::new(&names, TopologySettings::default()).with_quorum_size(Some(5));
+        for queue in &sized.queues {
+            let quorum = queue.arguments.contains(&("x-queue-type", json!("quorum")));
+            assert_eq!(queue.arguments.contains(&size), quorum, "{}", queue.name);
+        }
+        assert!(sized
+            .work_queue_spec("t.jobs.gpu")
+            .arguments
+            .contains(&size));
     }
 
     #[test]
