@@ -441,7 +441,8 @@ async fn retry(
             match opened {
                 Ok(broker) => {
                     NEXT_URL.store(position + 1, Ordering::Relaxed);
-                    if attempt > 1 {
+                    // Which node, when there are several.
+                    if attempt > 1 || urls.len() > 1 {
                         tracing::info!(attempt, url = %redact_url(url), "connected to the broker");
                     }
                     return Ok(broker);

@@ -302,6 +302,14 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 
 /// Declares the whole topology. Idempotent: every component calls it at
 /// start-up (and after each reconnect), so any start order works.
+///
+/// The classic queues (the ledger) come last: such a queue lives on one
+/// node of a cluster, and while that node is down the broker refuses its
+/// declare (`NOT_FOUND`, "home node … is down") and closes the channel.
+/// That must not keep a component from connecting through the other
+/// nodes: the ledger is an aid (observers fall back to their state files),
+/// so its refusal is a warning, and what the channel had left to declare
+/// (the classic queues' bindings) stays as the broker has it.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
     for exchange in &topology.exchanges {
         channel
@@ -320,10 +328,40 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
                 exchange.name
             )))?;
     }
-    for queue in &topology.queues {
+    let (replicated, single_node): (Vec<&QueueSpec>, Vec<&QueueSpec>) = topology
+        .queues
+        .iter()
+        .partition(|q| !q.arguments.contains(&("x-queue-type", json!("classic"))));
+    for queue in &replicated {
         declare_queue(channel, queue).await?;
     }
-    for binding in &topology.bindings {
+    let bind_to = |queues: &[&QueueSpec]| -> Vec<BindingSpec> {
+        topology
+            .bindings
+            .iter()
+            .filter(|b| queues.iter().any(|q| q.name == b.queue))
+            .cloned()
+            .collect()
+    };
+    bind(channel, &bind_to(&replicated)).await?;
+    for queue in &single_node {
+        match declare_queue(channel, queue).await {
+            Err(BrokerError::Amqp { source, .. }) if is_not_found(&source) => {
+                tracing::warn!(
+                    "queue {} is not available (its node is down?), going on without it: {source}",
+                    queue.name
+                );
+                return Ok(());
+            }
+            declared => declared?,
+        }
+        bind(channel, &bind_to(&[*queue])).await?;
+    }
+    Ok(())
+}
+
+async fn bind(channel: &Channel, bindings: &[BindingSpec]) -> Result<()> {
+    for binding in bindings {
         channel
             .queue_bind(
                 binding.queue.as_str().into(),
@@ -339,6 +377,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
             )))?;
     }
     Ok(())
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
 }
 
 /// Declares one durable queue (idempotent). A queue that exists with other
