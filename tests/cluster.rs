@@ -155,3 +155,16 @@ fn losing_a_node_of_three_loses_no_commit_and_every_component_reconnects_by_itse
         clock.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn the_cluster_deployment_loads_the_same_definitions_as_the_single_node_one() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| {
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    assert_eq!(
+        read("deploy/cluster/definitions.json"),
+        read("broker/rabbitmq/definitions.json"),
+        "copy broker/rabbitmq/definitions.json to deploy/cluster/"
+    );
+}
