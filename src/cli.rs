@@ -36,7 +36,9 @@ pub struct Cli {
 /// Flags every subcommand takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// RabbitMQ URL (amqp:// or amqps://), or read from the file named by
+    /// RabbitMQ URL (amqp:// or amqps://); repeat it, or separate URLs
+    /// with commas, for the nodes of a cluster (tried in turn, in an order
+    /// of this process's own); or read from the file named by
     /// WARREN_AMQP_URL_FILE [default: amqp://guest:***@127.0.0.1:5672/%2f]
     #[arg(
         long,
@@ -44,9 +46,17 @@ pub struct Common {
         default_value = DEFAULT_AMQP_URL,
         hide_default_value = true,
         hide_env_values = true,
-        global = true
+        global = true,
+        action = clap::ArgAction::Append
     )]
-    pub amqp_url: String,
+    pub amqp_url: Vec<String>,
+
+    /// Replicas of each quorum queue (x-quorum-initial-group-size), capped
+    /// by RabbitMQ at the cluster's size; unset, the broker's default (3)
+    /// applies and the argument is not declared (must match across
+    /// components)
+    #[arg(long, env = "WARREN_QUORUM_SIZE", value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub quorum_size: Option<u32>,
 
     /// Prefix of every exchange and queue; deployments with different
     /// namespaces share a broker without seeing each other
@@ -64,13 +74,22 @@ pub struct Common {
 }
 
 impl Common {
+    /// Every broker URL given: each `--amqp-url`, each split at commas.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.amqp_url
+            .iter()
+            .flat_map(|list| broker::connect::split_urls(list))
+            .collect()
+    }
+
     pub fn broker_config(&self) -> BrokerConfig {
         BrokerConfig {
-            url: self.amqp_url.clone(),
+            urls: self.amqp_urls(),
             names: Names::new(self.namespace.clone()),
             settings: TopologySettings {
                 delivery_limit: self.delivery_limit,
             },
+            quorum_size: self.quorum_size,
             max_message_bytes: self.max_message_bytes,
         }
     }
@@ -760,7 +779,12 @@ pub fn resolve_secrets(cli: &mut Cli, matches: &ArgMatches) -> Result<(), String
         }
         _ => {}
     }
-    resolve_flag_secret(&mut cli.common.amqp_url, amqp_source, "WARREN_AMQP_URL")
+    if amqp_source != Some(ValueSource::CommandLine) {
+        if let Some(urls) = secret("WARREN_AMQP_URL")? {
+            cli.common.amqp_url = vec![urls];
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_http_url(value: &str) -> Result<String, String> {

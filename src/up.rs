@@ -333,7 +333,7 @@ pub async fn run(
     let data = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
     let amqp_url_file = data.join("amqp-url");
-    write_private(&amqp_url_file, &common.amqp_url)
+    write_private(&amqp_url_file, &common.amqp_urls().join(","))
         .with_context(|| format!("writing {}", amqp_url_file.display()))?;
     let launch = Launch {
         exe: &exe,
@@ -638,11 +638,15 @@ impl Launch<'_> {
             .env("WARREN_AMQP_URL_FILE", self.amqp_url_file)
             .env("WARREN_NAMESPACE", &common.namespace)
             .env("WARREN_DELIVERY_LIMIT", common.delivery_limit.to_string())
+            .env_remove("WARREN_QUORUM_SIZE")
             .env(
                 "WARREN_MAX_MESSAGE_BYTES",
                 common.max_message_bytes.to_string(),
             )
             .stdin(Stdio::null());
+        if let Some(size) = common.quorum_size {
+            command.env("WARREN_QUORUM_SIZE", size.to_string());
+        }
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         unsafe {
             command.pre_exec(|| {

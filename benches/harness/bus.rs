@@ -41,7 +41,8 @@ impl Bus {
             .build()
             .expect("tokio runtime");
         let config = BrokerConfig {
-            url: url.to_string(),
+            urls: broker::connect::split_urls(url),
+            quorum_size: None,
             names: Names::new(namespace),
             settings: TopologySettings::default(),
             max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,

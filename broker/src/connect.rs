@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::PoisonError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -35,10 +36,17 @@ const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// What a component needs to reach its namespace on a broker.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// `amqp://` or `amqps://` URL; may hold a password (never logged).
-    pub url: String,
+    /// `amqp://` or `amqps://` URLs: one broker, or the nodes of one
+    /// cluster, tried in turn (see [`connect_with_retry`]). They may hold
+    /// a password (never logged).
+    pub urls: Vec<String>,
     pub names: Names,
     pub settings: TopologySettings,
+    /// `x-quorum-initial-group-size` of the quorum queues when given
+    /// (`--quorum-size`); else the argument is not declared and the broker
+    /// picks its default (`quorum_cluster_size`, 3, capped at the number
+    /// of nodes). Must match across components, like the delivery limit.
+    pub quorum_size: Option<u32>,
     /// Messages larger than this are refused (dead-lettered) by consumers.
     pub max_message_bytes: usize,
 }
@@ -61,9 +69,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// One attempt: connect, name the connection, declare the topology.
-    pub async fn open(config: &BrokerConfig, connection_name: &str) -> Result<Broker> {
-        let broker = Broker::connect(config, connection_name).await?;
+    /// One attempt on `url` (one of `config.urls`): connect, name the
+    /// connection, declare the topology.
+    pub async fn open(config: &BrokerConfig, url: &str, connection_name: &str) -> Result<Broker> {
+        let broker = Broker::connect(config, url, connection_name).await?;
         let channel = broker
             .connection
             .create_channel()
@@ -73,10 +82,9 @@ impl Broker {
         Ok(broker)
     }
 
-    /// One attempt to connect, without declaring anything.
-    async fn connect(config: &BrokerConfig, connection_name: &str) -> Result<Broker> {
-        let mut uri = AMQPUri::from_str(&config.url)
-            .map_err(|e| BrokerError::InvalidUrl(format!("{} ({e})", redact_url(&config.url))))?;
+    /// One attempt to connect to `url`, without declaring anything.
+    async fn connect(config: &BrokerConfig, url: &str, connection_name: &str) -> Result<Broker> {
+        let mut uri = parse_url(url)?;
         if uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
         }
@@ -86,18 +94,17 @@ impl Broker {
         let connection =
             tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties))
                 .await
-                .map_err(|_| {
-                    BrokerError::Timeout(format!("connecting to {}", redact_url(&config.url)))
-                })?
+                .map_err(|_| BrokerError::Timeout(format!("connecting to {}", redact_url(url))))?
                 .map_err(BrokerError::amqp(format!(
                     "connecting to {}",
-                    redact_url(&config.url)
+                    redact_url(url)
                 )))?;
         Ok(Broker {
             connection,
             names: config.names.clone(),
             connection_name: connection_name.to_string(),
-            topology: Topology::new(&config.names, config.settings),
+            topology: Topology::new(&config.names, config.settings)
+                .with_quorum_size(config.quorum_size),
             declared: Default::default(),
             getter: Default::default(),
         })
@@ -338,8 +345,10 @@ impl Broker {
     }
 }
 
-/// Connects, retrying with exponential backoff (0.2 s doubling to 5 s)
-/// until it works or `shutdown` fires. Each failure is one warning line.
+/// Connects, trying the URLs in turn (see [`url_order`]) and waiting with
+/// a backoff (0.2 s doubling to 1 s) after each round in which none
+/// answered, until it works or `shutdown` fires. Each failure is one
+/// warning line naming the URL (password hidden).
 pub async fn connect_with_retry(
     config: &BrokerConfig,
     connection_name: &str,
@@ -355,6 +364,58 @@ enum Declare {
     Nothing,
 }
 
+/// Where the next connection of this process starts in [`url_order`]:
+/// one past the URL of the last connection opened, so a reconnect tries
+/// another node first (the one it lost is likely gone).
+static NEXT_URL: AtomicUsize = AtomicUsize::new(0);
+
+/// The order this process tries `n` URLs in: a permutation drawn once per
+/// process, so that the components of a deployment given the same list
+/// spread over the nodes instead of all starting with the first.
+pub fn url_order(n: usize) -> Vec<usize> {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        nanos ^ (u64::from(std::process::id()) << 32)
+    });
+    shuffled(n, seed)
+}
+
+/// `0..n` shuffled (Fisher-Yates) by a SplitMix64 stream from `seed`.
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Every URL parsed, so that a typo in any of them is a final error at
+/// once rather than a node that seems down.
+fn check_urls(urls: &[String]) -> Result<()> {
+    if urls.is_empty() {
+        return Err(BrokerError::InvalidUrl("no broker URL given".into()));
+    }
+    urls.iter().try_for_each(|url| parse_url(url).map(drop))
+}
+
+fn parse_url(url: &str) -> Result<AMQPUri> {
+    AMQPUri::from_str(url)
+        .map_err(|e| BrokerError::InvalidUrl(format!("{} ({e})", redact_url(url))))
+}
+
 /// Connects, retrying with backoff until it works, the error is final
 /// (a bad URL, a topology mismatch) or `shutdown` fires.
 async fn retry(
@@ -363,30 +424,53 @@ async fn retry(
     declare: Declare,
     shutdown: &CancellationToken,
 ) -> Result<Broker> {
+    check_urls(&config.urls)?;
+    let urls = &config.urls;
+    let order = url_order(urls.len());
+    let mut position = NEXT_URL.load(Ordering::Relaxed) % urls.len();
     let mut delay = Duration::from_millis(200);
     let mut attempt: u32 = 0;
     loop {
-        attempt += 1;
-        let opened = match declare {
-            Declare::Topology => Broker::open(config, connection_name).await,
-            Declare::Nothing => Broker::connect(config, connection_name).await,
-        };
-        match opened {
-            Ok(broker) => {
-                if attempt > 1 {
-                    tracing::info!(attempt, "connected to the broker");
+        for _ in 0..urls.len() {
+            attempt += 1;
+            let url = &urls[order[position]];
+            let opened = match declare {
+                Declare::Topology => Broker::open(config, url, connection_name).await,
+                Declare::Nothing => Broker::connect(config, url, connection_name).await,
+            };
+            match opened {
+                Ok(broker) => {
+                    NEXT_URL.store(position + 1, Ordering::Relaxed);
+                    // Which node, when there are several.
+                    if attempt > 1 || urls.len() > 1 {
+                        tracing::info!(attempt, url = %redact_url(url), "connected to the broker");
+                    }
+                    return Ok(broker);
                 }
-                return Ok(broker);
+                Err(err @ (BrokerError::InvalidUrl(_) | BrokerError::TopologyMismatch(_))) => {
+                    return Err(err)
+                }
+                Err(err) if urls.len() > 1 => {
+                    tracing::warn!("broker node {} unreachable ({err})", redact_url(url));
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "broker unreachable ({err}); retrying in {:.1} s",
+                        delay.as_secs_f64()
+                    );
+                }
             }
-            Err(err @ (BrokerError::InvalidUrl(_) | BrokerError::TopologyMismatch(_))) => {
-                return Err(err)
+            if shutdown.is_cancelled() {
+                return Err(BrokerError::Shutdown);
             }
-            Err(err) => {
-                tracing::warn!(
-                    "broker unreachable ({err}); retrying in {:.1} s",
-                    delay.as_secs_f64()
-                );
-            }
+            position = (position + 1) % urls.len();
+        }
+        if urls.len() > 1 {
+            tracing::warn!(
+                "none of the {} broker nodes answered; retrying in {:.1} s",
+                urls.len(),
+                delay.as_secs_f64()
+            );
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Err(BrokerError::Shutdown),
@@ -411,6 +495,35 @@ pub async fn delete_namespace(
     deleted
 }
 
+/// The broker URLs in `list`: separated by commas (`WARREN_AMQP_URL`) or
+/// white space (a secret file, one per line). A comma or a space inside a
+/// URL (a password that has one) stays: a new URL starts only where the
+/// next piece starts with `amqp://` or `amqps://`.
+pub fn split_urls(list: &str) -> Vec<String> {
+    let is_separator = |c: char| c == ',' || c.is_whitespace();
+    let starts_url = |s: &str| s.starts_with("amqp://") || s.starts_with("amqps://");
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (i, c) in list.char_indices() {
+        if i < start || !is_separator(c) {
+            continue;
+        }
+        let after = list[i..].trim_start_matches(is_separator);
+        if after.is_empty() || starts_url(after) {
+            let url = list[start..i].trim_start_matches(is_separator);
+            if !url.is_empty() {
+                urls.push(url.to_string());
+            }
+            start = list.len() - after.len();
+        }
+    }
+    let url = list[start..].trim_matches(is_separator);
+    if !url.is_empty() {
+        urls.push(url.to_string());
+    }
+    urls
+}
+
 /// The URL with its password replaced by `***`, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -433,7 +546,38 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, shuffled, split_urls};
+
+    #[test]
+    fn url_lists_split_on_commas_and_white_space_but_not_inside_a_password() {
+        assert_eq!(
+            split_urls("amqp://u:p@rabbit-1,amqp://u:p@rabbit-2/%2f, amqps://u:p@rabbit-3"),
+            [
+                "amqp://u:p@rabbit-1",
+                "amqp://u:p@rabbit-2/%2f",
+                "amqps://u:p@rabbit-3"
+            ]
+        );
+        assert_eq!(split_urls("amqp://a\namqp://b\n"), ["amqp://a", "amqp://b"]);
+        assert_eq!(
+            split_urls("amqp://u:pa,ss w@h,amqp://h2"),
+            ["amqp://u:pa,ss w@h", "amqp://h2"]
+        );
+        assert_eq!(split_urls("amqp://one"), ["amqp://one"]);
+        assert!(split_urls(" , ").is_empty());
+    }
+
+    #[test]
+    fn every_url_is_in_the_order_once_and_orders_differ_between_seeds() {
+        for n in 0..6 {
+            let mut order = shuffled(n, 42);
+            order.sort_unstable();
+            assert_eq!(order, (0..n).collect::<Vec<_>>());
+        }
+        let firsts: std::collections::HashSet<usize> =
+            (0..64).map(|seed| shuffled(3, seed)[0]).collect();
+        assert_eq!(firsts.len(), 3, "each node comes first for some process");
+    }
 
     #[test]
     fn passwords_are_redacted() {

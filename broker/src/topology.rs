@@ -187,6 +187,27 @@ impl Topology {
         }
     }
 
+    /// The same topology with `x-quorum-initial-group-size` = `size` on
+    /// every quorum queue, when given. Without it the argument is not
+    /// declared: the broker's default (`quorum_cluster_size`, 3) applies,
+    /// capped at the cluster's size, and queues declared by a Warren that
+    /// did not know the argument stay equivalent (RabbitMQ compares it on
+    /// redeclare: an existing queue without it refuses a declare with it).
+    pub fn with_quorum_size(mut self, size: Option<u32>) -> Self {
+        let Some(size) = size else { return self };
+        let argument = ("x-quorum-initial-group-size", json!(size));
+        let is_quorum = |arguments: &[(&'static str, Value)]| {
+            arguments.contains(&("x-queue-type", json!("quorum")))
+        };
+        for queue in &mut self.queues {
+            if is_quorum(&queue.arguments) {
+                queue.arguments.push(argument.clone());
+            }
+        }
+        self.work_queue_arguments.push(argument);
+        self
+    }
+
     /// A work queue named `name` (a named queue's, see
     /// [`Names::work_queue_for`]) with the same arguments as the default
     /// work queue: quorum, the delivery limit, dead-lettered to
@@ -281,6 +302,14 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 
 /// Declares the whole topology. Idempotent: every component calls it at
 /// start-up (and after each reconnect), so any start order works.
+///
+/// The classic queues (the ledger) come last: such a queue lives on one
+/// node of a cluster, and while that node is down the broker refuses its
+/// declare (`NOT_FOUND`, "home node … is down") and closes the channel.
+/// That must not keep a component from connecting through the other
+/// nodes: the ledger is an aid (observers fall back to their state files),
+/// so its refusal is a warning, and what the channel had left to declare
+/// (the classic queues' bindings) stays as the broker has it.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
     for exchange in &topology.exchanges {
         channel
@@ -299,10 +328,40 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
                 exchange.name
             )))?;
     }
-    for queue in &topology.queues {
+    let (replicated, single_node): (Vec<&QueueSpec>, Vec<&QueueSpec>) = topology
+        .queues
+        .iter()
+        .partition(|q| !q.arguments.contains(&("x-queue-type", json!("classic"))));
+    for queue in &replicated {
         declare_queue(channel, queue).await?;
     }
-    for binding in &topology.bindings {
+    let bind_to = |queues: &[&QueueSpec]| -> Vec<BindingSpec> {
+        topology
+            .bindings
+            .iter()
+            .filter(|b| queues.iter().any(|q| q.name == b.queue))
+            .cloned()
+            .collect()
+    };
+    bind(channel, &bind_to(&replicated)).await?;
+    for queue in &single_node {
+        match declare_queue(channel, queue).await {
+            Err(BrokerError::Amqp { source, .. }) if is_not_found(&source) => {
+                tracing::warn!(
+                    "queue {} is not available (its node is down?), going on without it: {source}",
+                    queue.name
+                );
+                return Ok(());
+            }
+            declared => declared?,
+        }
+        bind(channel, &bind_to(&[*queue])).await?;
+    }
+    Ok(())
+}
+
+async fn bind(channel: &Channel, bindings: &[BindingSpec]) -> Result<()> {
+    for binding in bindings {
         channel
             .queue_bind(
                 binding.queue.as_str().into(),
@@ -320,6 +379,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
     Ok(())
 }
 
+fn is_not_found(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+}
+
 /// Declares one durable queue (idempotent). A queue that exists with other
 /// arguments is a [`BrokerError::TopologyMismatch`] (and the broker closes
 /// the channel).
@@ -334,7 +399,7 @@ pub(crate) async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Resul
         .map_err(|source| {
             if is_precondition_failed(&source) {
                 BrokerError::TopologyMismatch(format!(
-                    "queue {} exists with other arguments ({source}); use the same --delivery-limit everywhere, or delete the namespace with `warren topology --delete`",
+                    "queue {} exists with other arguments ({source}); use the same --delivery-limit and --quorum-size everywhere, or delete the namespace with `warren topology --delete`",
                     queue.name
                 ))
             } else {
@@ -405,6 +470,23 @@ mod tests {
         assert_eq!(gpu.name, "t.jobs.gpu");
         assert_eq!(gpu.arguments, work.arguments);
         assert!(!topology.bindings.iter().any(|b| b.queue == gpu.name));
+    }
+
+    #[test]
+    fn a_quorum_size_is_declared_on_every_quorum_queue_only_when_given() {
+        let names = Names::new("t");
+        let size = ("x-quorum-initial-group-size", json!(5));
+        let plain = Topology::new(&names, TopologySettings::default());
+        assert!(plain.queues.iter().all(|q| !q.arguments.contains(&size)));
+        let sized = Topology::new(&names, TopologySettings::default()).with_quorum_size(Some(5));
+        for queue in &sized.queues {
+            let quorum = queue.arguments.contains(&("x-queue-type", json!("quorum")));
+            assert_eq!(queue.arguments.contains(&size), quorum, "{}", queue.name);
+        }
+        assert!(sized
+            .work_queue_spec("t.jobs.gpu")
+            .arguments
+            .contains(&size));
     }
 
     #[test]

@@ -1294,7 +1294,8 @@ mod tests {
             let names = Names::new("t");
             let config = RunnerConfig {
                 broker: BrokerConfig {
-                    url: "amqp://unused".into(),
+                    urls: vec!["amqp://unused".into()],
+                    quorum_size: None,
                     names: names.clone(),
                     settings: Default::default(),
                     max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,
@@ -1934,7 +1935,8 @@ wait "$child"
             }
             let config = RunnerConfig {
                 broker: BrokerConfig {
-                    url: "amqp://unused".into(),
+                    urls: vec!["amqp://unused".into()],
+                    quorum_size: None,
                     names: Names::new("t"),
                     settings: Default::default(),
                     max_message_bytes: broker::message::DEFAULT_MAX_MESSAGE_BYTES,

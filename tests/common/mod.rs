@@ -760,7 +760,8 @@ impl Namespace {
     /// crate (the one way to talk to RabbitMQ).
     pub fn broker_config(&self) -> broker::BrokerConfig {
         broker::BrokerConfig {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
+            quorum_size: None,
             names: broker::Names::new(self.name.clone()),
             settings: broker::topology::TopologySettings::default(),
             max_message_bytes: 64 * 1024,

@@ -83,6 +83,17 @@ impl PrivateNode {
     /// for settings `rabbitmq.conf` cannot express, e.g.
     /// `[{rabbit, [{channel_tick_interval, 500}]}].`
     pub fn start_with_advanced(config_extra: &str, advanced_config: &str) -> PrivateNode {
+        PrivateNode::start_with_cookie(config_extra, advanced_config, None)
+    }
+
+    /// Like [`start_with_advanced`](Self::start_with_advanced), with the
+    /// Erlang cookie `cookie` (the nodes of one cluster share theirs)
+    /// instead of one of the node's own.
+    fn start_with_cookie(
+        config_extra: &str,
+        advanced_config: &str,
+        cookie: Option<&str>,
+    ) -> PrivateNode {
         kill_orphans();
         let dir = tempfile::Builder::new()
             .prefix("warren-rabbit-")
@@ -110,7 +121,7 @@ impl PrivateNode {
             path,
             running: false,
         };
-        this.write_files(config_extra, advanced_config);
+        this.write_files(config_extra, advanced_config, cookie);
         let clock = Instant::now();
         this.launch();
         eprintln!(
@@ -123,16 +134,17 @@ impl PrivateNode {
         this
     }
 
-    fn write_files(&self, config_extra: &str, advanced_config: &str) {
+    fn write_files(&self, config_extra: &str, advanced_config: &str, cookie: Option<&str>) {
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(self.path.join(sub)).expect("mkdir");
         }
-        let cookie = self.path.join("home/.erlang.cookie");
-        std::fs::write(
-            &cookie,
-            format!("WARRENTEST{}", self.node.replace(['-', '@'], "")),
-        )
-        .expect("cookie");
+        let cookie_file = self.path.join("home/.erlang.cookie");
+        let cookie = match cookie {
+            Some(cookie) => cookie.to_string(),
+            None => format!("WARRENTEST{}", self.node.replace(['-', '@'], "")),
+        };
+        std::fs::write(&cookie_file, cookie).expect("cookie");
+        let cookie = cookie_file;
         set_mode(&cookie, 0o400);
         std::fs::write(self.path.join("rabbitmq-env.conf"), "").expect("env file");
         std::fs::write(
@@ -279,6 +291,12 @@ impl PrivateNode {
             self.diagnostics()
         );
         self.running = true;
+        self.wait_answering();
+    }
+
+    /// Waits until the AMQP port accepts connections and the management
+    /// API answers, failing early if the VM dies.
+    fn wait_answering(&self) {
         let management = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -356,6 +374,24 @@ impl PrivateNode {
         )
     }
 
+    /// Kills the node's VM (SIGKILL), as a crash or a power cut does, and
+    /// waits until it is gone and its AMQP port closed; its data stays, so
+    /// [`restart`](Self::restart) brings it back into its cluster.
+    pub fn kill_hard(&mut self) {
+        let clock = Instant::now();
+        self.kill();
+        wait_for(
+            &format!("node {}'s AMQP port to close", self.node),
+            NODE_DEADLINE,
+            || (!self.port_answers(self.amqp_port)).then_some(()),
+        );
+        eprintln!(
+            "private RabbitMQ node {} killed (SIGKILL) in {:.1} s",
+            self.node,
+            clock.elapsed().as_secs_f64()
+        );
+    }
+
     /// Kills the node's VM (SIGKILL) and waits until it is gone.
     fn kill(&mut self) {
         let mut pids = self.beam_pids();
@@ -380,10 +416,12 @@ impl PrivateNode {
 
 impl Drop for PrivateNode {
     /// Kills the VM outright: its data is thrown away, so a graceful stop
-    /// (9 s) would buy nothing. Runs on panic too; the folder is then kept.
+    /// (9 s) would buy nothing. Runs on panic too; the folder is then kept,
+    /// for its logs, but not the node's data.
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.path.join("mnesia"));
             if let Some(dir) = self.dir.take() {
                 eprintln!(
                     "private RabbitMQ node {} files (log: {}) kept in {}",
@@ -393,6 +431,136 @@ impl Drop for PrivateNode {
                 );
             }
         }
+    }
+}
+
+/// Private nodes clustered together (`rabbitmqctl join_cluster`), all on
+/// this machine: each its own name, ports, data and log folders, one
+/// cookie for all. Dropping it kills every node and deletes their data.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateNode>,
+}
+
+impl PrivateCluster {
+    /// Starts `size` nodes, every one after the first joining the first's
+    /// cluster, and waits until each answers and the management API lists
+    /// all of them running.
+    pub fn start(size: usize) -> PrivateCluster {
+        let clock = Instant::now();
+        let cookie = format!("WARRENCLUSTER{}", std::process::id());
+        // The first node alone, then the others at once, each joining the
+        // first as it boots (peer discovery from a list): quicker than
+        // booting all and then `stop_app`, `join_cluster`, `start_app`.
+        let seed = PrivateNode::start_with_cookie("", "[].", Some(&cookie));
+        let joining = format!(
+            "cluster_formation.peer_discovery_backend = classic_config\n\
+             cluster_formation.classic_config.nodes.1 = {}\n",
+            seed.node
+        );
+        let mut nodes = vec![seed];
+        std::thread::scope(|scope| {
+            let starting: Vec<_> = (1..size)
+                .map(|_| {
+                    scope.spawn(|| PrivateNode::start_with_cookie(&joining, "[].", Some(&cookie)))
+                })
+                .collect();
+            for node in starting {
+                nodes.push(node.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            }
+        });
+        let cluster = PrivateCluster { nodes };
+        wait_for(
+            &format!("{size} nodes running in the cluster"),
+            NODE_DEADLINE,
+            || {
+                let nodes = cluster.management_get(0, "/api/nodes")?;
+                let running = nodes
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["running"] == true)
+                    .count();
+                (running == size).then_some(())
+            },
+        );
+        eprintln!(
+            "private RabbitMQ cluster of {size} nodes formed in {:.1} s",
+            clock.elapsed().as_secs_f64()
+        );
+        cluster
+    }
+
+    /// Every node's AMQP URL.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateNode::amqp_url).collect()
+    }
+
+    /// The index of the node named `node` (`warren-…@localhost`).
+    pub fn index_of(&self, node: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.node == node)
+            .unwrap_or_else(|| panic!("no node {node} in the cluster"))
+    }
+
+    /// GET `path` of the management API of node `via` (a running one),
+    /// as JSON; `None` when it does not answer.
+    pub fn management_get(&self, via: usize, path: &str) -> Option<serde_json::Value> {
+        let node = &self.nodes[via];
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?
+            .get(format!("http://127.0.0.1:{}{path}", node.management_port))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())?
+            .text()
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+    }
+
+    /// The first running node's index.
+    fn running(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.running)
+            .expect("a running node")
+    }
+
+    /// The node that leads the quorum queue `queue` (of the default
+    /// virtual host), asked of a running node.
+    pub fn queue_leader(&self, queue: &str) -> Option<String> {
+        let path = format!("/api/queues/%2f/{queue}");
+        let queue = self.management_get(self.running(), &path)?;
+        queue["leader"].as_str().map(str::to_string)
+    }
+
+    /// The members of the quorum queue `queue`, asked of a running node.
+    pub fn queue_members(&self, queue: &str) -> Vec<String> {
+        let path = format!("/api/queues/%2f/{queue}");
+        let queue = self
+            .management_get(self.running(), &path)
+            .unwrap_or_default();
+        queue["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The node that a connection whose client-provided name starts with
+    /// `prefix` is open on, asked of a running node.
+    pub fn connection_node(&self, prefix: &str) -> Option<String> {
+        let connections = self.management_get(self.running(), "/api/connections")?;
+        connections.as_array()?.iter().find_map(|c| {
+            let name = c["client_properties"]["connection_name"].as_str()?;
+            name.starts_with(prefix)
+                .then(|| c["node"].as_str().map(str::to_string))?
+        })
     }
 }
 
