@@ -73,10 +73,44 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// The pipeline queues (`N.jobs.<queue>`) the test declared, from the
+    /// management API: AMQP cannot list queues, so `topology --delete`
+    /// deletes only those it is named.
+    fn named_work_queues(&self) -> Vec<String> {
+        let prefix = format!("{}.jobs.", self.name);
+        let listed = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()
+            .and_then(|client| {
+                client
+                    .get("http://127.0.0.1:15672/api/queues/%2F?columns=name")
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .ok()?
+                    .json::<Vec<Value>>()
+                    .ok()
+            })
+            .unwrap_or_default();
+        listed
+            .iter()
+            .filter_map(|queue| queue["name"].as_str()?.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 impl Drop for Namespace {
     fn drop(&mut self) {
+        let named = self.named_work_queues();
+        let mut args = vec!["topology", "--delete", "--namespace", &self.name];
+        let queues = named.join(",");
+        if !named.is_empty() {
+            args.extend(["--queue", queues.as_str()]);
+        }
         let delete = Command::new(WARREN)
-            .args(["topology", "--delete", "--namespace", &self.name])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
