@@ -480,17 +480,33 @@ fn compose_yaml_matches_the_binary_and_the_repository() {
         let svc = service(&compose, name);
         let place = format!("compose.yaml service {name}");
 
-        // --- one image built from the one Dockerfile
-        let context = scalar(svc["build"].get("context").unwrap_or(&svc["build"]));
-        assert_eq!(
-            context, ".",
-            "{place}: builds from the repository's Dockerfile"
-        );
-        assert!(root().join(&context).join("Dockerfile").is_file());
+        // --- one image, built once from the one Dockerfile: by the
+        // dispatcher; the others use it by name and never pull it. (With a
+        // `build:` each, Compose builds one image per service under the one
+        // tag, and the next `up --scale` recreates the services whose
+        // image lost the tag: scripts/test-deploy saw it.)
         assert_eq!(
             svc["image"], compose["services"]["dispatcher"]["image"],
             "{place}: one image for all"
         );
+        if name == "dispatcher" {
+            let context = scalar(svc["build"].get("context").unwrap_or(&svc["build"]));
+            assert_eq!(
+                context, ".",
+                "{place}: builds from the repository's Dockerfile"
+            );
+            assert!(root().join(&context).join("Dockerfile").is_file());
+        } else {
+            assert!(
+                svc.get("build").is_none(),
+                "{place}: only the dispatcher builds the image"
+            );
+            assert_eq!(
+                svc["pull_policy"].as_str(),
+                Some("never"),
+                "{place}: uses the dispatcher's image, never pulls one"
+            );
+        }
 
         // --- start order and restarts
         assert_eq!(
