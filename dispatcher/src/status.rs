@@ -251,8 +251,9 @@ async fn follow(
     public_url: String,
     stopping: CancellationToken,
 ) {
-    // The last verdict reported of each pipeline not yet ended, so a job
-    // event that changes nothing of its commit sends nothing.
+    // The last verdict reported of each pipeline, so a job event that
+    // changes nothing of its commit sends nothing (bounded: forgotten all
+    // at once past REPORTED_KEPT, at worst one repeated report each).
     let mut last: HashMap<JobId, model::Verdict> = HashMap::new();
     loop {
         let event = tokio::select! {
@@ -272,18 +273,22 @@ async fn follow(
         // pipeline reports the whole pipeline as it stands.
         let job = &event.job;
         match registry.store.pipeline(&job.pipeline).await {
-            Ok(jobs) => {
+            Ok(mut jobs) => {
+                // The pipeline as of this event: the store may already hold
+                // later changes of the same job, whose own events follow.
+                if let Some(stored) = jobs.iter_mut().find(|j| j.id == job.id) {
+                    *stored = job.clone();
+                }
                 let Some(verdict) = model::pipeline::verdict_of(&job.pipeline, &jobs) else {
                     continue;
                 };
                 if last.get(&job.pipeline) == Some(&verdict) {
                     continue;
                 }
-                if verdict.is_final() {
-                    last.remove(&job.pipeline);
-                } else {
-                    last.insert(job.pipeline.clone(), verdict);
+                if last.len() >= REPORTED_KEPT {
+                    last.clear();
                 }
+                last.insert(job.pipeline.clone(), verdict);
                 update = StatusUpdate::new(job.commit.clone(), verdict_status(verdict));
                 update.context = CONTEXT.to_string();
                 if let Some(first) = jobs.iter().find(|j| j.id == job.pipeline) {
@@ -297,6 +302,9 @@ async fn follow(
         reporter.report(&target, update);
     }
 }
+
+/// How many pipelines' last verdicts are remembered.
+const REPORTED_KEPT: usize = 10_000;
 
 /// The status word a verdict is reported with.
 fn verdict_status(verdict: model::Verdict) -> JobStatus {

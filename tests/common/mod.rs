@@ -79,20 +79,26 @@ impl Namespace {
     /// deletes only those it is named.
     fn named_work_queues(&self) -> Vec<String> {
         let prefix = format!("{}.jobs.", self.name);
-        let listed = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .ok()
-            .and_then(|client| {
-                client
-                    .get("http://127.0.0.1:15672/api/queues/%2F?columns=name")
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .ok()?
-                    .json::<Vec<Value>>()
-                    .ok()
-            })
-            .unwrap_or_default();
+        // On a thread of its own: a namespace may be dropped inside an
+        // async test, where a blocking client must not run.
+        let listed = std::thread::spawn(|| {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .ok()
+                .and_then(|client| {
+                    client
+                        .get("http://127.0.0.1:15672/api/queues/%2F?columns=name")
+                        .basic_auth("guest", Some("guest"))
+                        .send()
+                        .ok()?
+                        .json::<Vec<Value>>()
+                        .ok()
+                })
+                .unwrap_or_default()
+        })
+        .join()
+        .unwrap_or_default();
         listed
             .iter()
             .filter_map(|queue| queue["name"].as_str()?.strip_prefix(&prefix))
