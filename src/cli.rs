@@ -836,9 +836,7 @@ fn parse_id(value: &str) -> Result<RunnerId, String> {
 }
 
 fn parse_queue(value: &str) -> Result<QueueName, String> {
-    QueueName::parse(value.trim()).map_err(|_| {
-        format!("expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most 64), got {value:?}")
-    })
+    QueueName::parse(value.trim()).map_err(|e| e.reason)
 }
 
 fn parse_status(value: &str) -> Result<JobStatus, String> {

@@ -216,18 +216,7 @@ impl Default for QueueName {
 }
 
 fn check_queue_name(name: &str) -> Result<(), String> {
-    let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest_ok = bytes.all(|b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
-    });
-    if first_ok && rest_ok && name.len() <= 64 {
-        Ok(())
-    } else {
-        Err(format!("{name:?}: expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most 64)"))
-    }
+    check_lowercase_name(name, 64)
 }
 
 fn check_file_name(id: &str) -> Result<(), String> {
@@ -241,6 +230,12 @@ fn check_file_name(id: &str) -> Result<(), String> {
 }
 
 fn check_repo_name(name: &str) -> Result<(), String> {
+    check_lowercase_name(name, 100)
+}
+
+/// A lowercase letter or digit, then lowercase letters, digits, '.', '_'
+/// or '-': a name that is safe in a queue name, a file name and a URL.
+fn check_lowercase_name(name: &str, max: usize) -> Result<(), String> {
     let mut bytes = name.bytes();
     let first_ok = bytes
         .next()
@@ -248,10 +243,10 @@ fn check_repo_name(name: &str) -> Result<(), String> {
     let rest_ok = bytes.all(|b| {
         b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
     });
-    if first_ok && rest_ok && name.len() <= 100 {
+    if first_ok && rest_ok && name.len() <= max {
         Ok(())
     } else {
-        Err("expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most 100)".into())
+        Err(format!("expected a lowercase letter or digit, then lowercase letters, digits, '.', '_' or '-' (at most {max}), got {name:?}"))
     }
 }
 

@@ -244,6 +244,8 @@ pub struct Advance {
     /// Waiting jobs that will not run because a need failed or was
     /// skipped (transitively).
     pub skip: Vec<String>,
+    /// For each job in `skip`, the needs that were not met (its reason).
+    pub unmet: BTreeMap<String, Vec<String>>,
 }
 
 /// Whether a need that ended lets its dependents run: it passed, or it
@@ -273,13 +275,19 @@ pub fn advance(jobs: &[JobState<'_>]) -> Advance {
             if current.status != JobStatus::Waiting {
                 continue;
             }
-            let failed = job.needs.iter().any(|need| {
-                status
-                    .get(need.as_str())
-                    .is_some_and(|n| n.status.is_terminal() && !need_met(n))
-            });
-            if failed {
+            let unmet: Vec<String> = job
+                .needs
+                .iter()
+                .filter(|need| {
+                    status
+                        .get(need.as_str())
+                        .is_some_and(|n| n.status.is_terminal() && !need_met(n))
+                })
+                .cloned()
+                .collect();
+            if !unmet.is_empty() {
                 skipped_now.push(job.name);
+                out.unmet.insert(job.name.to_string(), unmet);
             }
         }
         if skipped_now.is_empty() {

@@ -808,6 +808,20 @@ async fn lock_job(tx: &mut Tx<'_>, job: &Job) -> Result<(JobRecord, bool), Fail>
     Ok((record, inserted))
 }
 
+/// Records `jobs` of a pipeline as `waiting` (unless known), for the
+/// pipeline's advance to release or skip: a plan's jobs, a rerun's copies.
+async fn insert_waiting(tx: &mut Tx<'_>, jobs: &[Job]) -> Result<(), Fail> {
+    for job in jobs {
+        let mut values = JobValues::of(job);
+        values.status = JobStatus::Waiting;
+        on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+            .execute(c)
+            .await?
+            .rows_affected());
+    }
+    Ok(())
+}
+
 async fn job_by_id(conn: Conn<'_>, id: &str) -> Result<Option<JobRecord>, Fail> {
     Ok(on!(conn, |c| {
         match sqlx::query(JOB_BY_ID).bind(id).fetch_optional(c).await? {
@@ -1093,15 +1107,12 @@ impl SqlStore {
                 .await?;
             job_from_row(&row)?
         });
-        for spec in &plan.jobs {
-            let job = planning.planned(spec.clone());
-            let mut values = JobValues::of(&job);
-            values.status = JobStatus::Waiting;
-            on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
-                .execute(c)
-                .await?
-                .rows_affected());
-        }
+        let planned: Vec<Job> = plan
+            .jobs
+            .iter()
+            .map(|spec| planning.planned(spec.clone()))
+            .collect();
+        insert_waiting(tx, &planned).await?;
         let released = self.advance(tx, &planning.id).await?;
         let mut made = Vec::with_capacity(plan.jobs.len());
         for job in self.pipeline_jobs(tx.conn(), &planning.id).await? {
@@ -1247,14 +1258,7 @@ impl SqlStore {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        for job in &again {
-            let mut values = JobValues::of(job);
-            values.status = JobStatus::Waiting;
-            on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
-                .execute(c)
-                .await?
-                .rows_affected());
-        }
+        insert_waiting(&mut tx, &again).await?;
         let released = self.advance(&mut tx, pipeline).await?;
         let mut made = Vec::with_capacity(again.len());
         for job in &again {
@@ -1320,21 +1324,8 @@ impl SqlStore {
             let Some(job) = newest.iter().find(|job| &job.name == name) else {
                 continue;
             };
-            let failed: Vec<&str> = job
-                .needs
-                .iter()
-                .filter(|need| {
-                    next.skip.contains(need)
-                        || states.iter().any(|s| {
-                            &s.name == need
-                                && s.status.is_terminal()
-                                && s.status != JobStatus::Passed
-                                && !s.allow_failure
-                        })
-                })
-                .map(String::as_str)
-                .collect();
-            let reason = format!("skipped: {} did not pass", failed.join(", "));
+            let unmet = next.unmet.get(name).map(Vec::as_slice).unwrap_or_default();
+            let reason = format!("skipped: {} did not pass", unmet.join(", "));
             let log = format!("warren: {reason}\n");
             let row = on!(tx.conn(), |c| sqlx::query(SKIP_JOB)
                 .bind(job.id.as_str())
