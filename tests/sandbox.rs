@@ -32,13 +32,15 @@ fn require_bwrap() {
     );
 }
 
-/// A dispatcher and one runner in a namespace of their own.
+/// A dispatcher and one runner in a namespace of their own. Fields drop
+/// in this order: the processes first, then the namespace (deleted once
+/// nothing can declare it again), then the scratch folder.
 struct Rig {
-    ns: Namespace,
-    scratch: Scratch,
     dispatcher: Dispatcher,
     runner: Proc,
     workdir: PathBuf,
+    ns: Namespace,
+    scratch: Scratch,
 }
 
 impl Rig {
