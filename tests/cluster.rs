@@ -80,14 +80,24 @@ fn losing_a_node_of_three_loses_no_commit_and_every_component_reconnects_by_itse
     );
 
     let work = ns.broker_config().names.work_queue();
-    let mut commits = vec![head(&staging)];
-    commits.extend(push_commits(&origin, &staging, 1..7));
     // The work queue is replicated on all three nodes (the broker's
     // default group size: no argument declared).
-    wait_for("the work queue on 3 nodes", Duration::from_secs(20), || {
+    wait_for("the work queue on 3 nodes", Duration::from_secs(30), || {
         (cluster.queue_members(&work).len() == 3).then_some(())
     });
-    wait_running(&api, &commits[1]);
+    let mut commits = vec![head(&staging)];
+    commits.extend(push_commits(&origin, &staging, 1..7));
+    // The burst has begun. Its jobs are short, so by the time the API is
+    // asked one may have ended already: started is running or ended.
+    wait_for(
+        "the burst's second commit to start",
+        Duration::from_secs(60),
+        || {
+            let jobs = api.jobs_by_commit();
+            let job = jobs.get(&commits[1])?.first()?.clone();
+            (job["status"] != "queued").then_some(())
+        },
+    );
 
     // 1. The work queue's leader dies in the middle of the burst.
     let leader = wait_for("the work queue's leader", Duration::from_secs(20), || {
