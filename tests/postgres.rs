@@ -226,11 +226,20 @@ fn holder(pair: &[Dispatcher]) -> usize {
     )
 }
 
+/// Issue 17: the duties done once move with the lock. The holder is
+/// killed (SIGKILL) with a runner frozen (SIGSTOP) on a job, and a burst
+/// of passing and failing commits follows: the other dispatcher expires
+/// the frozen runner's lease and the job runs again elsewhere, every job
+/// ends once, and every notification (both dispatchers have the webhook)
+/// is sent once, by whichever dispatcher holds the duties, whichever
+/// recorded the outcome.
 #[test]
-fn when_the_dispatcher_holding_the_duties_is_killed_the_other_expires_a_frozen_runners_lease() {
+fn when_the_dispatcher_holding_the_duties_is_killed_mid_burst_the_other_expires_a_frozen_lease_and_notifies_once(
+) {
     let ns = Namespace::new("pg-takeover");
     let scratch = Scratch::new();
     let db = PgDatabase::new("takeover");
+    let receiver = WebhookReceiver::start(false);
     let args = [
         "--store",
         db.url.as_str(),
@@ -238,6 +247,8 @@ fn when_the_dispatcher_holding_the_duties_is_killed_the_other_expires_a_frozen_r
         "0.5",
         "--lease-missed",
         "4",
+        "--webhook",
+        receiver.url.as_str(),
     ];
     let mut pair = vec![
         Dispatcher::start_at(&ns, &scratch, scratch.join("one"), &args, &[]),
@@ -255,22 +266,31 @@ fn when_the_dispatcher_holding_the_duties_is_killed_the_other_expires_a_frozen_r
         "--heartbeat",
         "0.5",
         "--test-command",
-        "sleep 2; cat value.txt",
+        "sleep 2; ! grep -q fail value.txt",
     ];
     let mut runners: Vec<Proc> = ["r1", "r2"]
         .iter()
         .map(|id| runner(&ns, &scratch, id, &runner_args))
         .collect();
     let _observer = observer(&ns, &scratch, origin.path_str(), &[]);
-    let commit = head(&staging);
+    let mut commits = vec![head(&staging)];
     let api = pair[1 - first].api();
-    let (_, frozen_id) = wait_running(&api, &commit);
+    let (_, frozen_id) = wait_running(&api, &commits[0]);
     let frozen = take_runner(&mut runners, &frozen_id);
     frozen.signal(libc::SIGSTOP);
     // The holder dies before the lease expires (2 s): the other must take
     // the duties over and act on it.
     pair[first].proc.signal(libc::SIGKILL);
     pair[first].proc.wait_exit(Duration::from_secs(10));
+    // The burst: red and green in turns, so that notifications are due.
+    for (i, value) in ["fail", "fail", "pass", "fail", "pass"].iter().enumerate() {
+        staging.write("value.txt", &format!("{value}\n"));
+        commits.push(staging.commit(&format!("commit {i}: {value}")));
+    }
+    git(
+        &staging.path,
+        &["push", "-q", origin.path_str(), "HEAD:main"],
+    );
     let survivor = &pair[1 - first];
     wait_for(
         "the other to take the duties over",
@@ -284,16 +304,55 @@ fn when_the_dispatcher_holding_the_duties_is_killed_the_other_expires_a_frozen_r
         },
     );
 
-    let jobs = api.wait_terminal(std::slice::from_ref(&commit), Duration::from_secs(60));
-    let job = one_job(&jobs, &commit);
+    let jobs = api.wait_terminal(&commits, Duration::from_secs(90));
+    let job = one_job(&jobs, &commits[0]);
     assert_eq!(job["status"], "passed", "{job}");
     assert_ne!(job["runner"], frozen_id.as_str());
     assert_eq!(job["attempts"], 2, "{job}");
     let log = survivor.proc.log_text();
     assert!(log.contains("lease expired"), "{log}");
+
+    // The notifications the outcomes call for, in the order they ended:
+    // a failure after none or a pass, a pass after a failure.
+    let mut ended: Vec<serde_json::Value> = commits.iter().map(|c| one_job(&jobs, c)).collect();
+    // RFC 3339 in one format, to the millisecond: sorts as text.
+    ended.sort_by_key(|job| job["finished_at"].as_str().unwrap_or_default().to_string());
+    let mut expected = Vec::new();
+    let mut previous_failed = None;
+    for job in &ended {
+        let failed = job["status"] != "passed";
+        match (failed, previous_failed) {
+            (true, None | Some(false)) => {
+                expected.push(format!("{}.failed", job["id"].as_str().unwrap_or_default()))
+            }
+            (false, Some(true)) => {
+                expected.push(format!("{}.fixed", job["id"].as_str().unwrap_or_default()))
+            }
+            _ => {}
+        }
+        previous_failed = Some(failed);
+    }
+    expected.sort();
+    assert!(
+        expected.len() >= 2,
+        "the burst calls for notifications: {ended:?}"
+    );
+    // Everything handed over (no change left to announce), and sent.
+    let delivered = wait_for("every notification sent", Duration::from_secs(30), || {
+        let left = db.query_value("SELECT COUNT(*) FROM job_changes");
+        let mut delivered: Vec<String> = receiver
+            .requests()
+            .iter()
+            .filter_map(|r| r.header("x-warren-delivery").map(str::to_string))
+            .collect();
+        delivered.sort();
+        (left == "0" && delivered.len() >= expected.len()).then_some(delivered)
+    });
+    assert_eq!(delivered, expected, "each notification once");
+
     frozen.signal(libc::SIGCONT);
     // Resumed, the frozen runner's late result (if any) changes nothing.
-    let job = one_job(&api.jobs_by_commit(), &commit);
+    let job = one_job(&api.jobs_by_commit(), &commits[0]);
     assert_eq!(job["status"], "passed");
     assert_eq!(job["runner"], runners[0].name.as_str());
 }

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -21,54 +18,6 @@ type Request = HttpRequest;
 /// The body, which a notification always has as JSON.
 fn json(request: &Request) -> Value {
     serde_json::from_slice(&request.body).expect("the body is JSON")
-}
-
-/// A webhook receiver on 127.0.0.1 that records every request and answers
-/// 500 to the first one, 200 to the others. One request per connection.
-struct Receiver {
-    url: String,
-    seen: Arc<Mutex<Vec<Request>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!(
-            "http://{}/hooks/warren",
-            listener.local_addr().expect("addr")
-        );
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let Some(request) = read_http_request(&mut stream) else {
-                    continue;
-                };
-                let first = {
-                    let mut seen = log.lock().expect("lock");
-                    seen.push(request);
-                    seen.len() == 1
-                };
-                let status = if first {
-                    "500 Internal Server Error"
-                } else {
-                    "200 OK"
-                };
-                let _ = stream.write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                        .as_bytes(),
-                );
-                let _ = stream.flush();
-            }
-        });
-        Receiver { url, seen }
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.seen.lock().expect("lock").clone()
-    }
 }
 
 fn expected_signature(body: &[u8]) -> String {
@@ -87,7 +36,8 @@ fn expected_signature(body: &[u8]) -> String {
 fn a_failure_and_its_fix_are_posted_signed_and_retried_and_a_second_failure_is_quiet() {
     let ns = Namespace::new("webhooks");
     let scratch = Scratch::new();
-    let receiver = Receiver::start();
+    // 500 to the first request, 200 to the others.
+    let receiver = WebhookReceiver::start(true);
     let repo = Repo::new(scratch.join("repo"));
     repo.write(".warren-test", "cat result.txt; grep -q pass result.txt");
 

@@ -1,11 +1,11 @@
 //! Which dispatcher does the duties that must happen once while several
-//! share one PostgreSQL store: acting on expired leases ([`crate::leases`])
-//! and publishing the outbox ([`crate::outbox`]). Everything else each
-//! dispatcher does for the messages it consumes (they compete on the
-//! dispatcher queues, so each message is recorded by one of them): it
-//! records, announces its own changes on its bus, and sends the
-//! notifications and commit statuses of the outcomes it recorded, so each
-//! is sent by the one dispatcher that recorded it.
+//! share one PostgreSQL store: acting on expired leases ([`crate::leases`]),
+//! publishing the outbox ([`crate::outbox`]), and announcing job changes
+//! as notifications and commit statuses ([`crate::announce`]), whichever
+//! dispatcher recorded them. Everything else each dispatcher does for the
+//! messages it consumes (they compete on the dispatcher queues, so each
+//! message is recorded by one of them): it records, and announces its own
+//! changes on its bus (the live view, its metrics).
 //!
 //! The duties go with the store's lock ([`store::Store::try_lead`]: a
 //! PostgreSQL advisory lock held by a session of its own). This task asks
@@ -37,7 +37,7 @@ pub async fn follow(
         let now = store.try_lead().await;
         let was = leads.send_replace(now);
         if now && !was {
-            tracing::info!("this dispatcher holds the duties done once (lease expiry, the outbox)");
+            tracing::info!("this dispatcher holds the duties done once (lease expiry, the outbox, notifications and commit statuses)");
         } else if was && !now {
             tracing::warn!(
                 "this dispatcher no longer holds the duties done once; another takes them"

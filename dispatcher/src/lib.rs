@@ -13,12 +13,14 @@
 //! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
 //! - [`cancels`] tells runners to stop the canceled jobs they run;
 //! - [`leader`] says whether this dispatcher does the duties done once
-//!   (lease expiry, the outbox) when several share a PostgreSQL store;
+//!   (lease expiry, the outbox, announcing changes) when several share a
+//!   PostgreSQL store;
 //! - [`outbox`] publishes the pipeline jobs a transition released (the
 //!   store's outbox, written in the transition's transaction);
-//! - [`notify`], [`status`] (commit statuses on the forges) and [`metrics`]
-//!   follow the events; [`http`] serves the API, the pages and the live
-//!   feed (also from the events).
+//! - [`announce`] reads every dispatcher's changes back from the store for
+//!   [`notify`] and [`status`] (commit statuses on the forges), so each is
+//!   announced once; [`metrics`] follows the events; [`http`] serves the
+//!   API, the pages and the live feed (also from the events).
 //!
 //! Every task it starts is tracked ([`tasks::Tasks`]) and awaited when it
 //! stops. One that should run as long as the dispatcher (the HTTP server,
@@ -26,6 +28,7 @@
 //! that Compose or systemd restarts it, rather than leaving it running
 //! without that part.
 
+pub mod announce;
 pub mod cancels;
 pub mod events;
 pub mod http;
@@ -143,18 +146,32 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
         .context("starting the commit-status reporter")?;
     let bus = EventBus::new();
     let jobs = Jobs::new(store.clone(), bus.clone());
+    // Notifications and commit statuses follow the store's changes, read
+    // by the dispatcher holding the duties (see `announce`).
+    let (to_notifier, for_notifier) = tokio::sync::mpsc::unbounded_channel();
+    let (to_statuses, for_statuses) = tokio::sync::mpsc::unbounded_channel();
+    tasks.lifetime(
+        "the announcer",
+        announce::announce(
+            store.clone(),
+            bus.subscribe(),
+            leader.clone(),
+            vec![to_notifier, to_statuses],
+            stopping.clone(),
+        ),
+    );
     notify::Notifier::start(
         config.webhooks.clone(),
         config.webhook_secret.clone(),
         store.clone(),
-        bus.subscribe(),
+        for_notifier,
         &tasks,
     );
     let public_url = config
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    status::CommitStatuses::start(reporter, store.clone(), bus.subscribe(), public_url, &tasks);
+    status::CommitStatuses::start(reporter, store.clone(), for_statuses, public_url, &tasks);
     tasks.lifetime(
         "the metrics' event follower",
         metrics::follow(metrics.clone(), bus.subscribe(), stopping.clone()),

@@ -1,9 +1,9 @@
 //! Notifications: on a failure, and on the first pass after a failure on
 //! the same branch, POST a signed JSON payload to each configured webhook.
 //!
-//! Recording never waits for this: [`Notifier::finished`] only puts the job
-//! on an unbounded channel (no `await`, never full, so the recorder can
-//! neither block nor drop an outcome). Notifications are rare (only
+//! Recording never waits for this: the outcomes come from the store
+//! through [`crate::announce`] (every dispatcher's, on the one holding the
+//! duties) on an unbounded channel. Notifications are rare (only
 //! transitions between red and green) and each is about a kilobyte, so the
 //! queue stays small even while a webhook is down: every notification leaves
 //! it after at most [`Retry::attempts`] tries.
@@ -16,10 +16,11 @@
 //!
 //! The notification queue lives in memory: a notification still queued or
 //! being retried when the dispatcher stops is not sent (a warning says how
-//! many). The tasks are the dispatcher's lifetime tasks: one that ends
+//! many). A dispatcher killed before `announce` deleted the changes it
+//! handed over leaves them to the next holder, which sends them again with
+//! the same `X-Warren-Delivery` id, so a receiver can drop the repeat. The tasks are the dispatcher's lifetime tasks: one that ends
 //! while the dispatcher runs stops it with an error.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use model::api::JobView;
-use model::{BranchName, CommitId, JobId, JobRecord, JobStatus, RepoUrl};
+use model::{CommitId, JobId, JobRecord, JobStatus};
 use store::Store;
 
 use crate::events::{Change, JobEvent};
@@ -283,9 +284,9 @@ impl Notifier {
 /// Decides, outcome by outcome in the order they were recorded, which ones
 /// to announce, and hands those to every webhook's queue.
 ///
-/// The last outcome per repository and branch is kept in memory; the first
-/// time a branch comes up after a start, the store says which job finished
-/// on it before this one.
+/// The store says which job finished on the branch before each one: with
+/// several dispatchers (see `announce`), the outcomes this one decided on
+/// are not all the branch's outcomes, so nothing is remembered here.
 async fn decide_all(
     mut events: UnboundedReceiver<JobEvent>,
     webhooks: Vec<UnboundedSender<Notification>>,
@@ -293,7 +294,6 @@ async fn decide_all(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    let mut last: HashMap<(RepoUrl, BranchName, String), Previous> = HashMap::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -314,18 +314,13 @@ async fn decide_all(
         };
         // Each job of a pipeline goes red and green on its own: `lint`
         // follows the last `lint` of the branch.
-        let key = (job.repo.clone(), job.branch.clone(), job.name.clone());
-        let previous = match last.get(&key) {
-            Some(previous) => Some(previous.clone()),
-            None => match store.finished_before(&job).await {
-                Ok(found) => found.as_ref().map(Previous::from),
-                Err(err) => {
-                    tracing::warn!(job = %job.id, "cannot read the branch's previous outcome ({err}); deciding as if there were none");
-                    None
-                }
-            },
+        let previous = match store.finished_before(&job).await {
+            Ok(found) => found.as_ref().map(Previous::from),
+            Err(err) => {
+                tracing::warn!(job = %job.id, "cannot read the branch's previous outcome ({err}); deciding as if there were none");
+                None
+            }
         };
-        last.insert(key, Previous::from(&job));
         let Some(event) = decide(previous.as_ref().map(|p| p.status), job.status) else {
             continue;
         };
@@ -434,6 +429,7 @@ impl Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model::{BranchName, RepoUrl};
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -4,8 +4,9 @@
 //! commit: queued and running `pending` (GitLab `running`), then the
 //! outcome.
 //!
-//! A follower of the [`crate::events`] bus, like the notifier: a queue
-//! that never drops an event, read by one task. For each event it looks
+//! A follower of the job changes [`crate::announce`] hands over (those of
+//! every dispatcher, on the one holding the duties), like the notifier: a
+//! queue that never drops an event, read by one task. For each event it looks
 //! the job's repository up by its URL in a small copy of the registry
 //! ([`Registry`], read again from the store every
 //! [`REGISTRY_REFRESH`], and on a miss, so a repository registered

@@ -148,6 +148,18 @@ pub struct Outgoing {
     pub body: String,
 }
 
+/// A change of a job's status not yet announced (the `job_changes` row
+/// the store writes with every status change): the status it changed to,
+/// and the job as it stands now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobChange {
+    /// The change's number: changes of one job are numbered in the order
+    /// they were made.
+    pub seq: i64,
+    pub status: JobStatus,
+    pub job: JobRecord,
+}
+
 /// What an abbreviated commit id matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitMatch {
@@ -283,6 +295,11 @@ pub trait Store: Send + Sync {
     async fn outbox_pending(&self, max: u32) -> Result<Vec<Outgoing>, StoreError>;
     /// The broker confirmed `job`'s publish.
     async fn outbox_sent(&self, job: &JobId, at_ms: u64) -> Result<(), StoreError>;
+    /// Status changes not yet announced, oldest first (a change of a job
+    /// no longer stored is dropped).
+    async fn changes_pending(&self, max: u32) -> Result<Vec<JobChange>, StoreError>;
+    /// The changes numbered `seqs` were announced: they are deleted.
+    async fn changes_announced(&self, seqs: &[i64]) -> Result<(), StoreError>;
     /// How many jobs of `queue` are queued ahead of the job numbered `seq`.
     async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError>;
 

@@ -34,8 +34,8 @@ use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
 
 use crate::url::{Kind, PostgresTarget, SslMode};
 use crate::{
-    CommitMatch, Histogram, Outgoing, Queued, Recorded, Started, Store, StoreError, StoreSettings,
-    StoreUrl, Totals, AMBIGUOUS_LISTED,
+    CommitMatch, Histogram, JobChange, Outgoing, Queued, Recorded, Started, Store, StoreError,
+    StoreSettings, StoreUrl, Totals, AMBIGUOUS_LISTED,
 };
 
 /// A connection of either backend, borrowed for one statement.
@@ -405,6 +405,8 @@ const OUTBOX_PENDING: &str = "SELECT job_id, queue, body FROM outbox \
      WHERE sent_ms IS NULL ORDER BY created_ms, job_id LIMIT $1";
 
 const OUTBOX_SENT: &str = "UPDATE outbox SET sent_ms = $2 WHERE job_id = $1 AND sent_ms IS NULL";
+
+const CHANGES_PENDING: &str = "SELECT seq, job_id, status FROM job_changes ORDER BY seq LIMIT $1";
 
 /// Queued jobs of one queue recorded before a given one.
 const QUEUED_AHEAD: &str =
@@ -1412,6 +1414,54 @@ impl SqlStore {
         done.map(|_| ())
     }
 
+    async fn read_changes(&self, max: u32) -> Result<Vec<JobChange>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        let rows: Vec<(i64, String, String)> = on!(held.conn(), |c| sqlx::query(CHANGES_PENDING)
+            .bind(i64::from(max))
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, _>>()?);
+        let mut changes = Vec::with_capacity(rows.len());
+        let mut gone = Vec::new();
+        for (seq, job, status) in rows {
+            match job_by_id(held.conn(), &job).await? {
+                Some(job) => changes.push(JobChange {
+                    seq,
+                    status: parse(&status)?,
+                    job,
+                }),
+                None => gone.push(seq),
+            }
+        }
+        drop(held);
+        if !gone.is_empty() {
+            self.delete_changes(&gone).await?;
+        }
+        Ok(changes)
+    }
+
+    async fn delete_changes(&self, seqs: &[i64]) -> Result<(), Fail> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // Numbers the store made, so writing them into the statement is
+        // safe; one statement whatever their count.
+        let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+        let sql = format!("DELETE FROM job_changes WHERE seq IN ({})", list.join(","));
+        let mut held = self.pool.acquire().await?;
+        let done: Result<u64, Fail> = async {
+            Ok(on!(held.conn(), |c| sqlx::query(&sql)
+                .execute(c)
+                .await?
+                .rows_affected()))
+        }
+        .await;
+        held.discard_if(&done);
+        done.map(|_| ())
+    }
+
     async fn count_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, Fail> {
         let mut held = self.pool.acquire().await?;
         Ok(on!(held.conn(), |c| sqlx::query(QUEUED_AHEAD)
@@ -1945,6 +1995,18 @@ impl Store for SqlStore {
         self.mark_sent(job, at_ms)
             .await
             .map_err(self.failed("marking a job sent"))
+    }
+
+    async fn changes_pending(&self, max: u32) -> Result<Vec<JobChange>, StoreError> {
+        self.read_changes(max)
+            .await
+            .map_err(self.failed("reading the job changes to announce"))
+    }
+
+    async fn changes_announced(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.delete_changes(seqs)
+            .await
+            .map_err(self.failed("deleting announced job changes"))
     }
 
     async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError> {

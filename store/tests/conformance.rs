@@ -1804,3 +1804,69 @@ conformance!(
         assert!(second.try_lead().await);
     }
 );
+
+conformance!(
+    /// Issue 17: every change of a job's status, by any path (a result, a
+    /// plan's waiting jobs, a release, a skip), leaves one change to
+    /// announce, in the order made; a duplicate result leaves none; the
+    /// changes announced are gone, the others stay.
+    async fn every_status_change_leaves_one_change_to_announce_in_order(backend) {
+        let store = backend.open().await;
+        let first = job("/r", "main", commit('c'));
+        store.job_queued(&first).await.expect("queued");
+        store.job_started(&first, &runner("r1"), 5).await.expect("started");
+        let mut planning = result(&first, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan::new(vec![
+            spec("test", &[], "default", false),
+            spec("build", &["test"], "default", false),
+        ]));
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        let test = planned(&recorded, "test");
+        let build = planned(&recorded, "build");
+        store
+            .job_finished(&result(&test.to_job(), Outcome::Failed, "r1"))
+            .await
+            .expect("test");
+        // A second result of a finished job changes no status.
+        store
+            .job_finished(&result(&first, Outcome::Failed, "r2"))
+            .await
+            .expect("duplicate");
+
+        let changes = store.changes_pending(100).await.expect("changes");
+        // Each job's changes, in the order they were numbered.
+        let of = |id: &model::JobId| -> Vec<JobStatus> {
+            changes.iter().filter(|c| &c.job.id == id).map(|c| c.status).collect()
+        };
+        assert_eq!(
+            of(&first.id),
+            vec![JobStatus::Queued, JobStatus::Running, JobStatus::Passed]
+        );
+        // test needs nothing: planned, then released in the same
+        // transaction.
+        assert_eq!(
+            of(&test.id),
+            vec![JobStatus::Waiting, JobStatus::Queued, JobStatus::Failed]
+        );
+        assert_eq!(of(&build.id), vec![JobStatus::Waiting, JobStatus::Skipped]);
+        assert_eq!(changes.len(), 8, "nothing else: {changes:?}");
+        let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(seqs, sorted, "numbered in order, each once");
+        // Each change carries the job as it stands now.
+        assert!(changes
+            .iter()
+            .filter(|c| c.job.id == build.id)
+            .all(|c| c.job.status == JobStatus::Skipped));
+
+        store.changes_announced(&seqs[..2]).await.expect("announced");
+        let left = store.changes_pending(100).await.expect("changes");
+        assert_eq!(
+            left.iter().map(|c| c.seq).collect::<Vec<_>>(),
+            seqs[2..].to_vec()
+        );
+        store.changes_announced(&[]).await.expect("nothing to delete");
+    }
+);

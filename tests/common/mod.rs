@@ -399,6 +399,32 @@ impl Drop for PgDatabase {
     }
 }
 
+impl PgDatabase {
+    /// The first column of the first row `sql` returns, as text.
+    pub fn query_value(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql (Debian's postgresql-client)");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 fn psql(server: &str, sql: &str) -> std::process::Output {
     Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server, "-c", sql])
@@ -896,6 +922,56 @@ impl Drop for StalledServer {
 /// How many times `needle` occurs in a process's log so far.
 pub fn log_count(proc: &Proc, needle: &str) -> usize {
     proc.log_text().matches(needle).count()
+}
+
+/// A webhook receiver on 127.0.0.1 that records every request, answering
+/// 200 (or 500 to the first one when `fail_first`). One request per
+/// connection; the thread ends with the test process.
+pub struct WebhookReceiver {
+    pub url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<HttpRequest>>>,
+}
+
+impl WebhookReceiver {
+    pub fn start(fail_first: bool) -> WebhookReceiver {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "http://{}/hooks/warren",
+            listener.local_addr().expect("addr")
+        );
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(request) = read_http_request(&mut stream) else {
+                    continue;
+                };
+                let first = {
+                    let mut seen = log.lock().expect("lock");
+                    seen.push(request);
+                    seen.len() == 1
+                };
+                let status = if first && fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                let _ = stream.flush();
+            }
+        });
+        WebhookReceiver { url, seen }
+    }
+
+    pub fn requests(&self) -> Vec<HttpRequest> {
+        self.seen.lock().expect("lock").clone()
+    }
 }
 
 /// One HTTP/1.1 request as a test's fake server (a forge, a webhook
