@@ -281,6 +281,7 @@ fn when_the_dispatcher_holding_the_duties_is_killed_mid_burst_the_other_expires_
     // The holder dies before the lease expires (2 s): the other must take
     // the duties over and act on it.
     pair[first].proc.signal(libc::SIGKILL);
+    let killed_at = std::time::Instant::now();
     pair[first].proc.wait_exit(Duration::from_secs(10));
     // The burst: red and green in turns, so that notifications are due.
     for (i, value) in ["fail", "fail", "pass", "fail", "pass"].iter().enumerate() {
@@ -303,8 +304,34 @@ fn when_the_dispatcher_holding_the_duties_is_killed_mid_burst_the_other_expires_
                 .then_some(())
         },
     );
+    eprintln!(
+        "the duties taken over {:.1} s after the holder's kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let (api_ref, frozen_commit) = (&api, commits[0].clone());
+    wait_for(
+        "the frozen runner's job to run again",
+        Duration::from_secs(60),
+        || {
+            let job = api_ref
+                .jobs_by_commit()
+                .get(&frozen_commit)?
+                .first()?
+                .clone();
+            (job["attempts"] == 2).then_some(())
+        },
+    );
+    eprintln!(
+        "the frozen runner's job started again {:.1} s after the holder's kill",
+        killed_at.elapsed().as_secs_f64()
+    );
 
     let jobs = api.wait_terminal(&commits, Duration::from_secs(90));
+    eprintln!(
+        "{} commits ended {:.1} s after the holder's kill",
+        commits.len(),
+        killed_at.elapsed().as_secs_f64()
+    );
     let job = one_job(&jobs, &commits[0]);
     assert_eq!(job["status"], "passed", "{job}");
     assert_ne!(job["runner"], frozen_id.as_str());
