@@ -15,6 +15,7 @@ pub mod pipeline;
 mod record;
 pub mod repo;
 mod sandbox;
+pub mod split;
 mod status;
 
 pub use ids::{BranchName, CommitId, IdError, JobId, QueueName, RepoName, RepoUrl, RunnerId};

@@ -29,6 +29,7 @@
 //! before the ack, cancels, redeliveries, a result kept while the broker is
 //! away) on the in-memory broker with scripted jobs.
 
+pub mod junit;
 mod limits;
 pub mod pipeline;
 mod process;
