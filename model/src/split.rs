@@ -191,6 +191,56 @@ pub enum TestStatus {
     Flaky,
 }
 
+impl TestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Skipped => "skipped",
+            TestStatus::Flaky => "flaky",
+        }
+    }
+}
+
+impl std::str::FromStr for TestStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            TestStatus::Passed,
+            TestStatus::Failed,
+            TestStatus::Skipped,
+            TestStatus::Flaky,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+        .ok_or_else(|| format!("{text:?} is not a test status"))
+    }
+}
+
+/// A test's status over its attempts: one that failed and then passed
+/// (retried alone) is flaky; otherwise the newest attempt tells.
+pub fn merge(previous: Option<TestStatus>, newest: TestStatus) -> TestStatus {
+    match (previous, newest) {
+        (Some(TestStatus::Failed | TestStatus::Flaky), TestStatus::Passed) => TestStatus::Flaky,
+        (_, newest) => newest,
+    }
+}
+
+/// A test's merged result in a split job, as `GET /api/jobs/{id}/tests`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRecord {
+    pub test: TestId,
+    pub status: TestStatus,
+    /// Its newest attempt's time.
+    pub duration_ms: u64,
+    /// The runner and the batch (a job id) of its newest attempt.
+    pub runner: String,
+    pub batch: String,
+    pub attempts: u32,
+}
+
 /// One test's result in one batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestOutcome {
@@ -384,6 +434,19 @@ mod tests {
         assert_eq!(makespan(&[], 3, 10), 0);
         assert_eq!(makespan(&[5, 5, 5], 0, 0), 15);
         assert_eq!(round_robin(&[id("a")], 4).len(), 1);
+    }
+
+    #[test]
+    fn a_failure_then_a_pass_is_flaky_and_statuses_read_back() {
+        use TestStatus::*;
+        assert_eq!(merge(None, Failed), Failed);
+        assert_eq!(merge(Some(Failed), Passed), Flaky);
+        assert_eq!(merge(Some(Failed), Failed), Failed);
+        assert_eq!(merge(Some(Passed), Skipped), Skipped);
+        for status in [Passed, Failed, Skipped, Flaky] {
+            assert_eq!(status.as_str().parse::<TestStatus>(), Ok(status));
+        }
+        assert!("green".parse::<TestStatus>().is_err());
     }
 
     #[test]

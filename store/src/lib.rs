@@ -11,10 +11,12 @@
 //! (numbered files in `migrations/`) and refuses a store whose schema is
 //! newer than this build; [`migrate`] applies or checks them on demand.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use model::split::{TestId, TestOutcome, TestRecord};
 use model::{
     CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Repo, RepoName, RunnerInfo,
     RunnerRecord,
@@ -160,6 +162,19 @@ pub struct JobChange {
     pub job: JobRecord,
 }
 
+/// A batch's test outcomes, for [`Store::record_tests`].
+#[derive(Debug, Clone)]
+pub struct TestsRun<'a> {
+    /// The split job the batch belongs to.
+    pub parent: &'a JobId,
+    pub repo: &'a model::RepoUrl,
+    /// The batch's own job.
+    pub batch: &'a JobId,
+    pub runner: &'a str,
+    pub outcomes: &'a [TestOutcome],
+    pub at_ms: u64,
+}
+
 /// What an abbreviated commit id matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitMatch {
@@ -300,6 +315,16 @@ pub trait Store: Send + Sync {
     async fn changes_pending(&self, max: u32) -> Result<Vec<JobChange>, StoreError>;
     /// The changes numbered `seqs` were announced: they are deleted.
     async fn changes_announced(&self, seqs: &[i64]) -> Result<(), StoreError>;
+    /// The smoothed time of each test of `repo` that has one (issue 18).
+    async fn test_timings(&self, repo: &model::RepoUrl)
+        -> Result<HashMap<TestId, u64>, StoreError>;
+    /// Records a batch's test outcomes under the split job `parent`, in one
+    /// transaction: each test's result merged with its earlier attempts
+    /// ([`model::split::merge`]), and each test's time in `repo` smoothed
+    /// ([`model::split::smooth`]; skipped tests keep theirs).
+    async fn record_tests(&self, tests: &TestsRun<'_>) -> Result<(), StoreError>;
+    /// The merged results of the split job `parent`, by test id.
+    async fn tests_of(&self, parent: &JobId) -> Result<Vec<TestRecord>, StoreError>;
     /// How many jobs of `queue` are queued ahead of the job numbered `seq`.
     async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError>;
 

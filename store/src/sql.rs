@@ -15,11 +15,13 @@
 //! cannot both record an outcome.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::{Display, Write as _};
 use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use model::split::{TestId, TestRecord, TestStatus};
 use model::{
     CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Outcome, Repo, RepoName,
     RunnerInfo, RunnerRecord, StatusTarget,
@@ -35,7 +37,7 @@ use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
 use crate::url::{Kind, PostgresTarget, SslMode};
 use crate::{
     CommitMatch, Histogram, JobChange, Outgoing, Queued, Recorded, Started, Store, StoreError,
-    StoreSettings, StoreUrl, Totals, AMBIGUOUS_LISTED,
+    StoreSettings, StoreUrl, TestsRun, Totals, AMBIGUOUS_LISTED,
 };
 
 /// A connection of either backend, borrowed for one statement.
@@ -407,6 +409,20 @@ const OUTBOX_PENDING: &str = "SELECT job_id, queue, body FROM outbox \
 const OUTBOX_SENT: &str = "UPDATE outbox SET sent_ms = $2 WHERE job_id = $1 AND sent_ms IS NULL";
 
 const CHANGES_PENDING: &str = "SELECT seq, job_id, status FROM job_changes ORDER BY seq LIMIT $1";
+
+const TEST_TIMINGS: &str = "SELECT test, ms FROM test_timings WHERE repo = $1";
+const TEST_TIMING: &str = "SELECT ms FROM test_timings WHERE repo = $1 AND test = $2";
+const PUT_TEST_TIMING: &str = "INSERT INTO test_timings (repo, test, ms, runs, updated_ms) \
+     VALUES ($1, $2, $3, 1, $4) ON CONFLICT (repo, test) \
+     DO UPDATE SET ms = $3, runs = test_timings.runs + 1, updated_ms = $4";
+const TEST_RESULT: &str = "SELECT status FROM test_results WHERE job_id = $1 AND test = $2";
+const PUT_TEST_RESULT: &str = "INSERT INTO test_results \
+     (job_id, test, status, duration_ms, runner, batch, attempts) \
+     VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (job_id, test) \
+     DO UPDATE SET status = $3, duration_ms = $4, runner = $5, batch = $6, \
+     attempts = test_results.attempts + 1";
+const TESTS_OF: &str = "SELECT test, status, duration_ms, runner, batch, attempts \
+     FROM test_results WHERE job_id = $1 ORDER BY test";
 
 /// Queued jobs of one queue recorded before a given one.
 const QUEUED_AHEAD: &str =
@@ -1462,6 +1478,114 @@ impl SqlStore {
         done.map(|_| ())
     }
 
+    async fn read_test_timings(&self, repo: &model::RepoUrl) -> Result<HashMap<TestId, u64>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        let rows: Vec<(String, i64)> = on!(held.conn(), |c| sqlx::query(TEST_TIMINGS)
+            .bind(repo.as_str())
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, _>>()?);
+        rows.into_iter()
+            .map(|(test, ms)| {
+                let id = TestId::from_line(&test)
+                    .ok_or_else(|| Fail::Corrupt(format!("{test:?} is not a test id")))?;
+                Ok((id, ms.max(0) as u64))
+            })
+            .collect()
+    }
+
+    async fn write_tests(&self, run: &TestsRun<'_>) -> Result<(), Fail> {
+        let mut tx = self.pool.begin().await?;
+        for outcome in run.outcomes {
+            let test = outcome.test.as_str();
+            let previous: Option<String> = on!(tx.conn(), |c| {
+                match sqlx::query(TEST_RESULT)
+                    .bind(run.parent.as_str())
+                    .bind(test)
+                    .fetch_optional(c)
+                    .await?
+                {
+                    Some(row) => Some(row.try_get::<String, _>(0)?),
+                    None => None,
+                }
+            });
+            let previous = previous.map(|p| parse::<TestStatus>(&p)).transpose()?;
+            let status = model::split::merge(previous, outcome.status);
+            on!(tx.conn(), |c| sqlx::query(PUT_TEST_RESULT)
+                .bind(run.parent.as_str())
+                .bind(test)
+                .bind(status.as_str())
+                .bind(ms(outcome.duration_ms))
+                .bind(run.runner)
+                .bind(run.batch.as_str())
+                .execute(c)
+                .await?
+                .rows_affected());
+            if outcome.status == TestStatus::Skipped {
+                continue;
+            }
+            let old: Option<i64> = on!(tx.conn(), |c| {
+                match sqlx::query(TEST_TIMING)
+                    .bind(run.repo.as_str())
+                    .bind(test)
+                    .fetch_optional(c)
+                    .await?
+                {
+                    Some(row) => Some(row.try_get::<i64, _>(0)?),
+                    None => None,
+                }
+            });
+            let smoothed =
+                model::split::smooth(old.map(|ms| ms.max(0) as u64), outcome.duration_ms);
+            on!(tx.conn(), |c| sqlx::query(PUT_TEST_TIMING)
+                .bind(run.repo.as_str())
+                .bind(test)
+                .bind(ms(smoothed))
+                .bind(ms(run.at_ms))
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn read_tests_of(&self, parent: &JobId) -> Result<Vec<TestRecord>, Fail> {
+        let mut held = self.pool.acquire().await?;
+        type Row = (String, String, i64, String, String, i64);
+        let rows: Vec<Row> = on!(held.conn(), |c| sqlx::query(TESTS_OF)
+            .bind(parent.as_str())
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok::<_, sqlx::Error>((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?);
+        rows.into_iter()
+            .map(|(test, status, duration_ms, runner, batch, attempts)| {
+                Ok(TestRecord {
+                    test: TestId::from_line(&test)
+                        .ok_or_else(|| Fail::Corrupt(format!("{test:?} is not a test id")))?,
+                    status: parse(&status)?,
+                    duration_ms: duration_ms.max(0) as u64,
+                    runner,
+                    batch,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
     async fn count_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, Fail> {
         let mut held = self.pool.acquire().await?;
         Ok(on!(held.conn(), |c| sqlx::query(QUEUED_AHEAD)
@@ -2007,6 +2131,27 @@ impl Store for SqlStore {
         self.delete_changes(seqs)
             .await
             .map_err(self.failed("deleting announced job changes"))
+    }
+
+    async fn test_timings(
+        &self,
+        repo: &model::RepoUrl,
+    ) -> Result<HashMap<TestId, u64>, StoreError> {
+        self.read_test_timings(repo)
+            .await
+            .map_err(self.failed("reading test timings"))
+    }
+
+    async fn record_tests(&self, run: &TestsRun<'_>) -> Result<(), StoreError> {
+        self.write_tests(run)
+            .await
+            .map_err(self.failed("recording test results"))
+    }
+
+    async fn tests_of(&self, parent: &JobId) -> Result<Vec<TestRecord>, StoreError> {
+        self.read_tests_of(parent)
+            .await
+            .map_err(self.failed("reading test results"))
     }
 
     async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError> {

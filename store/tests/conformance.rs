@@ -1870,3 +1870,83 @@ conformance!(
         store.changes_announced(&[]).await.expect("nothing to delete");
     }
 );
+
+conformance!(
+    /// Issue 18: a batch's test outcomes are merged per split job (a
+    /// failure then a pass on the retry is flaky, attempts counted) and
+    /// each test's time is smoothed per repository (skipped ones keep
+    /// theirs).
+    async fn test_outcomes_merge_per_split_job_and_timings_smooth_per_repository(backend) {
+        use model::split::{TestId, TestOutcome, TestStatus};
+        let store = backend.open().await;
+        let parent = job("/r", "main", commit('a'));
+        let batch = job("/r", "main", commit('b'));
+        let retry = job("/r", "main", commit('d'));
+        let repo = RepoUrl::parse("/r").expect("repo");
+        let id = |t: &str| TestId::from_line(t).expect("test id");
+        let outcome = |t: &str, status, duration_ms| TestOutcome {
+            test: id(t),
+            status,
+            duration_ms,
+        };
+        let run = |batch: &model::JobId, runner: &'static str, outcomes: Vec<TestOutcome>| {
+            let store = store.clone();
+            let (parent, repo, batch) = (parent.id.clone(), repo.clone(), batch.clone());
+            async move {
+                store
+                    .record_tests(&store::TestsRun {
+                        parent: &parent,
+                        repo: &repo,
+                        batch: &batch,
+                        runner,
+                        outcomes: &outcomes,
+                        at_ms: 7,
+                    })
+                    .await
+                    .expect("record")
+            }
+        };
+        run(
+            &batch.id,
+            "r1",
+            vec![
+                outcome("t::a", TestStatus::Passed, 1000),
+                outcome("t::b", TestStatus::Failed, 200),
+                outcome("t::c", TestStatus::Skipped, 0),
+            ],
+        )
+        .await;
+        run(&retry.id, "r2", vec![outcome("t::b", TestStatus::Passed, 400)]).await;
+
+        let tests = store.tests_of(&parent.id).await.expect("tests");
+        let got: Vec<(&str, TestStatus, u64, &str, u32)> = tests
+            .iter()
+            .map(|t| {
+                (
+                    t.test.as_str(),
+                    t.status,
+                    t.duration_ms,
+                    t.runner.as_str(),
+                    t.attempts,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("t::a", TestStatus::Passed, 1000, "r1", 1),
+                ("t::b", TestStatus::Flaky, 400, "r2", 2),
+                ("t::c", TestStatus::Skipped, 0, "r1", 1),
+            ]
+        );
+        assert_eq!(tests[1].batch, retry.id.to_string());
+        let timings = store.test_timings(&repo).await.expect("timings");
+        assert_eq!(timings.get(&id("t::a")), Some(&1000));
+        // 200, then 400 weighing 0.3.
+        assert_eq!(timings.get(&id("t::b")), Some(&260));
+        assert_eq!(timings.get(&id("t::c")), None);
+        let other = RepoUrl::parse("/other").expect("repo");
+        assert!(store.test_timings(&other).await.expect("timings").is_empty());
+        assert!(store.tests_of(&batch.id).await.expect("tests").is_empty());
+    }
+);
