@@ -118,6 +118,7 @@ fn two_dispatchers_on_one_database_record_every_job_exactly_once() {
                 runner: runner(by),
                 reason: None,
                 plan: None,
+                tests: None,
             };
             messages.push((
                 names.results_exchange(),

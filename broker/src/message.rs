@@ -184,6 +184,7 @@ mod tests {
             runner,
             reason: None,
             plan: None,
+            tests: None,
         };
         assert_eq!(result.routing_key(), "result.failed");
         assert_eq!(decode::<JobResult>(&encode(&result), 10_000), Ok(result));

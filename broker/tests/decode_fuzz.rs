@@ -30,6 +30,7 @@ fn sample_result() -> JobResult {
         },
         reason: None,
         plan: None,
+        tests: None,
     }
 }
 

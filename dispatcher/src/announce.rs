@@ -138,6 +138,7 @@ mod tests {
                 runner,
                 reason: None,
                 plan: None,
+                tests: None,
             })
             .await
             .expect("finished");

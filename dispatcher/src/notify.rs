@@ -727,6 +727,7 @@ mod tests {
                     },
                     reason: None,
                     plan: None,
+                    tests: None,
                 })
                 .await
                 .expect("record");

@@ -487,6 +487,7 @@ mod tests {
             runner: runner(by),
             reason: None,
             plan: None,
+            tests: None,
         }
     }
 

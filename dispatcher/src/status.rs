@@ -548,6 +548,7 @@ mod tests {
                 runner: runner.clone(),
                 reason: None,
                 plan: None,
+                tests: None,
             };
             jobs.finished(&result).await.expect("finished");
             if sent {

@@ -338,6 +338,9 @@ pub struct JobResult {
     /// the dispatcher is to run next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
+    /// A split job's tests: the list job's listing, or a batch's results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<crate::split::TestsReport>,
 }
 
 impl JobResult {
@@ -439,6 +442,7 @@ mod tests {
             queue: Default::default(),
             needs: vec![],
             allow_failure: false,
+            split: None,
         };
         let lint = job().planned(spec("lint"));
         let test = job().planned(spec("test"));

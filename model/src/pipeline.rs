@@ -55,6 +55,9 @@ pub struct JobSpec {
     /// Its failure does not fail the commit, nor skip its dependents.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_failure: bool,
+    /// Its part in a split job (issue 18): list, gate or batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::split::SplitPart>,
 }
 
 /// What a planning job found in `.warren.yml`: the pipeline's jobs.
@@ -95,7 +98,8 @@ impl JobSpec {
         if self.name.chars().any(char::is_control) {
             return bad("a job's name must not hold control characters");
         }
-        if self.run.trim().is_empty() {
+        let gate = matches!(self.split, Some(crate::split::SplitPart::Gate { .. }));
+        if self.run.trim().is_empty() && !gate {
             return bad("run: must be a command");
         }
         if self.run.len() > MAX_RUN_BYTES {
@@ -476,6 +480,7 @@ mod tests {
             queue: QueueName::default(),
             needs: needs.iter().map(|n| n.to_string()).collect(),
             allow_failure: false,
+            split: None,
         }
     }
 

@@ -34,12 +34,17 @@ pub struct TestId(String);
 impl TestId {
     /// The test id a line of a listing holds, if it looks like one:
     /// trimmed, not empty, at most [`MAX_TEST_ID_BYTES`], no control
-    /// characters, and no whitespace except inside brackets (pytest's
-    /// parameters, `test_x[a b]`). So a listing's headers and summaries
-    /// (`5 tests collected in 0.01s`) are dropped.
+    /// characters, no whitespace except inside brackets (pytest's
+    /// parameters, `test_x[a b]`), and not ending with `:`. So a listing's
+    /// headers and summaries (`tests:`, `5 tests collected in 0.01s`) are
+    /// dropped.
     pub fn from_line(line: &str) -> Option<TestId> {
         let id = line.trim();
-        if id.is_empty() || id.len() > MAX_TEST_ID_BYTES || id.chars().any(char::is_control) {
+        if id.is_empty()
+            || id.len() > MAX_TEST_ID_BYTES
+            || id.ends_with(':')
+            || id.chars().any(char::is_control)
+        {
             return None;
         }
         let mut depth = 0usize;
@@ -270,6 +275,94 @@ pub fn spread(tests: &[TestId], elapsed_ms: u64, passed: bool) -> Vec<TestOutcom
         .collect()
 }
 
+/// Whether a flaky test (failed, then passed alone) fails its job
+/// (`.warren.yml`'s top-level `flaky:`, default `fail`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlakyPolicy {
+    #[default]
+    Fail,
+    Pass,
+}
+
+/// What a job is in a split, carried in its [`crate::JobSpec`]. A job
+/// `test` with `split:` is planned as two jobs: `test [list]` (the spec's
+/// `run` is the listing command) and the gate `test`, which needs it and
+/// which its dependents need. The list job's result names the tests; the
+/// dispatcher then adds the batches, and the gate needs them too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "part", rename_all = "lowercase")]
+pub enum SplitPart {
+    /// Lists the tests. `run` is the batches' command (with
+    /// [`TESTS_PLACEHOLDER`]); at most `parallel` batches are out at once.
+    List {
+        gate: String,
+        run: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parallel: Option<u32>,
+        #[serde(default)]
+        flaky: FlakyPolicy,
+    },
+    /// Never goes to a runner: ends once every batch has, with the
+    /// verdict of the tests' merged results ([`gate_verdict`]).
+    Gate {
+        #[serde(default)]
+        flaky: FlakyPolicy,
+    },
+    /// Runs these tests (the spec's `run` holds them); `retry`: a failed
+    /// test run again alone.
+    Batch {
+        gate: String,
+        tests: Vec<TestId>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retry: bool,
+    },
+}
+
+/// What a split job's result reports about tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TestsReport {
+    /// A list job's tests, in the listing's order.
+    Listed { tests: Vec<TestId> },
+    /// A batch's results, one per test of the batch.
+    Ran { outcomes: Vec<TestOutcome> },
+}
+
+/// The list job of the split job `name`.
+pub fn list_name(name: &str) -> String {
+    format!("{name} [list]")
+}
+
+/// Batch `index` (from 1) of `count` of the split job `name`.
+pub fn batch_name(name: &str, index: usize, count: usize) -> String {
+    format!("{name} [{index}/{count}]")
+}
+
+/// The `index`th retry (from 1) of the split job `name`.
+pub fn retry_name(name: &str, index: usize) -> String {
+    format!("{name} [retry {index}]")
+}
+
+/// A gate's outcome from its tests' merged results: passed unless a test
+/// failed, or was flaky under [`FlakyPolicy::Fail`], or none ran; with a
+/// one-line reason (`200 tests: 197 passed, 1 failed, 1 flaky, 1 skipped`).
+pub fn gate_verdict(tests: &[TestRecord], flaky: FlakyPolicy) -> (bool, String) {
+    let count = |status: TestStatus| tests.iter().filter(|t| t.status == status).count();
+    let (passed, failed, flaky_count, skipped) = (
+        count(TestStatus::Passed),
+        count(TestStatus::Failed),
+        count(TestStatus::Flaky),
+        count(TestStatus::Skipped),
+    );
+    let ok = !tests.is_empty() && failed == 0 && (flaky_count == 0 || flaky == FlakyPolicy::Pass);
+    let reason = format!(
+        "{} tests: {passed} passed, {failed} failed, {flaky_count} flaky, {skipped} skipped",
+        tests.len()
+    );
+    (ok, reason)
+}
+
 /// Why a split's `run` cannot take a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
@@ -315,6 +408,7 @@ mod tests {
             tests/test_a.py::test_one\n\
             \n\
             3 tests collected in 0.01s\n\
+            tests:\n\
             ---\n\
             bad\x07id\n";
         let ids: Vec<String> = parse_listing(output)
@@ -434,6 +528,49 @@ mod tests {
         assert_eq!(makespan(&[], 3, 10), 0);
         assert_eq!(makespan(&[5, 5, 5], 0, 0), 15);
         assert_eq!(round_robin(&[id("a")], 4).len(), 1);
+    }
+
+    #[test]
+    fn a_gate_fails_on_a_failure_and_on_a_flaky_test_unless_told_to_pass() {
+        let record = |t: &str, status| TestRecord {
+            test: id(t),
+            status,
+            duration_ms: 1,
+            runner: "r".into(),
+            batch: "b".into(),
+            attempts: 1,
+        };
+        let clean = [
+            record("a", TestStatus::Passed),
+            record("b", TestStatus::Skipped),
+        ];
+        assert_eq!(
+            gate_verdict(&clean, FlakyPolicy::Fail),
+            (
+                true,
+                "2 tests: 1 passed, 0 failed, 0 flaky, 1 skipped".into()
+            )
+        );
+        let flaky = [
+            record("a", TestStatus::Passed),
+            record("b", TestStatus::Flaky),
+        ];
+        assert!(!gate_verdict(&flaky, FlakyPolicy::Fail).0);
+        assert!(gate_verdict(&flaky, FlakyPolicy::Pass).0);
+        let failed = [
+            record("a", TestStatus::Failed),
+            record("b", TestStatus::Flaky),
+        ];
+        assert!(!gate_verdict(&failed, FlakyPolicy::Pass).0);
+        assert!(!gate_verdict(&[], FlakyPolicy::Pass).0, "no test ran");
+        let part = SplitPart::Batch {
+            gate: "test".into(),
+            tests: vec![id("a")],
+            retry: false,
+        };
+        let json = serde_json::to_string(&part).expect("json");
+        assert_eq!(json, r#"{"part":"batch","gate":"test","tests":["a"]}"#);
+        assert_eq!(batch_name("test", 3, 12), "test [3/12]");
     }
 
     #[test]

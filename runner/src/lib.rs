@@ -40,7 +40,7 @@ mod workspace;
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,7 @@ use broker::transport::{Deliveries, Delivery};
 use broker::{BrokerConfig, BrokerError, Connector, Incoming, Transport};
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use model::split::{SplitPart, TestStatus, TestsReport};
 use model::{
     Control, Event, Job, JobId, JobResult, Outcome, OutputChunk, QueueName, RunnerId, RunnerInfo,
     SCHEMA_VERSION,
@@ -699,6 +700,7 @@ async fn execute(
             runner: runner.clone(),
             reason,
             plan,
+            tests: None,
         }))
     };
     let finish = |outcome: Outcome,
@@ -793,12 +795,23 @@ async fn execute(
     let command = match &job.spec {
         // A job of a pipeline: its own command, variables and timeout.
         Some(spec) => {
-            let variables: Vec<(String, String)> = spec
+            let mut variables: Vec<(String, String)> = spec
                 .env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .chain(spec.matrix_env().map(|(k, v)| (k, v.to_string())))
                 .collect();
+            if matches!(spec.split, Some(SplitPart::Batch { .. })) {
+                // Where the batch's command writes its JUnit report: in
+                // the checkout, the one place the runner reads back. A
+                // report the commit itself carries is removed first.
+                let _ = std::fs::remove_file(dir.join(JUNIT_REPORT_FILE));
+                let inside = match sandbox.kind {
+                    model::Sandbox::Bwrap => Path::new(sandbox::CHECKOUT).join(JUNIT_REPORT_FILE),
+                    model::Sandbox::Off => dir.join(JUNIT_REPORT_FILE),
+                };
+                variables.push(("WARREN_JUNIT".into(), inside.display().to_string()));
+            }
             match exporting(&variables, &spec.run) {
                 Ok(text) => script = Some(text),
                 Err(reason) => {
@@ -950,7 +963,7 @@ async fn execute(
                 Some(reason) => format!("{output}\nwarren: {reason}\n"),
                 None => output,
             };
-            match run.ending {
+            let mut execution = match run.ending {
                 Ending::Cancelled => Execution::Cancelled,
                 Ending::Exited(Some(0)) => {
                     finish(Outcome::Passed, Some(0), output, run.truncated, None)
@@ -981,8 +994,83 @@ async fn execute(
                     let output = format!("{output}\nwarren: {reason}\n");
                     finish(Outcome::Timeout, None, output, run.truncated, Some(reason))
                 }
+            };
+            if let (Execution::Finished(result), Some(part)) = (
+                &mut execution,
+                job.spec.as_ref().and_then(|s| s.split.as_ref()),
+            ) {
+                report_tests(result, part, &dir, &run.output).await;
+            }
+            execution
+        }
+    }
+}
+
+/// The file in the checkout a split batch's command writes its JUnit
+/// report to (`$WARREN_JUNIT`).
+const JUNIT_REPORT_FILE: &str = ".warren-junit.xml";
+
+/// A split job's tests on its result (issue 18): a list job's ids (none
+/// is an `error`), or a batch's outcomes from its JUnit report, else its
+/// time spread over its tests. A batch whose command failed though its
+/// report shows no failed test (it crashed between tests) counts every
+/// test failed, so each is retried alone.
+async fn report_tests(result: &mut JobResult, part: &SplitPart, dir: &Path, output: &str) {
+    match part {
+        SplitPart::List { .. } if result.outcome == Outcome::Passed => {
+            let tests = model::split::parse_listing(output);
+            if tests.is_empty() {
+                let reason = "the listing printed no test ids".to_string();
+                result.output.push_str(&format!("\nwarren: {reason}\n"));
+                result.outcome = Outcome::Error;
+                result.reason = Some(reason);
+            } else {
+                result
+                    .output
+                    .push_str(&format!("\nwarren: listed {} tests\n", tests.len()));
+                result.tests = Some(TestsReport::Listed { tests });
             }
         }
+        SplitPart::Batch { tests, .. } => {
+            let passed = result.outcome == Outcome::Passed;
+            let read = tokio::task::spawn_blocking({
+                let dir = dir.to_path_buf();
+                move || {
+                    repo_files::read_repo_file_up_to(
+                        &dir,
+                        JUNIT_REPORT_FILE,
+                        junit::MAX_REPORT_BYTES as u64,
+                    )
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let (mut outcomes, note) = match read {
+                Ok(Some(text)) => match junit::parse(&text) {
+                    Ok(cases) => (junit::outcomes(tests, &cases), "from its JUnit report"),
+                    Err(err) => {
+                        result.output.push_str(&format!("\nwarren: {err}\n"));
+                        (
+                            model::split::spread(tests, result.duration_ms, passed),
+                            "spread over its tests (unreadable report)",
+                        )
+                    }
+                },
+                Ok(None) | Err(_) => (
+                    model::split::spread(tests, result.duration_ms, passed),
+                    "spread over its tests (no JUnit report)",
+                ),
+            };
+            if !passed && outcomes.iter().all(|o| o.status != TestStatus::Failed) {
+                outcomes = model::split::spread(tests, result.duration_ms, false);
+            }
+            result.output.push_str(&format!(
+                "\nwarren: {} tests, results {note}\n",
+                outcomes.len()
+            ));
+            result.tests = Some(TestsReport::Ran { outcomes });
+        }
+        _ => {}
     }
 }
 
@@ -1264,6 +1352,7 @@ mod tests {
                     runner,
                     reason: None,
                     plan: None,
+                    tests: None,
                 }))
             })
         }
@@ -1868,6 +1957,7 @@ mod tests {
             runner,
             reason: None,
             plan: None,
+            tests: None,
         };
         let cap = 256 * 1024;
         fit_to_cap(&mut result, cap);
@@ -2158,6 +2248,7 @@ jobs:
             queue: Default::default(),
             needs: vec![],
             allow_failure: false,
+            split: None,
         };
         let mut result = JobResult {
             v: SCHEMA_VERSION,
@@ -2172,6 +2263,7 @@ jobs:
             runner,
             reason: None,
             plan: Some(model::Plan::new((0..10).map(spec).collect())),
+            tests: None,
         };
         let mut fits = result.clone();
         fit_to_cap(&mut fits, 4 * 1024 * 1024);

@@ -51,6 +51,7 @@ use std::collections::{BTreeMap, HashMap};
 use model::pipeline::{
     is_env_name, JobSpec, Plan, PlanError, MAX_MATRIX_COMBINATIONS, MAX_PIPELINE_JOBS,
 };
+use model::split::{FlakyPolicy, SplitPart};
 use model::QueueName;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -68,10 +69,14 @@ pub(crate) struct RawJobs(Vec<(String, RawJob)>);
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a job: a map with run (and needs, matrix, env, timeout, queue, allow_failure, branches)"
+    expecting = "a job: a map with run or split (and needs, matrix, env, timeout, queue, allow_failure, branches)"
 )]
 pub(crate) struct RawJob {
-    run: String,
+    #[serde(default)]
+    run: Option<String>,
+    /// Test splitting (issue 18): list the tests, run them in batches.
+    #[serde(default)]
+    split: Option<RawSplit>,
     #[serde(default)]
     needs: Vec<String>,
     #[serde(default)]
@@ -86,6 +91,19 @@ pub(crate) struct RawJob {
     allow_failure: bool,
     #[serde(default)]
     branches: Option<Vec<String>>,
+}
+
+/// A job's `split:` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a split: a map with list and run (and parallel)"
+)]
+pub(crate) struct RawSplit {
+    list: String,
+    run: String,
+    #[serde(default)]
+    parallel: Option<u32>,
 }
 
 impl<'de> Deserialize<'de> for RawJobs {
@@ -247,22 +265,79 @@ impl Pipeline {
                 .iter()
                 .flat_map(|need| names.get(need.as_str()).cloned().unwrap_or_default())
                 .collect();
+            let run = match (&job.run, &job.split) {
+                (Some(run), None) => run.clone(),
+                (None, Some(split)) => {
+                    model::split::check_run(&split.run)
+                        .map_err(|err| field("split", err.to_string()))?;
+                    if split.parallel == Some(0) {
+                        return Err(field("split", "parallel: must be at least 1".into()));
+                    }
+                    split.list.clone()
+                }
+                (Some(_), Some(_)) => {
+                    return Err(at.error(
+                        at.job(name),
+                        &format!("jobs.{name}"),
+                        "a job has run or split, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(at.error(
+                        at.job(name),
+                        &format!("jobs.{name}"),
+                        "missing field `run` (or `split`)",
+                    ))
+                }
+            };
             for values in combinations {
                 let spec = JobSpec {
                     name: job_name(name, values),
-                    run: job.run.clone(),
+                    run: run.clone(),
                     env: env.clone(),
                     matrix: values.iter().cloned().collect(),
                     timeout_ms,
                     queue: queue.clone(),
                     needs: needs.clone(),
                     allow_failure: job.allow_failure,
+                    split: None,
                 };
-                origin.push((spec.name.clone(), name.clone()));
-                out.push(PipelineJob {
-                    spec,
-                    branches: job.branches.clone(),
-                });
+                let Some(split) = &job.split else {
+                    origin.push((spec.name.clone(), name.clone()));
+                    out.push(PipelineJob {
+                        spec,
+                        branches: job.branches.clone(),
+                    });
+                    continue;
+                };
+                // A split job is planned as its list job and its gate.
+                let gate_name = spec.name.clone();
+                let list = JobSpec {
+                    name: model::split::list_name(&gate_name),
+                    split: Some(SplitPart::List {
+                        gate: gate_name.clone(),
+                        run: split.run.clone(),
+                        parallel: split.parallel,
+                        flaky: FlakyPolicy::default(),
+                    }),
+                    ..spec.clone()
+                };
+                let gate = JobSpec {
+                    run: String::new(),
+                    needs: vec![list.name.clone()],
+                    split: Some(SplitPart::Gate {
+                        flaky: FlakyPolicy::default(),
+                    }),
+                    env: BTreeMap::new(),
+                    ..spec
+                };
+                for part in [list, gate] {
+                    origin.push((part.name.clone(), name.clone()));
+                    out.push(PipelineJob {
+                        spec: part,
+                        branches: job.branches.clone(),
+                    });
+                }
             }
         }
 
@@ -302,6 +377,17 @@ impl Pipeline {
 
     /// The plan for a commit of `branch`: the jobs whose `branches` match
     /// it, with needs on the others dropped. None when no job runs on it.
+    /// `flaky:` at the top of `.warren.yml`: what a flaky test makes of
+    /// each split job.
+    pub(crate) fn set_flaky(&mut self, policy: FlakyPolicy) {
+        for job in &mut self.jobs {
+            match &mut job.spec.split {
+                Some(SplitPart::List { flaky, .. } | SplitPart::Gate { flaky }) => *flaky = policy,
+                Some(SplitPart::Batch { .. }) | None => {}
+            }
+        }
+    }
+
     pub fn for_branch(&self, branch: &str) -> Option<Plan> {
         let runs = |job: &PipelineJob| {
             job.branches

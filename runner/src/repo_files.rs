@@ -51,13 +51,17 @@ pub struct RepoConfig {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map with network, jobs and cancel_superseded (all optional)"
+    expecting = "a map with network, jobs, cancel_superseded and flaky (all optional)"
 )]
 struct RawConfig {
     #[serde(default = "yes")]
     network: bool,
     #[serde(default)]
     cancel_superseded: bool,
+    /// What a flaky test makes of a split job: `fail` (the default) or
+    /// `pass`.
+    #[serde(default)]
+    flaky: model::split::FlakyPolicy,
     /// `jobs:` with nothing under it is an empty section (an error), not
     /// an absent one.
     #[serde(default, deserialize_with = "present")]
@@ -100,6 +104,7 @@ impl RepoConfig {
             Some(jobs) => {
                 let mut pipeline = Pipeline::build(jobs, text)?;
                 pipeline.cancel_superseded = raw.cancel_superseded;
+                pipeline.set_flaky(raw.flaky);
                 Some(pipeline)
             }
         };

@@ -21,7 +21,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use model::split::{TestId, TestRecord, TestStatus};
+use model::split::{SplitPart, TestId, TestRecord, TestStatus, TestsReport};
+use model::JobSpec;
 use model::{
     CommitId, Job, JobId, JobQuery, JobRecord, JobResult, JobStatus, Outcome, Repo, RepoName,
     RunnerInfo, RunnerRecord, StatusTarget,
@@ -423,6 +424,14 @@ const PUT_TEST_RESULT: &str = "INSERT INTO test_results \
      attempts = test_results.attempts + 1";
 const TESTS_OF: &str = "SELECT test, status, duration_ms, runner, batch, attempts \
      FROM test_results WHERE job_id = $1 ORDER BY test";
+
+const SET_NEEDS: &str = "UPDATE jobs SET needs = $2, spec = $3 WHERE id = $1";
+const RUNNERS_SEEN_SINCE: &str = "SELECT COUNT(*) FROM runners WHERE last_seen_ms >= $1";
+/// A split is cut for the runners seen this recently, when it names no
+/// `parallel`.
+const SPLIT_RUNNERS_SEEN_WITHIN_MS: i64 = 30_000;
+/// The smallest batch worth its checkout and process start.
+const SPLIT_MIN_BATCH_MS: u64 = 500;
 
 /// Queued jobs of one queue recorded before a given one.
 const QUEUED_AHEAD: &str =
@@ -828,6 +837,109 @@ async fn lock_job(tx: &mut Tx<'_>, job: &Job) -> Result<(JobRecord, bool), Fail>
 
 /// Records `jobs` of a pipeline as `waiting` (unless known), for the
 /// pipeline's advance to release or skip: a plan's jobs, a rerun's copies.
+async fn timings_in(conn: Conn<'_>, repo: &model::RepoUrl) -> Result<HashMap<TestId, u64>, Fail> {
+    let rows: Vec<(String, i64)> = on!(conn, |c| sqlx::query(TEST_TIMINGS)
+        .bind(repo.as_str())
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<_>, _>>()?);
+    rows.into_iter()
+        .map(|(test, ms)| {
+            let id = TestId::from_line(&test)
+                .ok_or_else(|| Fail::Corrupt(format!("{test:?} is not a test id")))?;
+            Ok((id, ms.max(0) as u64))
+        })
+        .collect()
+}
+
+async fn write_tests_in(tx: &mut Tx<'_>, run: &TestsRun<'_>) -> Result<(), Fail> {
+    for outcome in run.outcomes {
+        let test = outcome.test.as_str();
+        let previous: Option<String> = on!(tx.conn(), |c| {
+            match sqlx::query(TEST_RESULT)
+                .bind(run.parent.as_str())
+                .bind(test)
+                .fetch_optional(c)
+                .await?
+            {
+                Some(row) => Some(row.try_get::<String, _>(0)?),
+                None => None,
+            }
+        });
+        let previous = previous.map(|p| parse::<TestStatus>(&p)).transpose()?;
+        let status = model::split::merge(previous, outcome.status);
+        on!(tx.conn(), |c| sqlx::query(PUT_TEST_RESULT)
+            .bind(run.parent.as_str())
+            .bind(test)
+            .bind(status.as_str())
+            .bind(ms(outcome.duration_ms))
+            .bind(run.runner)
+            .bind(run.batch.as_str())
+            .execute(c)
+            .await?
+            .rows_affected());
+        if outcome.status == TestStatus::Skipped {
+            continue;
+        }
+        let old: Option<i64> = on!(tx.conn(), |c| {
+            match sqlx::query(TEST_TIMING)
+                .bind(run.repo.as_str())
+                .bind(test)
+                .fetch_optional(c)
+                .await?
+            {
+                Some(row) => Some(row.try_get::<i64, _>(0)?),
+                None => None,
+            }
+        });
+        let smoothed = model::split::smooth(old.map(|ms| ms.max(0) as u64), outcome.duration_ms);
+        on!(tx.conn(), |c| sqlx::query(PUT_TEST_TIMING)
+            .bind(run.repo.as_str())
+            .bind(test)
+            .bind(ms(smoothed))
+            .bind(ms(run.at_ms))
+            .execute(c)
+            .await?
+            .rows_affected());
+    }
+    Ok(())
+}
+
+async fn tests_in(conn: Conn<'_>, parent: &JobId) -> Result<Vec<TestRecord>, Fail> {
+    type Row = (String, String, i64, String, String, i64);
+    let rows: Vec<Row> = on!(conn, |c| sqlx::query(TESTS_OF)
+        .bind(parent.as_str())
+        .fetch_all(c)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok::<_, sqlx::Error>((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get(5)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?);
+    rows.into_iter()
+        .map(|(test, status, duration_ms, runner, batch, attempts)| {
+            Ok(TestRecord {
+                test: TestId::from_line(&test)
+                    .ok_or_else(|| Fail::Corrupt(format!("{test:?} is not a test id")))?,
+                status: parse(&status)?,
+                duration_ms: duration_ms.max(0) as u64,
+                runner,
+                batch,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
+}
+
 async fn insert_waiting(tx: &mut Tx<'_>, jobs: &[Job]) -> Result<(), Fail> {
     for job in jobs {
         let mut values = JobValues::of(job);
@@ -1083,6 +1195,7 @@ impl SqlStore {
                     .execute(c)
                     .await?
                     .rows_affected());
+                self.split_result(&mut tx, &record, result).await?;
                 let (record, pipeline) = match &result.plan {
                     Some(plan) if result.outcome == model::Outcome::Passed => {
                         self.plan(&mut tx, &result.job, plan).await?
@@ -1321,6 +1434,25 @@ impl SqlStore {
     /// whose need failed, by [`model::pipeline::advance`]. In the caller's
     /// transaction, the pipeline locked first. Returns the jobs changed.
     async fn advance(&self, tx: &mut Tx<'_>, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+        // A gate released ends at once (see `finish_gate`), which may
+        // release its dependents: advance again until nothing changes.
+        let mut changed = Vec::new();
+        loop {
+            let (now, gates) = self.advance_once(tx, pipeline).await?;
+            changed.extend(now);
+            if gates == 0 {
+                return Ok(changed);
+            }
+        }
+    }
+
+    /// One step of [`advance`](Self::advance); also says how many gates
+    /// it ended.
+    async fn advance_once(
+        &self,
+        tx: &mut Tx<'_>,
+        pipeline: &JobId,
+    ) -> Result<(Vec<JobRecord>, usize), Fail> {
         on!(tx.conn(), |c| sqlx::query(LOCK_PIPELINE)
             .bind(pipeline.as_str())
             .execute(c)
@@ -1328,9 +1460,10 @@ impl SqlStore {
             .rows_affected());
         let jobs = self.pipeline_jobs(tx.conn(), pipeline).await?;
         if !jobs.iter().any(|job| job.status == JobStatus::Waiting) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let newest = model::pipeline::current(&jobs);
+        let mut gates = 0;
         let states: Vec<model::pipeline::JobState<'_>> = newest
             .iter()
             .map(|job| model::pipeline::state(job))
@@ -1365,6 +1498,15 @@ impl SqlStore {
             let Some(job) = newest.iter().find(|job| &job.name == name) else {
                 continue;
             };
+            if let Some(SplitPart::Gate { flaky }) =
+                job.spec.as_ref().and_then(|s| s.split.as_ref())
+            {
+                if let Some(record) = self.finish_gate(tx, job, *flaky, &newest, now).await? {
+                    changed.push(record);
+                    gates += 1;
+                }
+                continue;
+            }
             let row = on!(tx.conn(), |c| sqlx::query(RELEASE_JOB)
                 .bind(job.id.as_str())
                 .bind(JobStatus::Queued.as_str())
@@ -1387,7 +1529,341 @@ impl SqlStore {
                 .rows_affected());
             changed.push(record);
         }
-        Ok(changed)
+        Ok((changed, gates))
+    }
+
+    /// What a split job's result changes, in its transaction (issue 18):
+    /// a list job's tests are cut into batches; a batch's test outcomes
+    /// are recorded, its failed tests retried alone once, and the next
+    /// batch let out when the split runs at most `parallel` at once.
+    async fn split_result(
+        &self,
+        tx: &mut Tx<'_>,
+        record: &JobRecord,
+        result: &JobResult,
+    ) -> Result<(), Fail> {
+        let Some(part) = record.spec.as_ref().and_then(|s| s.split.clone()) else {
+            return Ok(());
+        };
+        match (part, &result.tests) {
+            (
+                SplitPart::List {
+                    gate,
+                    run,
+                    parallel,
+                    ..
+                },
+                Some(TestsReport::Listed { tests }),
+            ) if result.outcome == model::Outcome::Passed && !tests.is_empty() => {
+                self.split_listed(tx, record, &gate, &run, parallel, tests)
+                    .await
+            }
+            (SplitPart::Batch { gate, tests, retry }, report) => {
+                let outcomes = match report {
+                    Some(TestsReport::Ran { outcomes }) => outcomes.clone(),
+                    _ => model::split::spread(
+                        &tests,
+                        result.duration_ms,
+                        result.outcome == model::Outcome::Passed,
+                    ),
+                };
+                self.split_batch_done(
+                    tx,
+                    record,
+                    &gate,
+                    retry,
+                    &outcomes,
+                    result.runner.id.as_str(),
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The newest job named `name` in `record`'s pipeline.
+    async fn sibling(
+        &self,
+        tx: &mut Tx<'_>,
+        record: &JobRecord,
+        name: &str,
+    ) -> Result<Option<JobRecord>, Fail> {
+        let jobs = self.pipeline_jobs(tx.conn(), &record.pipeline).await?;
+        Ok(model::pipeline::current(&jobs)
+            .into_iter()
+            .find(|job| job.name == name)
+            .cloned())
+    }
+
+    /// Sets a waiting job's needs (its row and its spec).
+    async fn set_needs(tx: &mut Tx<'_>, job: &JobRecord, needs: Vec<String>) -> Result<(), Fail> {
+        let mut spec = job
+            .spec
+            .clone()
+            .ok_or_else(|| Fail::Corrupt(format!("job {} of a split has no spec", job.id)))?;
+        spec.needs = needs;
+        let needs_json =
+            serde_json::to_string(&spec.needs).map_err(|e| Fail::Corrupt(format!("needs: {e}")))?;
+        let spec_json =
+            serde_json::to_string(&spec).map_err(|e| Fail::Corrupt(format!("spec: {e}")))?;
+        on!(tx.conn(), |c| sqlx::query(SET_NEEDS)
+            .bind(job.id.as_str())
+            .bind(needs_json.as_str())
+            .bind(spec_json.as_str())
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Cuts a list job's tests into batches (by the repository's past
+    /// timings, for `parallel` runners or those online) and records them
+    /// waiting; the gate then needs them too. The first `parallel` need
+    /// nothing (the advance releases them); the others need the gate,
+    /// which holds them back until [`split_batch_done`](Self::split_batch_done)
+    /// lets them out.
+    async fn split_listed(
+        &self,
+        tx: &mut Tx<'_>,
+        list: &JobRecord,
+        gate_name: &str,
+        run: &str,
+        parallel: Option<u32>,
+        tests: &[model::split::TestId],
+    ) -> Result<(), Fail> {
+        let Some(gate) = self.sibling(tx, list, gate_name).await? else {
+            return Ok(());
+        };
+        let Some(list_spec) = list.spec.clone() else {
+            return Ok(());
+        };
+        let past = timings_in(tx.conn(), &list.repo).await?;
+        let runners = match parallel {
+            Some(n) => n as usize,
+            None => {
+                let since = ms(model::now_ms()).saturating_sub(SPLIT_RUNNERS_SEEN_WITHIN_MS);
+                let online: i64 = on!(tx.conn(), |c| sqlx::query(RUNNERS_SEEN_SINCE)
+                    .bind(since)
+                    .fetch_one(c)
+                    .await?
+                    .try_get(0)?);
+                online.max(1) as usize
+            }
+        };
+        let batches = model::split::cut(
+            model::split::estimates(tests, &past),
+            runners,
+            SPLIT_MIN_BATCH_MS,
+        );
+        let Some(root) = job_by_id(tx.conn(), list.pipeline.as_str()).await? else {
+            return Ok(());
+        };
+        let root = root.to_job();
+        let count = batches.len();
+        let out_at_once = parallel.map_or(count, |n| n as usize);
+        let jobs: Vec<Job> = batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, batch)| {
+                root.planned(JobSpec {
+                    name: model::split::batch_name(gate_name, i + 1, count),
+                    run: model::split::command_for(run, &batch.tests),
+                    needs: if i < out_at_once {
+                        Vec::new()
+                    } else {
+                        vec![gate_name.to_string()]
+                    },
+                    allow_failure: true,
+                    split: Some(SplitPart::Batch {
+                        gate: gate_name.to_string(),
+                        tests: batch.tests,
+                        retry: false,
+                    }),
+                    ..list_spec.clone()
+                })
+            })
+            .collect();
+        insert_waiting(tx, &jobs).await?;
+        let mut needs = gate.needs.clone();
+        needs.extend(jobs.iter().map(|job| job.name().to_string()));
+        Self::set_needs(tx, &gate, needs).await
+    }
+
+    /// Records a batch's outcomes under its gate, retries each failed test
+    /// of a first attempt alone (the gate needs the retries too), and lets
+    /// the next held-back batch out.
+    async fn split_batch_done(
+        &self,
+        tx: &mut Tx<'_>,
+        batch: &JobRecord,
+        gate_name: &str,
+        retry: bool,
+        outcomes: &[model::split::TestOutcome],
+        runner: &str,
+    ) -> Result<(), Fail> {
+        let Some(gate) = self.sibling(tx, batch, gate_name).await? else {
+            return Ok(());
+        };
+        write_tests_in(
+            tx,
+            &TestsRun {
+                parent: &gate.id,
+                repo: &gate.repo,
+                batch: &batch.id,
+                runner,
+                outcomes,
+                at_ms: model::now_ms(),
+            },
+        )
+        .await?;
+        let jobs = self.pipeline_jobs(tx.conn(), &batch.pipeline).await?;
+        let of_gate = |job: &&JobRecord| {
+            matches!(
+                job.spec.as_ref().and_then(|s| s.split.as_ref()),
+                Some(SplitPart::Batch { gate, .. }) if gate == gate_name
+            )
+        };
+        let mut gate_needs = gate.needs.clone();
+        if !retry {
+            let failed: Vec<&model::split::TestOutcome> = outcomes
+                .iter()
+                .filter(|o| o.status == TestStatus::Failed)
+                .collect();
+            let list = model::pipeline::current(&jobs)
+                .into_iter()
+                .find(|job| job.name == model::split::list_name(gate_name))
+                .cloned();
+            let template = list
+                .as_ref()
+                .and_then(|l| match l.spec.as_ref()?.split.as_ref()? {
+                    SplitPart::List { run, .. } => Some(run.clone()),
+                    _ => None,
+                });
+            if let (Some(template), Some(spec), Some(root)) = (
+                template,
+                batch.spec.clone(),
+                job_by_id(tx.conn(), batch.pipeline.as_str()).await?,
+            ) {
+                let root = root.to_job();
+                let before = jobs
+                    .iter()
+                    .filter(of_gate)
+                    .filter(|job| {
+                        matches!(
+                            job.spec.as_ref().and_then(|s| s.split.as_ref()),
+                            Some(SplitPart::Batch { retry: true, .. })
+                        )
+                    })
+                    .count();
+                let retries: Vec<Job> = failed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, outcome)| {
+                        let tests = vec![outcome.test.clone()];
+                        root.planned(JobSpec {
+                            name: model::split::retry_name(gate_name, before + i + 1),
+                            run: model::split::command_for(&template, &tests),
+                            needs: Vec::new(),
+                            split: Some(SplitPart::Batch {
+                                gate: gate_name.to_string(),
+                                tests,
+                                retry: true,
+                            }),
+                            ..spec.clone()
+                        })
+                    })
+                    .collect();
+                insert_waiting(tx, &retries).await?;
+                gate_needs.extend(retries.iter().map(|job| job.name().to_string()));
+            }
+        }
+        if gate_needs != gate.needs {
+            Self::set_needs(tx, &gate, gate_needs).await?;
+        }
+        // At most `parallel` batches out: let the next held-back one go.
+        let held: Vec<&JobRecord> = jobs
+            .iter()
+            .filter(of_gate)
+            .filter(|job| job.status == JobStatus::Waiting && !job.needs.is_empty())
+            .collect();
+        if let Some(next) = held.into_iter().min_by_key(|job| job.seq) {
+            Self::set_needs(tx, next, Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a released gate with its tests' merged verdict (a test of one
+    /// of its batches with no result counts as failed: its batch ended
+    /// without reporting it).
+    async fn finish_gate(
+        &self,
+        tx: &mut Tx<'_>,
+        gate: &JobRecord,
+        flaky: model::split::FlakyPolicy,
+        jobs: &[&JobRecord],
+        now: i64,
+    ) -> Result<Option<JobRecord>, Fail> {
+        let mut tests = tests_in(tx.conn(), &gate.id).await?;
+        for job in jobs {
+            let Some(SplitPart::Batch {
+                gate: of,
+                tests: listed,
+                ..
+            }) = job.spec.as_ref().and_then(|s| s.split.as_ref())
+            else {
+                continue;
+            };
+            if of != &gate.name {
+                continue;
+            }
+            for test in listed {
+                if !tests.iter().any(|t| &t.test == test) {
+                    tests.push(model::split::TestRecord {
+                        test: test.clone(),
+                        status: TestStatus::Failed,
+                        duration_ms: 0,
+                        runner: String::new(),
+                        batch: job.id.to_string(),
+                        attempts: 0,
+                    });
+                }
+            }
+        }
+        let (passed, summary) = model::split::gate_verdict(&tests, flaky);
+        let status = if passed {
+            JobStatus::Passed
+        } else {
+            JobStatus::Failed
+        };
+        let mut log = format!("warren: {summary}\n");
+        let mut slowest: Vec<&model::split::TestRecord> = tests.iter().collect();
+        slowest.sort_by_key(|t| std::cmp::Reverse(t.duration_ms));
+        for test in slowest.iter().take(10) {
+            log.push_str(&format!(
+                "warren:   {} ms  {}  {}\n",
+                test.duration_ms,
+                test.status.as_str(),
+                test.test
+            ));
+        }
+        for test in tests.iter().filter(|t| t.status != TestStatus::Passed) {
+            log.push_str(&format!("warren: {} {}\n", test.status.as_str(), test.test));
+        }
+        let row = on!(tx.conn(), |c| sqlx::query(SKIP_JOB)
+            .bind(gate.id.as_str())
+            .bind(status.as_str())
+            .bind(summary.as_str())
+            .bind(now)
+            .bind(log.len() as i64)
+            .bind(JobStatus::Waiting.as_str())
+            .fetch_optional(c)
+            .await?
+            .map(|row| job_from_row(&row))
+            .transpose()?);
+        if let Some(record) = &row {
+            replace_log(tx.conn(), record.id.as_str(), &log).await?;
+        }
+        Ok(row)
     }
 
     async fn read_pipeline(&self, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
@@ -1480,110 +1956,19 @@ impl SqlStore {
 
     async fn read_test_timings(&self, repo: &model::RepoUrl) -> Result<HashMap<TestId, u64>, Fail> {
         let mut held = self.pool.acquire().await?;
-        let rows: Vec<(String, i64)> = on!(held.conn(), |c| sqlx::query(TEST_TIMINGS)
-            .bind(repo.as_str())
-            .fetch_all(c)
-            .await?
-            .iter()
-            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<Vec<_>, _>>()?);
-        rows.into_iter()
-            .map(|(test, ms)| {
-                let id = TestId::from_line(&test)
-                    .ok_or_else(|| Fail::Corrupt(format!("{test:?} is not a test id")))?;
-                Ok((id, ms.max(0) as u64))
-            })
-            .collect()
+        timings_in(held.conn(), repo).await
     }
 
     async fn write_tests(&self, run: &TestsRun<'_>) -> Result<(), Fail> {
         let mut tx = self.pool.begin().await?;
-        for outcome in run.outcomes {
-            let test = outcome.test.as_str();
-            let previous: Option<String> = on!(tx.conn(), |c| {
-                match sqlx::query(TEST_RESULT)
-                    .bind(run.parent.as_str())
-                    .bind(test)
-                    .fetch_optional(c)
-                    .await?
-                {
-                    Some(row) => Some(row.try_get::<String, _>(0)?),
-                    None => None,
-                }
-            });
-            let previous = previous.map(|p| parse::<TestStatus>(&p)).transpose()?;
-            let status = model::split::merge(previous, outcome.status);
-            on!(tx.conn(), |c| sqlx::query(PUT_TEST_RESULT)
-                .bind(run.parent.as_str())
-                .bind(test)
-                .bind(status.as_str())
-                .bind(ms(outcome.duration_ms))
-                .bind(run.runner)
-                .bind(run.batch.as_str())
-                .execute(c)
-                .await?
-                .rows_affected());
-            if outcome.status == TestStatus::Skipped {
-                continue;
-            }
-            let old: Option<i64> = on!(tx.conn(), |c| {
-                match sqlx::query(TEST_TIMING)
-                    .bind(run.repo.as_str())
-                    .bind(test)
-                    .fetch_optional(c)
-                    .await?
-                {
-                    Some(row) => Some(row.try_get::<i64, _>(0)?),
-                    None => None,
-                }
-            });
-            let smoothed =
-                model::split::smooth(old.map(|ms| ms.max(0) as u64), outcome.duration_ms);
-            on!(tx.conn(), |c| sqlx::query(PUT_TEST_TIMING)
-                .bind(run.repo.as_str())
-                .bind(test)
-                .bind(ms(smoothed))
-                .bind(ms(run.at_ms))
-                .execute(c)
-                .await?
-                .rows_affected());
-        }
+        write_tests_in(&mut tx, run).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn read_tests_of(&self, parent: &JobId) -> Result<Vec<TestRecord>, Fail> {
         let mut held = self.pool.acquire().await?;
-        type Row = (String, String, i64, String, String, i64);
-        let rows: Vec<Row> = on!(held.conn(), |c| sqlx::query(TESTS_OF)
-            .bind(parent.as_str())
-            .fetch_all(c)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok::<_, sqlx::Error>((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                    row.try_get(4)?,
-                    row.try_get(5)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, _>>()?);
-        rows.into_iter()
-            .map(|(test, status, duration_ms, runner, batch, attempts)| {
-                Ok(TestRecord {
-                    test: TestId::from_line(&test)
-                        .ok_or_else(|| Fail::Corrupt(format!("{test:?} is not a test id")))?,
-                    status: parse(&status)?,
-                    duration_ms: duration_ms.max(0) as u64,
-                    runner,
-                    batch,
-                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                })
-            })
-            .collect()
+        tests_in(held.conn(), parent).await
     }
 
     async fn count_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, Fail> {

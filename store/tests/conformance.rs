@@ -194,6 +194,7 @@ fn result(job: &Job, outcome: Outcome, by: &str) -> JobResult {
         runner: runner(by),
         reason: None,
         plan: None,
+        tests: None,
     }
 }
 
@@ -1336,6 +1337,7 @@ fn spec(name: &str, needs: &[&str], queue: &str, allow_failure: bool) -> model::
         queue: queue.parse().expect("queue"),
         needs: needs.iter().map(|n| n.to_string()).collect(),
         allow_failure,
+        split: None,
     }
 }
 

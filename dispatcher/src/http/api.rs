@@ -23,6 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(show_job))
         .route("/api/jobs/{id}/log", get(job_log))
+        .route("/api/jobs/{id}/tests", get(job_tests))
         .route("/api/jobs/{id}/rerun", post(rerun))
         .route("/api/jobs/{id}/cancel", post(cancel_job))
         .route("/api/trigger", post(trigger))
@@ -135,6 +136,21 @@ async fn job_log(State(state): State<AppState>, Path(id): Path<String>) -> Respo
             text.unwrap_or_default(),
         )
             .into_response(),
+        Err(err) => internal(err),
+    }
+}
+
+/// `GET /api/jobs/{id}/tests`: a split job's tests (issue 18), one entry
+/// per test id with its merged status (`flaky`: failed, then passed
+/// alone), its newest attempt's time, runner and batch, and how many
+/// attempts it had. Empty for a job that is not split.
+async fn job_tests(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let job = match find_job(state.store().as_ref(), &id).await {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    match state.store().tests_of(&job.id).await {
+        Ok(tests) => Json(tests).into_response(),
         Err(err) => internal(err),
     }
 }

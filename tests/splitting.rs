@@ -1,0 +1,239 @@
+//! Issue 18: a job's tests split into batches that runners pull from the
+//! queue. Real broker, git, binary and runners (in their sandbox). The
+//! suite's script sleeps per test, fails `*fail*` tests, and fails
+//! `*flaky*` tests unless run alone (so the retry alone passes); with
+//! `--junit` it writes a JUnit report to `$WARREN_JUNIT`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const RUN_TESTS: &str = r#"#!/bin/sh
+junit=
+if [ "$1" = --junit ]; then junit=1; shift; fi
+n=$#
+cases=
+rc=0
+for t in "$@"; do
+  sleep 0.3
+  ok=1
+  case "$t" in
+    *fail*) ok=0 ;;
+    *flaky*) [ "$n" -gt 1 ] && ok=0 ;;
+  esac
+  echo "$t ok=$ok (batch of $n)"
+  if [ "$ok" = 1 ]; then
+    cases="$cases<testcase classname=\"suite\" name=\"$t\" time=\"0.3\"/>"
+  else
+    cases="$cases<testcase classname=\"suite\" name=\"$t\" time=\"0.3\"><failure/></testcase>"
+    rc=1
+  fi
+done
+if [ -n "$junit" ]; then printf '<testsuite>%s</testsuite>\n' "$cases" > "$WARREN_JUNIT"; fi
+exit $rc
+"#;
+
+const PIPELINE: &str = r#"flaky: fail
+jobs:
+  unit:
+    split:
+      list: cat tests.txt
+      run: sh ./run-tests.sh --junit {tests}
+  plain:
+    split:
+      list: cat plain.txt
+      run: sh ./run-tests.sh {tests}
+      parallel: 2
+  after:
+    needs: [unit]
+    run: echo after
+"#;
+
+fn wait_verdict(api: &Api, commit: &str, within: Duration) -> Value {
+    wait_for(&format!("commit {commit}'s verdict"), within, || {
+        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
+        let status = view["status"].as_str()?.to_string();
+        matches!(status.as_str(), "passed" | "failed" | "error").then_some(view)
+    })
+}
+
+fn by_name(view: &Value) -> HashMap<String, Value> {
+    view["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|job| (job["name"].as_str().expect("name").to_string(), job.clone()))
+        .collect()
+}
+
+/// `GET /api/jobs/{id}/tests` as test id → (status, attempts).
+fn tests_of(api: &Api, job: &Value) -> HashMap<String, (String, u64)> {
+    let id = job["id"].as_str().expect("id");
+    let tests = api
+        .get_json(&format!("/api/jobs/{id}/tests"))
+        .expect("tests");
+    tests
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| {
+            (
+                t["test"].as_str().expect("test").to_string(),
+                (
+                    t["status"].as_str().expect("status").to_string(),
+                    t["attempts"].as_u64().expect("attempts"),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_split_suite_runs_every_test_once_over_three_runners_one_killed_retries_failures_and_finds_flaky_ones(
+) {
+    let ns = Namespace::new("split");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write("run-tests.sh", RUN_TESTS);
+    let unit: Vec<String> = (1..=18)
+        .map(|i| match i {
+            5 => "t05_fail".to_string(),
+            7 => "t07_flaky".to_string(),
+            i => format!("t{i:02}"),
+        })
+        .collect();
+    repo.write(
+        "tests.txt",
+        &format!(
+            "collected:\n{}\n18 tests collected in 0.01s\n",
+            unit.join("\n")
+        ),
+    );
+    let plain: Vec<String> = (1..=12)
+        .map(|i| match i {
+            3 => "p03_flaky".to_string(),
+            i => format!("p{i:02}"),
+        })
+        .collect();
+    repo.write("plain.txt", &format!("{}\n", plain.join("\n")));
+    repo.write(".warren.yml", PIPELINE);
+    let first = repo.commit("a split suite");
+
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let mut runners: Vec<Proc> = (1..=3)
+        .map(|i| runner(&ns, &scratch, &format!("r{i}"), &[]))
+        .collect();
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+
+    // A runner is killed in the middle of a batch: the broker gives the
+    // batch to another runner.
+    let (batch, victim) = wait_for("a batch running", Duration::from_secs(90), || {
+        let view = api.get_json(&format!("/api/commits/{first}")).ok()?;
+        view["jobs"].as_array()?.iter().find_map(|job| {
+            let name = job["name"].as_str()?;
+            (name.starts_with("unit [") && job["status"] == "running").then(|| {
+                (
+                    name.to_string(),
+                    job["runner"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+        })
+    });
+    let mut killed = take_runner(&mut runners, &victim);
+    killed.signal(libc::SIGKILL);
+    killed.wait_exit(Duration::from_secs(10));
+
+    let view = wait_verdict(&api, &first, Duration::from_secs(180));
+    assert_eq!(view["status"], "failed", "{view:#}");
+    let jobs = by_name(&view);
+    let status = |name: &str| {
+        jobs[name]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status("unit [list]"), "passed");
+    assert_eq!(status("unit"), "failed", "t05_fail fails: {view:#}");
+    assert_eq!(status("after"), "skipped");
+    assert_eq!(
+        jobs[&batch]["status"], "passed",
+        "the killed runner's batch ran again elsewhere: {view:#}"
+    );
+
+    // Every listed test reported once, with its merged status.
+    let unit_tests = tests_of(&api, &jobs["unit"]);
+    assert_eq!(unit_tests.len(), unit.len(), "{unit_tests:?}");
+    for test in &unit {
+        let (status, attempts) = &unit_tests[test];
+        let expected = match test.as_str() {
+            "t05_fail" => ("failed", 2),
+            "t07_flaky" => ("flaky", 2),
+            _ => ("passed", 1),
+        };
+        assert_eq!((status.as_str(), *attempts), expected, "{test}");
+    }
+    // Without a JUnit report: the batch's verdict for each of its tests;
+    // a failed batch's tests are each retried alone, so p03_flaky and its
+    // batch mates (which cannot be told apart) end flaky, the others
+    // passed.
+    let plain_tests = tests_of(&api, &jobs["plain"]);
+    assert_eq!(plain_tests.len(), plain.len(), "{plain_tests:?}");
+    let flaky: Vec<&String> = plain
+        .iter()
+        .filter(|t| plain_tests[*t].0 == "flaky")
+        .collect();
+    assert!(flaky.contains(&&"p03_flaky".to_string()), "{plain_tests:?}");
+    assert!(
+        flaky.len() > 1 && flaky.len() < plain.len(),
+        "{plain_tests:?}"
+    );
+    assert!(plain
+        .iter()
+        .all(|t| matches!(plain_tests[t].0.as_str(), "flaky" | "passed")));
+    assert_eq!(status("plain"), "failed", "flaky: fail");
+    // `parallel: 2`: never more than two of its batches (retries aside)
+    // running at once.
+    let spans: Vec<(String, String)> = jobs
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("plain [") && !name.contains("retry") && !name.contains("list")
+        })
+        .map(|(_, job)| {
+            (
+                job["started_at"].as_str().unwrap_or_default().to_string(),
+                job["finished_at"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(spans.len() > 2, "{spans:?}");
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, f)| s.as_str() <= start.as_str() && start.as_str() < f.as_str())
+            .count();
+        assert!(running <= 2, "{running} batches at {start}: {spans:?}");
+    }
+    let log = api.log(jobs["unit"]["id"].as_str().expect("id"));
+    assert!(
+        log.contains("18 tests: 16 passed, 1 failed, 1 flaky"),
+        "{log}"
+    );
+
+    // A listing that finds nothing is an error that says so.
+    repo.write("tests.txt", "no tests ran\n");
+    let second = repo.commit("an empty listing");
+    let view = wait_verdict(&api, &second, Duration::from_secs(120));
+    let jobs = by_name(&view);
+    assert_eq!(jobs["unit [list]"]["status"], "error", "{view:#}");
+    assert_eq!(
+        jobs["unit [list]"]["reason"], "the listing printed no test ids",
+        "{view:#}"
+    );
+    assert_eq!(jobs["unit"]["status"], "skipped");
+    assert_ne!(view["status"], "passed");
+}
