@@ -237,3 +237,85 @@ fn a_split_suite_runs_every_test_once_over_three_runners_one_killed_retries_fail
     assert_eq!(jobs["unit"]["status"], "skipped");
     assert_ne!(view["status"], "passed");
 }
+
+/// The test ids of each batch of the split job `gate` in `view`, by
+/// batch number (from `GET /api/jobs/{id}/tests`: each test's batch).
+fn batches(api: &Api, view: &Value, gate: &str) -> Vec<Vec<String>> {
+    let jobs = by_name(view);
+    let id = jobs[gate]["id"].as_str().expect("id");
+    let tests = api
+        .get_json(&format!("/api/jobs/{id}/tests"))
+        .expect("tests");
+    let name_of: HashMap<&str, &str> = jobs
+        .values()
+        .filter_map(|job| Some((job["id"].as_str()?, job["name"].as_str()?)))
+        .collect();
+    let prefix = format!("{gate} [");
+    let mut found: HashMap<usize, Vec<String>> = HashMap::new();
+    for test in tests.as_array().expect("a list") {
+        let batch = name_of[test["batch"].as_str().expect("batch")];
+        let number: usize = batch
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{batch} is a batch"));
+        found
+            .entry(number)
+            .or_default()
+            .push(test["test"].as_str().expect("test").to_string());
+    }
+    let mut numbers: Vec<usize> = found.keys().copied().collect();
+    numbers.sort_unstable();
+    numbers.into_iter().map(|n| found[&n].clone()).collect()
+}
+
+#[test]
+fn the_second_run_cuts_by_the_first_runs_timings_so_the_slow_test_goes_first() {
+    let ns = Namespace::new("split-timings");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(
+        "run-tests.sh",
+        "#!/bin/sh\nfor t in \"$@\"; do case \"$t\" in slow*) sleep 2 ;; *) sleep 0.2 ;; esac; done\n",
+    );
+    let tests = ["a01", "a02", "a03", "a04", "a05", "a06", "slow1"];
+    repo.write("tests.txt", &format!("{}\n", tests.join("\n")));
+    repo.write(
+        ".warren.yml",
+        "jobs:\n  test:\n    split:\n      list: cat tests.txt\n      run: sh ./run-tests.sh {tests}\n      parallel: 2\n",
+    );
+    let first = repo.commit("a suite with one slow test");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let _runners: Vec<Proc> = (1..=2)
+        .map(|i| runner(&ns, &scratch, &format!("r{i}"), &[]))
+        .collect();
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    let wall = |view: &Value| -> f64 {
+        let jobs = by_name(view);
+        let at = |name: &str| jobs[name]["finished_at_ms"].as_i64().expect("finished");
+        (at("test") - at("test [list]")) as f64 / 1000.0
+    };
+
+    // First run: no timings, every test estimated alike; the slow one
+    // sorts last and lands in the last batch.
+    let view = wait_verdict(&api, &first, Duration::from_secs(120));
+    assert_eq!(view["status"], "passed", "{view:#}");
+    let cut = batches(&api, &view, "test");
+    assert_eq!(cut.concat().len(), tests.len(), "{cut:?}");
+    assert_eq!(cut.last(), Some(&vec!["slow1".to_string()]), "{cut:?}");
+    let first_wall = wall(&view);
+
+    // Second run: the slow test is known, and goes first, alone.
+    repo.write("README", "again\n");
+    let second = repo.commit("the same suite again");
+    let view = wait_verdict(&api, &second, Duration::from_secs(120));
+    assert_eq!(view["status"], "passed", "{view:#}");
+    let cut = batches(&api, &view, "test");
+    assert_eq!(cut.concat().len(), tests.len(), "{cut:?}");
+    assert_eq!(cut.first(), Some(&vec!["slow1".to_string()]), "{cut:?}");
+    eprintln!(
+        "split over 2 runners: first run {first_wall:.2} s from listing to verdict, second {:.2} s",
+        wall(&view)
+    );
+}
