@@ -197,6 +197,18 @@ fn scenario_9_pipelines() {
 }
 
 #[test]
+fn scenario_10_test_splitting() {
+    let mut report = smoke(10, &[10]);
+    let section = report.section(10);
+    assert_eq!(section.rows.len(), 4, "{section:?}");
+    assert!(
+        section.rows[1].target.is_some(),
+        "the second run has the issue's target: {section:?}"
+    );
+    assert!(section.details.contains("| method | wall |"));
+}
+
+#[test]
 fn log_lines_statistics_and_dates_are_parsed() {
     use harness::logs::{parse_line, parse_timestamp};
     let line = parse_line(

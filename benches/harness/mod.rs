@@ -72,6 +72,9 @@ pub struct Sizes {
     pub pipeline_fanouts: usize,
     pub pipeline_matrix_side: usize,
     pub pipeline_fanout_runners: usize,
+    /// The split suite: tests, and the unit of their durations in ms (see
+    /// `scenario::splitting::suite`: about 1,000 units for 200 tests).
+    pub split_suite: (usize, f64),
 }
 
 /// Repositories registered and polled by one observer, and how long its
@@ -121,6 +124,7 @@ impl Sizes {
             pipeline_fanouts: 2,
             pipeline_matrix_side: 8,
             pipeline_fanout_runners: 4,
+            split_suite: (200, 60.0),
         }
     }
 
@@ -158,6 +162,7 @@ impl Sizes {
             pipeline_fanouts: 1,
             pipeline_matrix_side: 2,
             pipeline_fanout_runners: 2,
+            split_suite: (40, 2.0),
         }
     }
 }

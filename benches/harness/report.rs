@@ -154,7 +154,7 @@ pub struct Report {
     pub facts: std::collections::BTreeMap<String, f64>,
 }
 
-pub const TITLES: [&str; 9] = [
+pub const TITLES: [&str; 10] = [
     "Commit to start and commit to outcome",
     "Per-job overhead",
     "Throughput",
@@ -164,6 +164,7 @@ pub const TITLES: [&str; 9] = [
     "Webhooks and many repositories (issue 15)",
     "Sandbox cost per job (issue 14)",
     "Pipelines (issue 16)",
+    "Test splitting (issue 18)",
 ];
 
 impl Default for Report {
@@ -197,7 +198,7 @@ impl Report {
         self.facts.get(name).copied().filter(|v| v.is_finite())
     }
 
-    /// Scenario `id` (1 to 9).
+    /// Scenario `id` (1 to 10).
     pub fn section(&mut self, id: u8) -> &mut Section {
         &mut self.sections[usize::from(id) - 1]
     }

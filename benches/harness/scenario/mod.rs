@@ -1,5 +1,5 @@
 //! The six scenarios of issue 7, the pushes of issue 15, the sandbox of
-//! issue 14 and the pipelines of issue 16. Each adds rows and details to a [`Report`]; [`run`] also notes
+//! issue 14, the pipelines of issue 16 and the test splitting of issue 18. Each adds rows and details to a [`Report`]; [`run`] also notes
 //! the load average and duration.
 
 pub mod api;
@@ -10,6 +10,7 @@ pub mod pipelines;
 pub mod pushes;
 pub mod resources;
 pub mod sandbox;
+pub mod splitting;
 pub mod throughput;
 
 use std::time::Instant;
@@ -18,7 +19,7 @@ use crate::harness::system::load_average;
 use crate::harness::{Report, Sizes};
 
 /// The scenarios by number, in the order of the issues.
-pub const ALL: [u8; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+pub const ALL: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 
 /// Runs scenario `id`, printing its progress to stderr.
 pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
@@ -36,6 +37,7 @@ pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
         7 => pushes::run(sizes, report),
         8 => sandbox::run(sizes, report),
         9 => pipelines::run(sizes, report),
+        10 => splitting::run(sizes, report),
         _ => panic!("no scenario {id}"),
     }
     let seconds = clock.elapsed().as_secs_f64();
