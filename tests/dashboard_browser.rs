@@ -765,3 +765,100 @@ fn the_dashboard_shows_jobs_live_renders_logs_safely_and_lists_runners() {
     assert_png_not_blank(&path, &png);
     eprintln!("screenshots in {}", scratch.path().display());
 }
+
+/// Issue 18: a split job's page lists its tests, those that did not pass
+/// first, each with its status, attempts and batch, and the pipeline
+/// shows each batch with its runner.
+#[test]
+fn a_split_jobs_page_lists_its_tests_and_its_batches_with_their_runners() {
+    let chromedriver = require_chromium();
+    let ns = Namespace::new("dashboard-split");
+    let scratch = Scratch::new();
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(
+        "run-tests.sh",
+        "#!/bin/sh\nrc=0\nfor t in \"$@\"; do case \"$t\" in *fail*) rc=1 ;; esac; done\nexit $rc\n",
+    );
+    repo.write("tests.txt", "a01\na02\na03_fail\na04\n");
+    repo.write(
+        ".warren.yml",
+        "jobs:\n  test:\n    split:\n      list: cat tests.txt\n      run: sh ./run-tests.sh {tests}\n",
+    );
+    let commit = repo.commit("a split suite with a failing test");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let _runner = runner(&ns, &scratch, "r1", &[]);
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    let gate = wait_for("the split job's verdict", Duration::from_secs(90), || {
+        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
+        let gate = view["jobs"]
+            .as_array()?
+            .iter()
+            .find(|job| job["name"] == "test")?
+            .clone();
+        (gate["status"] == "failed").then_some(gate)
+    });
+    let gate_id = gate["id"].as_str().expect("id").to_string();
+
+    let browser = Browser::start(&chromedriver, &scratch);
+    browser.goto(&format!("{}/jobs/{gate_id}", dispatcher.url));
+    let rows = browser.wait_until("the tests table", Duration::from_secs(20), || {
+        let rows = browser.exec(
+            "const section = document.getElementById('tests');
+             if (!section || section.hidden) return null;
+             return [...document.querySelectorAll('#tests-body tr')].map((tr) => ({
+               test: tr.dataset.test,
+               status: tr.querySelector('[data-status]').dataset.status,
+               attempts: tr.children[3].textContent,
+               batch: tr.querySelector('a').getAttribute('href') }));",
+            json!([]),
+        );
+        rows.as_array()
+            .filter(|rows| rows.len() == 4)
+            .cloned()
+            .ok_or(format!("{rows}"))
+    });
+    // Without a report each test of the failed batch was retried alone:
+    // the failing one failed again and comes first.
+    assert_eq!(rows[0]["test"], "a03_fail", "{rows:?}");
+    assert_eq!(rows[0]["status"], "failed");
+    assert_eq!(rows[0]["attempts"], "2");
+    assert!(rows.iter().all(|row| row["batch"]
+        .as_str()
+        .is_some_and(|href| href.starts_with("/jobs/"))));
+    let summary = browser.exec(
+        "return document.getElementById('tests-summary').textContent",
+        json!([]),
+    );
+    assert!(
+        summary.as_str().is_some_and(|s| s.starts_with("4 tests: ")),
+        "{summary}"
+    );
+    // The pipeline lists the list job, the batches and the retries, each
+    // with the runner that ran it.
+    let pipeline = browser.exec(
+        "return [...document.querySelectorAll('#pipeline li')].map((li) => li.textContent)",
+        json!([]),
+    );
+    let items: Vec<&str> = pipeline
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        items
+            .iter()
+            .any(|item| item.contains("test [1/") && item.contains("r1")),
+        "{items:?}"
+    );
+    assert!(
+        items.iter().any(|item| item.contains("test [retry ")),
+        "{items:?}"
+    );
+    assert!(
+        console_errors(&browser).is_empty(),
+        "{:?}",
+        console_errors(&browser)
+    );
+}

@@ -7,7 +7,7 @@
 
 window.Warren = (function () {
   // Jobs' statuses, and a commit's verdict (`pending` until a job starts).
-  const STATUSES = ['waiting', 'queued', 'pending', 'running', 'passed', 'failed', 'error', 'timeout', 'skipped', 'canceled'];
+  const STATUSES = ['waiting', 'queued', 'pending', 'running', 'passed', 'failed', 'error', 'timeout', 'skipped', 'canceled', 'flaky'];
   const TERMINAL = ['passed', 'failed', 'error', 'timeout', 'skipped', 'canceled'];
   const SVG = 'http://www.w3.org/2000/svg';
 
@@ -66,6 +66,8 @@ window.Warren = (function () {
     skipped: [['circle', { cx: 8, cy: 8, r: 6.5, fill: 'none', stroke: 'currentColor', 'stroke-width': 1.6 }],
       ['path', { d: 'M4.8 8h6.4', fill: 'none', stroke: 'currentColor', 'stroke-width': 1.8, 'stroke-linecap': 'round' }]],
     canceled: [disc, ['path', Object.assign({ d: 'M5 8h6' }, mark)]],
+    // A test that failed, then passed alone (a split job's tests).
+    flaky: [disc, ['path', Object.assign({ d: 'M4.5 9.5l2-3 2 3 2-3 1.5 2' }, mark)]],
     unknown: [['circle', { cx: 8, cy: 8, r: 6.5, fill: 'none', stroke: 'currentColor', 'stroke-width': 1.6 }]],
   };
 

@@ -70,6 +70,7 @@
       ...field('Sequence', 'seq', String(j.seq)));
     document.getElementById('job').hidden = false;
     loadPipeline(j);
+    if (W.isTerminal(j.status)) loadTests(j);
     if (W.isTerminal(j.status) && !logShown) loadLog();
     if (!W.isTerminal(j.status)) {
       document.getElementById('log-note').textContent = 'The log appears here when the job finishes.';
@@ -90,10 +91,40 @@
           el('a', { href: '/jobs/' + encodeURIComponent(other.id) }, other.name),
           other.queue && other.queue !== 'default' ? el('span', { className: 'why' }, 'queue ' + other.queue) : null,
           other.waiting_reason ? el('span', { className: 'why' }, other.waiting_reason) : null,
+          other.runner ? el('span', { className: 'why' }, other.runner) : null,
+          W.isTerminal(other.status) && other.duration_ms !== null && other.duration_ms !== undefined
+            ? el('span', { className: 'why' }, W.duration(other.duration_ms)) : null,
           other.reason && other.status === 'skipped' ? el('span', { className: 'why' }, other.reason) : null)));
     } catch (e) {
       document.getElementById('pipeline').replaceChildren(el('li', { className: 'why' }, 'Cannot load the pipeline (' + e.message + ').'));
     }
+  }
+
+  // A split job's tests (/api/jobs/{id}/tests): those that did not pass
+  // first, then the slowest; each with the batch (a job) that ran it last.
+  async function loadTests(j) {
+    let tests;
+    try {
+      tests = await W.getJSON('/api/jobs/' + encodeURIComponent(j.id) + '/tests');
+    } catch (e) {
+      return;
+    }
+    if (!Array.isArray(tests) || !tests.length) return;
+    const order = { failed: 0, flaky: 1, skipped: 2, passed: 3 };
+    tests.sort((a, b) => (order[a.status] ?? 4) - (order[b.status] ?? 4) || b.duration_ms - a.duration_ms);
+    const count = (status) => tests.filter((t) => t.status === status).length;
+    document.getElementById('tests-summary').textContent = tests.length + ' tests: ' +
+      count('passed') + ' passed, ' + count('failed') + ' failed, ' + count('flaky') + ' flaky, ' +
+      count('skipped') + ' skipped';
+    document.getElementById('tests-body').replaceChildren(...tests.map((t) =>
+      el('tr', { 'data-test': t.test },
+        el('td', {}, el('code', {}, t.test)),
+        el('td', {}, W.badge(t.status)),
+        el('td', {}, W.duration(t.duration_ms)),
+        el('td', {}, String(t.attempts)),
+        el('td', {}, t.runner || '—'),
+        el('td', {}, el('a', { href: '/jobs/' + encodeURIComponent(t.batch) }, W.shortCommit(t.batch))))));
+    document.getElementById('tests').hidden = false;
   }
 
   // A job run without isolation says so plainly: its test could read the
