@@ -1,5 +1,6 @@
 //! Issue 18: a job's tests split into batches that runners pull from the
-//! queue. Real broker, git, binary and runners (in their sandbox). The
+//! queue. Real broker, git, binary and runners (the harness's: without the
+//! sandbox, so a job can see a file of the test's). The
 //! suite's script sleeps per test, fails `*fail*` tests, and fails
 //! `*flaky*` tests unless run alone (so the retry alone passes); with
 //! `--junit` it writes a JUnit report to `$WARREN_JUNIT`.
@@ -318,4 +319,64 @@ fn the_second_run_cuts_by_the_first_runs_timings_so_the_slow_test_goes_first() {
         "split over 2 runners: first run {first_wall:.2} s from listing to verdict, second {:.2} s",
         wall(&view)
     );
+}
+
+#[test]
+fn rerun_failed_lists_and_splits_again_and_the_new_gate_judges_only_the_new_run() {
+    let ns = Namespace::new("split-rerun");
+    let scratch = Scratch::new();
+    let fixed = scratch.join("fixed");
+    let repo = Repo::new(scratch.join("repo"));
+    repo.write(
+        "run-tests.sh",
+        &format!(
+            "#!/bin/sh\nrc=0\nfor t in \"$@\"; do case \"$t\" in *fixable*) [ -e {} ] || rc=1 ;; esac; done\nexit $rc\n",
+            fixed.display()
+        ),
+    );
+    repo.write("tests.txt", "a01\na02_fixable\na03\na04\n");
+    repo.write(
+        ".warren.yml",
+        "jobs:\n  test:\n    split:\n      list: cat tests.txt\n      run: sh ./run-tests.sh {tests}\n  after:\n    needs: [test]\n    run: \"true\"\n",
+    );
+    let commit = repo.commit("a split suite that fails at first");
+    let dispatcher = Dispatcher::start(&ns, &scratch, &[]);
+    let _runner = runner(&ns, &scratch, "r1", &[]);
+    let _observer = observer(&ns, &scratch, repo.path_str(), &[]);
+    let api = dispatcher.api();
+    let view = wait_verdict(&api, &commit, Duration::from_secs(90));
+    assert_eq!(view["status"], "failed", "{view:#}");
+    let first_gate = by_name(&view)["test"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    std::fs::write(&fixed, "").expect("fix");
+    let out = std::process::Command::new(WARREN)
+        .args(["rerun", "--failed", &commit])
+        .env("WARREN_SERVER", &dispatcher.url)
+        .env_remove("WARREN_API_TOKEN")
+        .output()
+        .expect("warren rerun");
+    assert!(out.status.success(), "{out:?}");
+    let view = wait_for("the rerun's verdict", Duration::from_secs(90), || {
+        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
+        (view["status"] == "passed").then_some(view)
+    });
+    let jobs = by_name(&view);
+    let gate = &jobs["test"];
+    assert_ne!(gate["id"], first_gate.as_str(), "a new gate: {view:#}");
+    assert_eq!(jobs["after"]["status"], "passed");
+    assert_eq!(jobs["test [list]"]["status"], "passed");
+    let tests = tests_of(&api, gate);
+    assert_eq!(tests.len(), 4, "{tests:?}");
+    assert!(
+        tests
+            .values()
+            .all(|(status, attempts)| status == "passed" && *attempts == 1),
+        "only the new run counts: {tests:?}"
+    );
+    // The first gate keeps its own verdict and tests.
+    let old = tests_of(&api, &serde_json::json!({ "id": first_gate }));
+    assert_eq!(old["a02_fixable"].0, "failed", "{old:?}");
 }

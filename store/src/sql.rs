@@ -1376,15 +1376,38 @@ impl SqlStore {
             .await?
             .rows_affected());
         let jobs = self.pipeline_jobs(tx.conn(), pipeline).await?;
-        let again: Vec<Job> = model::pipeline::current(&jobs)
-            .into_iter()
-            .filter(|job| &job.id != pipeline && job.spec.is_some())
-            .filter(|job| {
-                job.status.is_failure()
-                    || matches!(job.status, JobStatus::Canceled | JobStatus::Skipped)
-            })
-            .map(|job| job.to_job().again(salt))
-            .collect();
+        let current = model::pipeline::current(&jobs);
+        let did_not_pass = |job: &JobRecord| {
+            job.status.is_failure()
+                || matches!(job.status, JobStatus::Canceled | JobStatus::Skipped)
+        };
+        let mut again: Vec<Job> = Vec::new();
+        for job in &current {
+            if &job.id == pipeline || job.spec.is_none() {
+                continue;
+            }
+            match job.spec.as_ref().and_then(|s| s.split.as_ref()) {
+                // A split runs again from its list job: new batches, cut
+                // by the timings the last run left.
+                Some(SplitPart::Batch { .. }) => {}
+                Some(SplitPart::Gate { .. }) if did_not_pass(job) => {
+                    let list_name = model::split::list_name(&job.name);
+                    let mut gate = job.to_job().again(salt);
+                    if let Some(spec) = gate.spec.as_mut() {
+                        spec.needs = vec![list_name.clone()];
+                    }
+                    again.push(gate);
+                    if let Some(list) = current
+                        .iter()
+                        .find(|other| other.name == list_name && !did_not_pass(other))
+                    {
+                        again.push(list.to_job().again(salt));
+                    }
+                }
+                _ if did_not_pass(job) => again.push(job.to_job().again(salt)),
+                _ => {}
+            }
+        }
         if again.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -1661,6 +1684,7 @@ impl SqlStore {
         let root = root.to_job();
         let count = batches.len();
         let out_at_once = parallel.map_or(count, |n| n as usize);
+        // A rerun's list job (a salt of its own) makes batches of its own.
         let jobs: Vec<Job> = batches
             .into_iter()
             .enumerate()
@@ -1681,6 +1705,7 @@ impl SqlStore {
                     }),
                     ..list_spec.clone()
                 })
+                .again(&list.salt)
             })
             .collect();
         insert_waiting(tx, &jobs).await?;
@@ -1771,6 +1796,7 @@ impl SqlStore {
                             }),
                             ..spec.clone()
                         })
+                        .again(&batch.salt)
                     })
                     .collect();
                 insert_waiting(tx, &retries).await?;
