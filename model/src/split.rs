@@ -25,6 +25,12 @@ pub const UNKNOWN_TEST_MS: u64 = 1000;
 pub const SMOOTHING: f64 = 0.3;
 /// Where a batch's ids go in the `run` command.
 pub const TESTS_PLACEHOLDER: &str = "{tests}";
+/// The most bytes a batch's quoted ids may take in its command (a job's
+/// command has at most [`crate::pipeline::MAX_RUN_BYTES`]).
+pub const MAX_BATCH_ID_BYTES: usize = 32 * 1024;
+/// The longest `split.run`, so that it and a batch's ids fit in a job's
+/// command.
+pub const MAX_SPLIT_RUN_BYTES: usize = 16 * 1024;
 
 /// One test, as the listing command printed it (`tests/test_a.py::test_x`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -128,8 +134,9 @@ pub struct Batch {
 /// self-scheduling), but never less than `min_batch_ms` (a batch costs a
 /// checkout and a process start), and at least one test. The batches
 /// shrink as the work left does, so whichever runner frees up last has
-/// only a short batch left to take. Deterministic: equal estimates keep
-/// the ids' order.
+/// only a short batch left to take. A batch's quoted ids also stay
+/// within [`MAX_BATCH_ID_BYTES`]. Deterministic: equal estimates keep the
+/// ids' order.
 pub fn cut(mut tests: Vec<(TestId, u64)>, runners: usize, min_batch_ms: u64) -> Vec<Batch> {
     let runners = runners.max(1) as u64;
     tests.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -142,13 +149,18 @@ pub fn cut(mut tests: Vec<(TestId, u64)>, runners: usize, min_batch_ms: u64) -> 
             tests: Vec::new(),
             estimate_ms: 0,
         };
-        while let Some((_, ms)) = tests.peek() {
-            if !batch.tests.is_empty() && batch.estimate_ms + ms > target {
+        let mut bytes = 0;
+        while let Some((test, ms)) = tests.peek() {
+            let quoted = test.as_str().len() + 3;
+            if !batch.tests.is_empty()
+                && (batch.estimate_ms + ms > target || bytes + quoted > MAX_BATCH_ID_BYTES)
+            {
                 break;
             }
             let Some((test, ms)) = tests.next() else {
                 break;
             };
+            bytes += quoted;
             batch.estimate_ms += ms;
             batch.tests.push(test);
         }
@@ -368,11 +380,15 @@ pub fn gate_verdict(tests: &[TestRecord], flaky: FlakyPolicy) -> (bool, String) 
 pub enum SplitError {
     #[error("split.run must contain {TESTS_PLACEHOLDER}, where a batch's test ids go")]
     NoPlaceholder,
+    #[error("split.run is longer than {MAX_SPLIT_RUN_BYTES} bytes")]
+    TooLong,
 }
 
-/// Checks that `run` has a place for the batch's ids.
+/// Checks that `run` has a place for the batch's ids, and room for them.
 pub fn check_run(run: &str) -> Result<(), SplitError> {
-    if run.contains(TESTS_PLACEHOLDER) {
+    if run.len() > MAX_SPLIT_RUN_BYTES {
+        Err(SplitError::TooLong)
+    } else if run.contains(TESTS_PLACEHOLDER) {
         Ok(())
     } else {
         Err(SplitError::NoPlaceholder)
@@ -515,6 +531,31 @@ mod tests {
         eprintln!(
             "sum/4 {} ms; with timings {wall} ms; first run {first_wall} ms; round robin {static_wall} ms",
             sum / 4
+        );
+    }
+
+    #[test]
+    fn a_batch_of_many_quick_tests_stays_within_a_commands_size() {
+        let many: Vec<(TestId, u64)> = (0..5000)
+            .map(|i| (id(&format!("tests/test_module_{i:05}.py::test_case")), 1))
+            .collect();
+        let batches = cut(many, 4, 200);
+        assert!(batches.len() > 1, "{}", batches.len());
+        for batch in &batches {
+            let command = command_for(
+                &format!("{} {{tests}}", "x".repeat(MAX_SPLIT_RUN_BYTES - 8)),
+                &batch.tests,
+            );
+            assert!(
+                command.len() <= crate::pipeline::MAX_RUN_BYTES,
+                "{}",
+                command.len()
+            );
+        }
+        assert_eq!(batches.iter().map(|b| b.tests.len()).sum::<usize>(), 5000);
+        assert_eq!(
+            check_run(&"y".repeat(MAX_SPLIT_RUN_BYTES + 1)),
+            Err(SplitError::TooLong)
         );
     }
 

@@ -638,6 +638,18 @@ fn fit_to_cap(result: &mut JobResult, cap: usize) {
             .output
             .push_str("\n[warren: output truncated to fit the message size cap]\n");
     }
+    if result.tests.is_some() && broker::message::encode(result).len() > budget {
+        let size = result
+            .tests
+            .take()
+            .map_or(0, |tests| broker::message::encode(&tests).len());
+        let reason = format!(
+            "the split's test ids take {size} bytes, more than a message may carry ({cap} bytes with the result): split the job into several"
+        );
+        result.outcome = Outcome::Error;
+        result.output.push_str(&format!("warren: {reason}\n"));
+        result.reason = Some(reason);
+    }
     if result.plan.is_some() && broker::message::encode(result).len() > budget {
         let size = result
             .plan
