@@ -404,8 +404,11 @@ const NAME_PLAN: &str = concat!(
 const OUTBOX_ADD: &str = "INSERT INTO outbox (job_id, queue, body, created_ms) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING";
 
-const OUTBOX_PENDING: &str = "SELECT job_id, queue, body FROM outbox \
-     WHERE sent_ms IS NULL ORDER BY created_ms, job_id LIMIT $1";
+/// Oldest first, and among the rows of one transaction in the order their
+/// jobs were recorded (a split's batches, longest first).
+const OUTBOX_PENDING: &str = "SELECT o.job_id, o.queue, o.body FROM outbox o \
+     JOIN jobs j ON j.id = o.job_id \
+     WHERE o.sent_ms IS NULL ORDER BY o.created_ms, j.seq LIMIT $1";
 
 const OUTBOX_SENT: &str = "UPDATE outbox SET sent_ms = $2 WHERE job_id = $1 AND sent_ms IS NULL";
 

@@ -1952,3 +1952,25 @@ conformance!(
         assert!(store.tests_of(&batch.id).await.expect("tests").is_empty());
     }
 );
+
+conformance!(
+    /// Jobs released together leave the outbox in the order they were
+    /// recorded (a split's batches are recorded longest first), not in the
+    /// order of their ids.
+    async fn jobs_released_together_leave_the_outbox_in_the_order_recorded(backend) {
+        let store = backend.open().await;
+        let first = job("/r", "main", commit('e'));
+        let names: Vec<String> = (0..12).rev().map(|i| format!("j{i:02}")).collect();
+        let mut planning = result(&first, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan::new(
+            names.iter().map(|n| spec(n, &[], "default", false)).collect(),
+        ));
+        store.job_finished(&planning).await.expect("plan");
+        let mut out = Vec::new();
+        for row in store.outbox_pending(100).await.expect("outbox") {
+            let job = store.job(&row.job).await.expect("read").expect("stored");
+            out.push(job.name);
+        }
+        assert_eq!(out, names);
+    }
+);
