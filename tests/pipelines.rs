@@ -6,30 +6,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// The commit's pipeline from `GET /api/commits/{sha}` once its verdict
-/// is final.
-fn wait_verdict(api: &Api, commit: &str, within: Duration) -> Value {
-    wait_for(&format!("commit {commit}'s verdict"), within, || {
-        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
-        let status = view["status"].as_str()?.to_string();
-        matches!(status.as_str(), "passed" | "failed" | "error").then_some(view)
-    })
-}
-
-fn by_name(view: &Value) -> HashMap<String, Value> {
-    view["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .map(|job| (job["name"].as_str().expect("name").to_string(), job.clone()))
-        .collect()
-}
 
 fn ms(job: &Value, field: &str) -> i64 {
     job[field]

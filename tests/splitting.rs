@@ -54,23 +54,6 @@ jobs:
     run: echo after
 "#;
 
-fn wait_verdict(api: &Api, commit: &str, within: Duration) -> Value {
-    wait_for(&format!("commit {commit}'s verdict"), within, || {
-        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
-        let status = view["status"].as_str()?.to_string();
-        matches!(status.as_str(), "passed" | "failed" | "error").then_some(view)
-    })
-}
-
-fn by_name(view: &Value) -> HashMap<String, Value> {
-    view["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .map(|job| (job["name"].as_str().expect("name").to_string(), job.clone()))
-        .collect()
-}
-
 /// `GET /api/jobs/{id}/tests` as test id → (status, attempts).
 fn tests_of(api: &Api, job: &Value) -> HashMap<String, (String, u64)> {
     let id = job["id"].as_str().expect("id");

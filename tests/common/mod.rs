@@ -803,6 +803,26 @@ pub fn wait_running(api: &Api, commit: &str) -> (String, String) {
     )
 }
 
+/// The commit's pipeline from `GET /api/commits/{sha}` once its verdict
+/// is final (`passed`, `failed` or `error`).
+pub fn wait_verdict(api: &Api, commit: &str, within: Duration) -> Value {
+    wait_for(&format!("commit {commit}'s verdict"), within, || {
+        let view = api.get_json(&format!("/api/commits/{commit}")).ok()?;
+        let status = view["status"].as_str()?.to_string();
+        matches!(status.as_str(), "passed" | "failed" | "error").then_some(view)
+    })
+}
+
+/// A commit view's jobs by name.
+pub fn by_name(view: &Value) -> HashMap<String, Value> {
+    view["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|job| (job["name"].as_str().expect("name").to_string(), job.clone()))
+        .collect()
+}
+
 pub fn one_job(jobs: &HashMap<String, Vec<Value>>, commit: &str) -> Value {
     let for_commit = &jobs[commit];
     assert_eq!(
