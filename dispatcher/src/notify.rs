@@ -86,6 +86,17 @@ pub fn decide(previous: Option<JobStatus>, current: JobStatus) -> Option<Event> 
     }
 }
 
+/// Whether an ended job's outcome says something of its commit: not a
+/// skipped job (it never ran: the need that failed speaks), nor a canceled
+/// one, nor a batch of a split job (its gate speaks for the tests).
+pub fn speaks_for_its_commit(job: &JobRecord) -> bool {
+    let batch = matches!(
+        job.spec.as_ref().and_then(|spec| spec.split.as_ref()),
+        Some(model::split::SplitPart::Batch { .. })
+    );
+    !batch && !matches!(job.status, JobStatus::Skipped | JobStatus::Canceled)
+}
+
 pub use forge::sign;
 
 /// The job an event compares with.
@@ -303,13 +314,7 @@ async fn decide_all(
             },
         };
         let job = match event.change {
-            // A skipped job never ran: it says nothing of its commit (the
-            // need that failed does); nor does a canceled one.
-            Change::Finished { .. }
-                if !matches!(event.job.status, JobStatus::Skipped | JobStatus::Canceled) =>
-            {
-                event.job
-            }
+            Change::Finished { .. } if speaks_for_its_commit(&event.job) => event.job,
             _ => continue,
         };
         // Each job of a pipeline goes red and green on its own: `lint`
@@ -691,6 +696,35 @@ mod tests {
         );
         // 10 + 20 + 40 ms of back-off between the four tries.
         assert!(started.elapsed() >= Duration::from_millis(70));
+    }
+
+    #[test]
+    fn batches_skipped_and_canceled_jobs_say_nothing_of_their_commit() {
+        let with = |status: &str, split: Option<model::split::SplitPart>| {
+            let mut job = record("abc", status);
+            job.spec = Some(model::JobSpec {
+                name: "test [1/3]".into(),
+                run: "true".into(),
+                env: Default::default(),
+                matrix: Default::default(),
+                timeout_ms: None,
+                queue: Default::default(),
+                needs: Vec::new(),
+                allow_failure: true,
+                split,
+            });
+            job
+        };
+        let batch = model::split::SplitPart::Batch {
+            gate: "test".into(),
+            tests: Vec::new(),
+            retry: false,
+        };
+        assert!(!speaks_for_its_commit(&with("failed", Some(batch))));
+        assert!(speaks_for_its_commit(&with("failed", None)));
+        assert!(speaks_for_its_commit(&record("abc", "passed")));
+        assert!(!speaks_for_its_commit(&record("abc", "skipped")));
+        assert!(!speaks_for_its_commit(&record("abc", "canceled")));
     }
 
     #[tokio::test]
