@@ -523,6 +523,20 @@ pub struct DispatcherArgs {
     #[arg(long, env = "WARREN_PUBLIC_URL", value_parser = dispatcher::status::parse_public_url)]
     pub public_url: Option<String>,
 
+    /// Keep the newest N jobs; older finished ones are deleted with their
+    /// logs [default: keep all]
+    #[arg(long, env = "WARREN_KEEP_JOBS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_jobs: Option<u64>,
+
+    /// Keep jobs that finished within the last D days; older ones are
+    /// deleted with their logs [default: keep all]
+    #[arg(long, env = "WARREN_KEEP_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_days: Option<u32>,
+
+    /// Seconds between two prunings by --keep-jobs and --keep-days
+    #[arg(long, env = "WARREN_PRUNE_EVERY", default_value = "300", value_parser = parse_seconds)]
+    pub prune_every: Duration,
+
     /// From WARREN_WEBHOOK_SECRET or its file (see [`resolve_secrets`]).
     #[arg(skip)]
     pub webhook_secret: Option<String>,
@@ -549,6 +563,11 @@ impl DispatcherArgs {
             api_token: self.api_token,
             git_timeout: self.git.git_timeout,
             public_url: self.public_url,
+            retention: store::Retention {
+                keep_jobs: self.keep_jobs,
+                keep_days: self.keep_days,
+            },
+            prune_every: self.prune_every,
         })
     }
 }

@@ -13,8 +13,8 @@
 //! - [`leases`] watches running jobs' heartbeats and acts on frozen runners;
 //! - [`cancels`] tells runners to stop the canceled jobs they run;
 //! - [`leader`] says whether this dispatcher does the duties done once
-//!   (lease expiry, the outbox, announcing changes) when several share a
-//!   PostgreSQL store;
+//!   (lease expiry, the outbox, announcing changes, [`retention`]) when
+//!   several share a PostgreSQL store;
 //! - [`outbox`] publishes the pipeline jobs a transition released (the
 //!   store's outbox, written in the transition's transaction);
 //! - [`announce`] reads every dispatcher's changes back from the store for
@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod recorder;
+pub mod retention;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -89,6 +90,10 @@ pub struct DispatcherConfig {
     /// by [`status::parse_public_url`]): commit statuses link to
     /// `{public_url}/jobs/{id}`. `None`: `http://{the --http address}`.
     pub public_url: Option<String>,
+    /// Which finished jobs to keep (`--keep-jobs`, `--keep-days`), and how
+    /// often to prune the others (`--prune-every`).
+    pub retention: store::Retention,
+    pub prune_every: Duration,
 }
 
 /// How long the dispatcher's tasks get to end once it stops (the whole
@@ -204,6 +209,16 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             store.clone(),
             broker_slot.clone(),
             bus.subscribe(),
+            leader.clone(),
+            stopping.clone(),
+        ),
+    );
+    tasks.lifetime(
+        "the pruner",
+        retention::prune(
+            store.clone(),
+            config.retention,
+            config.prune_every,
             leader.clone(),
             stopping.clone(),
         ),

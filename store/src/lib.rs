@@ -162,6 +162,23 @@ pub struct JobChange {
     pub job: JobRecord,
 }
 
+/// Which finished jobs to keep (`--keep-jobs`, `--keep-days`); the others
+/// are pruned with their logs and test results. `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest this many jobs (of any status).
+    pub keep_jobs: Option<u64>,
+    /// Keep the jobs that finished within this many days.
+    pub keep_days: Option<u32>,
+}
+
+impl Retention {
+    /// Whether it prunes anything at all.
+    pub fn prunes(&self) -> bool {
+        self.keep_jobs.is_some() || self.keep_days.is_some()
+    }
+}
+
 /// A batch's test outcomes, for [`Store::record_tests`].
 #[derive(Debug, Clone)]
 pub struct TestsRun<'a> {
@@ -325,6 +342,11 @@ pub trait Store: Send + Sync {
     async fn record_tests(&self, tests: &TestsRun<'_>) -> Result<(), StoreError>;
     /// The merged results of the split job `parent`, by test id.
     async fn tests_of(&self, parent: &JobId) -> Result<Vec<TestRecord>, StoreError>;
+    /// Deletes up to `max` finished jobs that `rule` does not keep, oldest
+    /// first, with their logs, test results and leftover rows, in one
+    /// transaction; a job whose pipeline has a job not yet ended is kept.
+    /// Returns how many were deleted (fewer than `max`: none is left).
+    async fn prune(&self, rule: &Retention, now_ms: u64, max: u32) -> Result<u64, StoreError>;
     /// How many jobs of `queue` are queued ahead of the job numbered `seq`.
     async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError>;
 

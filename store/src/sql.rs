@@ -36,6 +36,7 @@ use sqlx::sqlite::{
 use sqlx::{ColumnIndex, Connection, Decode, Row, Sqlite, Transaction, Type};
 
 use crate::url::{Kind, PostgresTarget, SslMode};
+use crate::Retention;
 use crate::{
     CommitMatch, Histogram, JobChange, Outgoing, Queued, Recorded, Started, Store, StoreError,
     StoreSettings, StoreUrl, TestsRun, Totals, AMBIGUOUS_LISTED,
@@ -435,6 +436,19 @@ const RUNNERS_SEEN_SINCE: &str = "SELECT COUNT(*) FROM runners WHERE last_seen_m
 const SPLIT_RUNNERS_SEEN_WITHIN_MS: i64 = 30_000;
 /// The smallest batch worth its checkout and process start.
 const SPLIT_MIN_BATCH_MS: u64 = 500;
+
+/// The `seq` of the newest job beyond the `$1` newest (those at or below
+/// it are not kept by `--keep-jobs`).
+const KEEP_JOBS_LINE: &str = "SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET $1";
+/// Finished jobs ($1–$6: the terminal statuses) at or below the seq line
+/// $7, or finished before $8, whose pipeline has no job that has not
+/// ended ($9–$11: waiting, queued, running); oldest first, at most $12.
+const PRUNABLE: &str = "SELECT j.id FROM jobs j \
+     WHERE j.status IN ($1, $2, $3, $4, $5, $6) \
+     AND (j.seq <= $7 OR j.finished_at_ms < $8) \
+     AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.pipeline = j.pipeline \
+     AND p.status IN ($9, $10, $11)) \
+     ORDER BY j.seq LIMIT $12";
 
 /// Queued jobs of one queue recorded before a given one.
 const QUEUED_AHEAD: &str =
@@ -2000,6 +2014,81 @@ impl SqlStore {
         tests_in(held.conn(), parent).await
     }
 
+    async fn delete_old(&self, rule: &Retention, now_ms: u64, max: u32) -> Result<u64, Fail> {
+        if !rule.prunes() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let line: i64 = match rule.keep_jobs {
+            None => i64::MIN,
+            Some(keep) => on!(tx.conn(), |c| sqlx::query(KEEP_JOBS_LINE)
+                .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+                .fetch_optional(c)
+                .await?
+                .map(|row| row.try_get::<i64, _>(0))
+                .transpose()?)
+            .unwrap_or(i64::MIN),
+        };
+        let before: i64 = match rule.keep_days {
+            None => i64::MIN,
+            Some(days) => ms(now_ms).saturating_sub(i64::from(days) * 86_400_000),
+        };
+        let [t1, t2, t3, t4, t5, t6] = [
+            JobStatus::Passed,
+            JobStatus::Failed,
+            JobStatus::Error,
+            JobStatus::Timeout,
+            JobStatus::Skipped,
+            JobStatus::Canceled,
+        ]
+        .map(JobStatus::as_str);
+        let ids: Vec<String> = on!(tx.conn(), |c| sqlx::query(PRUNABLE)
+            .bind(t1)
+            .bind(t2)
+            .bind(t3)
+            .bind(t4)
+            .bind(t5)
+            .bind(t6)
+            .bind(line)
+            .bind(before)
+            .bind(JobStatus::Waiting.as_str())
+            .bind(JobStatus::Queued.as_str())
+            .bind(JobStatus::Running.as_str())
+            .bind(i64::from(max))
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?);
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        // Ids the store wrote, each checked against the id rule before it
+        // goes into the statements as a literal.
+        let mut literals = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let id: JobId = parse(id)?;
+            literals.push(format!("'{}'", id.as_str()));
+        }
+        let list = literals.join(",");
+        for (table, column) in [
+            ("job_logs", "job_id"),
+            ("test_results", "job_id"),
+            ("job_changes", "job_id"),
+            ("outbox", "job_id"),
+            ("jobs", "id"),
+        ] {
+            let sql = format!("DELETE FROM {table} WHERE {column} IN ({list})");
+            on!(tx.conn(), |c| sqlx::query(&sql)
+                .execute(c)
+                .await?
+                .rows_affected());
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
     async fn count_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, Fail> {
         let mut held = self.pool.acquire().await?;
         Ok(on!(held.conn(), |c| sqlx::query(QUEUED_AHEAD)
@@ -2566,6 +2655,12 @@ impl Store for SqlStore {
         self.read_tests_of(parent)
             .await
             .map_err(self.failed("reading test results"))
+    }
+
+    async fn prune(&self, rule: &Retention, now_ms: u64, max: u32) -> Result<u64, StoreError> {
+        self.delete_old(rule, now_ms, max)
+            .await
+            .map_err(self.failed("pruning old jobs"))
     }
 
     async fn queued_ahead(&self, queue: &model::QueueName, seq: i64) -> Result<i64, StoreError> {

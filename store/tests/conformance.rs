@@ -1974,3 +1974,64 @@ conformance!(
         assert_eq!(out, names);
     }
 );
+
+conformance!(
+    /// Issue 19: retention prunes finished jobs beyond the newest N, or
+    /// older than D days, oldest first, in batches, with their logs; never
+    /// a job of a pipeline that has a job not yet ended.
+    async fn pruning_keeps_the_newest_jobs_and_whole_running_pipelines(backend) {
+        let store = backend.open().await;
+        // The oldest commit's pipeline has a job still running: the whole
+        // pipeline stays, its finished planning job too.
+        let planning = job("/r", "main", commit('0'));
+        let mut plan_result = result(&planning, Outcome::Passed, "r1");
+        plan_result.finished_at_ms = 500;
+        plan_result.plan = Some(model::Plan::new(vec![spec("slow", &[], "default", false)]));
+        let recorded = store.job_finished(&plan_result).await.expect("plan");
+        let slow = planned(&recorded, "slow");
+        store
+            .job_started(&slow.to_job(), &runner("r1"), 5)
+            .await
+            .expect("started");
+        let digits = ['1', '2', '3', '4', '5', '6'];
+        let mut ids = Vec::new();
+        for (i, digit) in digits.iter().enumerate() {
+            let job = job("/r", "main", commit(*digit));
+            let mut finished = result(&job, Outcome::Passed, "r1");
+            // Each finished a day after the one before.
+            finished.finished_at_ms = 1_000 + i as u64 * 86_400_000;
+            store.job_finished(&finished).await.expect("finish");
+            ids.push(job.id);
+        }
+        let now = 1_000 + 6 * 86_400_000;
+
+        let none = store::Retention::default();
+        assert_eq!(store.prune(&none, now, 100).await.expect("prune"), 0);
+        // Keep the newest 4 jobs (of 8): of the 4 older ones the planning
+        // job and its running job stay, the next 2 go, in one batch of 2.
+        let keep4 = store::Retention {
+            keep_jobs: Some(4),
+            keep_days: None,
+        };
+        assert_eq!(store.prune(&keep4, now, 1).await.expect("prune"), 1);
+        assert_eq!(store.prune(&keep4, now, 2).await.expect("prune"), 1);
+        assert_eq!(store.prune(&keep4, now, 2).await.expect("prune"), 0);
+        for (i, id) in ids.iter().enumerate() {
+            let kept = store.job(id).await.expect("read").is_some();
+            assert_eq!(kept, i >= 2, "job {i}");
+            assert_eq!(store.log(id).await.expect("log").is_some(), i >= 2, "log {i}");
+        }
+        assert!(store.job(&planning.id).await.expect("read").is_some());
+        assert!(store.job(&slow.id).await.expect("read").is_some());
+        // Keep 2 days: those that finished more than 2 days before now go.
+        let two_days = store::Retention {
+            keep_jobs: None,
+            keep_days: Some(2),
+        };
+        // ids[2] and ids[3] finished 4 and 3 days before now.
+        assert_eq!(store.prune(&two_days, now, 100).await.expect("prune"), 2);
+        assert!(store.job(&ids[3]).await.expect("read").is_none());
+        assert!(store.job(&ids[4]).await.expect("read").is_some());
+        assert!(store.job(&planning.id).await.expect("read").is_some());
+    }
+);
