@@ -13,11 +13,8 @@ fn keep_jobs_prunes_older_finished_jobs_and_their_logs_while_recording() {
     let ns = Namespace::new("retention");
     let scratch = Scratch::new();
     let (origin, staging) = origin_and_staging(&scratch);
-    let dispatcher = Dispatcher::start(
-        &ns,
-        &scratch,
-        &["--keep-jobs", "2", "--prune-every", "0.3"],
-    );
+    let dispatcher =
+        Dispatcher::start(&ns, &scratch, &["--keep-jobs", "2", "--prune-every", "0.3"]);
     let api = dispatcher.api();
     let _runner = runner(&ns, &scratch, "r1", &["--test-command", "cat value.txt"]);
     let _observer = observer(&ns, &scratch, origin.path_str(), &[]);
