@@ -109,7 +109,25 @@ impl Jobs {
     pub async fn finished(&self, result: &JobResult) -> Result<Recorded, StoreError> {
         let _order = self.order_of(&result.job.id).lock().await;
         let recorded = self.store.job_finished(result).await?;
-        match &recorded {
+        self.announce_result(&recorded);
+        Ok(recorded)
+    }
+
+    /// Runners' results recorded in one transaction (a batch of the
+    /// results queue: one commit instead of one per result), then
+    /// announced in order. All are recorded or none.
+    pub async fn finished_all(&self, results: &[JobResult]) -> Result<Vec<Recorded>, StoreError> {
+        let ids: Vec<JobId> = results.iter().map(|r| r.job.id.clone()).collect();
+        let _order = self.order_of_all(&ids).await;
+        let recorded = self.store.jobs_finished(results).await?;
+        for one in &recorded {
+            self.announce_result(one);
+        }
+        Ok(recorded)
+    }
+
+    fn announce_result(&self, recorded: &Recorded) {
+        match recorded {
             Recorded::New {
                 record, pipeline, ..
             } => {
@@ -123,7 +141,6 @@ impl Jobs {
             }
             Recorded::Duplicate(record) => self.announce(Change::Duplicate, record),
         }
-        Ok(recorded)
     }
 
     /// The broker gave up on a job: `error` with `reason`, unless it

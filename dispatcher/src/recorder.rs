@@ -13,7 +13,9 @@
 //!
 //! Every message is acked only after the store committed it, so a
 //! dispatcher killed at any point loses nothing: unacked messages wait in
-//! its durable queues.
+//! its durable queues. Results that wait together (a backlog, a burst)
+//! are recorded together: one transaction per batch of up to the
+//! prefetch, which is what lets one dispatcher keep up with many runners.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,7 +24,7 @@ use broker::consume::REASON_HEADER;
 use broker::topology::TopologySettings;
 use broker::transport::{Deliveries, Delivery, Transport};
 use broker::{BrokerError, Incoming};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use model::{Control, Event, Job, JobId, JobResult, RunnerId, SCHEMA_VERSION};
 use store::{Recorded, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -132,7 +134,13 @@ impl Recorder {
             } else if queue == names.dispatcher_events_queue() {
                 self.on_event(&delivery, &*transport).await
             } else if queue == names.dispatcher_results_queue() {
-                self.on_result(&delivery, &*transport).await
+                let ended = self
+                    .on_results(delivery, &mut deliveries, &queue, &*transport)
+                    .await?;
+                if ended {
+                    return Ok(());
+                }
+                continue;
             } else if queue == names.dispatcher_rejected_queue() {
                 Ok(Some(self.rejected_reason(&delivery)))
             } else if queue == names.dispatcher_control_queue() {
@@ -140,17 +148,7 @@ impl Recorder {
             } else {
                 self.on_dead(&delivery, &*transport).await
             };
-            match handled {
-                Ok(None) => delivery.ack().await?,
-                Ok(Some(reason)) => delivery.dead_letter(&*transport, &queue, &reason).await?,
-                Err(RecordError::Store(StoreError::Collision { .. })) => {
-                    // Not reachable through the id rule (every consumer
-                    // checks it), but a store must not take it silently.
-                    let reason = "the job's id already names another job in the store";
-                    delivery.dead_letter(&*transport, &queue, reason).await?
-                }
-                Err(err) => return Err(err),
-            }
+            settle(delivery, handled, &queue, &*transport).await?;
         }
     }
 
@@ -229,17 +227,98 @@ impl Recorder {
         Ok(None)
     }
 
+    /// The results queue, in batches: `first` and every delivery already
+    /// waiting behind it (up to the prefetch) are recorded in one
+    /// transaction, then acked. Returns whether the deliveries ended.
+    async fn on_results(
+        &self,
+        first: Delivery,
+        deliveries: &mut Deliveries,
+        queue: &str,
+        transport: &dyn Transport,
+    ) -> Result<bool, RecordError> {
+        let mut batch = vec![first];
+        let mut ended = false;
+        while batch.len() < usize::from(PREFETCH) {
+            match deliveries.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut valid = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match Incoming::<JobResult>::decode(&delivery, self.max_message_bytes) {
+                Incoming::Valid(result) => valid.push((delivery, result)),
+                Incoming::Refused(reason) => {
+                    delivery
+                        .dead_letter(transport, queue, &reason.to_string())
+                        .await?
+                }
+            }
+        }
+        // One lock order for every dispatcher's batches (PostgreSQL then
+        // rarely has two transactions wait for each other); a job's own
+        // results keep their order.
+        valid.sort_by(|(_, a), (_, b)| a.job.id.as_str().cmp(b.job.id.as_str()));
+        let (deliveries_of, results): (Vec<Delivery>, Vec<JobResult>) = valid.into_iter().unzip();
+        if results.is_empty() {
+            return Ok(ended);
+        }
+        match self.jobs.finished_all(&results).await {
+            Ok(recorded) => {
+                for ((delivery, result), recorded) in
+                    deliveries_of.into_iter().zip(&results).zip(recorded)
+                {
+                    self.after_result(result, &recorded, transport).await?;
+                    delivery.ack().await?;
+                }
+            }
+            Err(err) if results.len() > 1 => {
+                // One result the store refuses (an id naming another job)
+                // must not hold back the rest: each on its own, as a
+                // single result is handled.
+                tracing::info!(
+                    "recording {} results together failed ({err}); recording them one by one",
+                    results.len()
+                );
+                for (delivery, result) in deliveries_of.into_iter().zip(&results) {
+                    let handled = self.on_result(result, transport).await;
+                    settle(delivery, handled, queue, transport).await?;
+                }
+            }
+            Err(err) => {
+                if let Some(delivery) = deliveries_of.into_iter().next() {
+                    settle(delivery, Err(err.into()), queue, transport).await?;
+                }
+            }
+        }
+        Ok(ended)
+    }
+
     async fn on_result(
         &self,
-        delivery: &Delivery,
+        result: &JobResult,
         transport: &dyn Transport,
     ) -> Result<Option<String>, RecordError> {
-        let result = match Incoming::<JobResult>::decode(delivery, self.max_message_bytes) {
-            Incoming::Valid(result) => result,
-            Incoming::Refused(reason) => return Ok(Some(reason.to_string())),
-        };
+        let recorded = self.jobs.finished(result).await?;
+        self.after_result(result, &recorded, transport).await?;
+        Ok(None)
+    }
+
+    /// What follows a recorded result: a runner still on a job that got
+    /// its outcome elsewhere is told to stop.
+    async fn after_result(
+        &self,
+        result: &JobResult,
+        recorded: &Recorded,
+        transport: &dyn Transport,
+    ) -> Result<(), RecordError> {
         let (job, runner, outcome) = (&result.job.id, &result.runner.id, result.outcome);
-        match self.jobs.finished(&result).await? {
+        match recorded {
             Recorded::New { .. } => {
                 tracing::info!(job = %job, runner = %runner, %outcome, "job finished");
                 let holders = self.lock_leases().release(job);
@@ -251,7 +330,7 @@ impl Recorder {
                 tracing::info!(job = %job, runner = %runner, %outcome, "duplicate result discarded; the job already has its outcome");
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Why the broker dead-lettered a job of the work queue, in words:
@@ -317,6 +396,29 @@ impl Recorder {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Acks a handled delivery, dead-letters one with a reason (a store
+/// collision included), or passes the error on (the session ends and the
+/// delivery waits in its queue).
+async fn settle(
+    delivery: Delivery,
+    handled: Result<Option<String>, RecordError>,
+    queue: &str,
+    transport: &dyn Transport,
+) -> Result<(), RecordError> {
+    match handled {
+        Ok(None) => delivery.ack().await?,
+        Ok(Some(reason)) => delivery.dead_letter(transport, queue, &reason).await?,
+        Err(RecordError::Store(StoreError::Collision { .. })) => {
+            // Not reachable through the id rule (every consumer
+            // checks it), but a store must not take it silently.
+            let reason = "the job's id already names another job in the store";
+            delivery.dead_letter(transport, queue, reason).await?
+        }
+        Err(err) => return Err(err),
+    }
+    Ok(())
 }
 
 /// The dispatcher's copy of a control message: nothing to do with a valid
@@ -505,6 +607,43 @@ mod tests {
         assert_eq!((record.status, record.duplicates), (JobStatus::Passed, 1));
         let log = h.jobs.store().log(&job.id).await.expect("log");
         assert_eq!(log.as_deref(), Some("output of r1"));
+        h.stop().await.expect("a clean stop");
+    }
+
+    #[tokio::test]
+    async fn results_waiting_together_are_recorded_together_each_once_and_a_bad_one_is_dead_lettered(
+    ) {
+        let h = Harness::start().await;
+        let jobs: Vec<Job> = (100..130).map(job).collect();
+        // Published back to back, they wait behind the first in the
+        // session's prefetch and are recorded in batches.
+        for (n, job) in jobs.iter().enumerate() {
+            h.publish_result(&result(job, Outcome::Passed, "r1")).await;
+            if n == 10 {
+                h.client()
+                    .publish_raw(
+                        &h.names.results_exchange(),
+                        "result.passed",
+                        b"{\"v\": 1}",
+                        Vec::new(),
+                    )
+                    .await
+                    .expect("publish");
+            }
+            h.publish_result(&result(job, Outcome::Failed, "r2")).await;
+        }
+        h.acked(&h.names.dispatcher_results_queue(), jobs.len() * 2 + 1)
+            .await;
+        for job in &jobs {
+            let record = h.job(job).await;
+            assert_eq!((record.status, record.duplicates), (JobStatus::Passed, 1));
+        }
+        let dead = h.broker.ready(&h.names.dead_letter_queue());
+        assert_eq!(dead.len(), 1, "the bad one, once");
+        assert_eq!(
+            dead[0].header("x-warren-queue"),
+            Some(h.names.dispatcher_results_queue())
+        );
         h.stop().await.expect("a clean stop");
     }
 

@@ -262,6 +262,11 @@ pub trait Store: Send + Sync {
     /// one only counts as a duplicate.
     async fn job_finished(&self, result: &JobResult) -> Result<Recorded, StoreError>;
 
+    /// Results, each as [`Store::job_finished`] records it, in order, in
+    /// one transaction: all are recorded or none (a later result for a job
+    /// of the batch sees the earlier one).
+    async fn jobs_finished(&self, results: &[JobResult]) -> Result<Vec<Recorded>, StoreError>;
+
     /// A job was dead-lettered: its outcome is `error` with `reason` (and
     /// it is marked dead-lettered) unless it already has one.
     async fn job_dead(&self, job: &Job, reason: &str, at_ms: u64) -> Result<Recorded, StoreError>;

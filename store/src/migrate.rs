@@ -43,7 +43,7 @@ macro_rules! migration {
 
 /// Every migration this build knows, oldest first. A test checks that
 /// the files in `migrations/` are exactly these, numbered as listed.
-const MIGRATIONS: [Migration; 7] = [
+const MIGRATIONS: [Migration; 8] = [
     migration!(1, "0001_baseline"),
     migration!(2, "0002_logs_in_store"),
     migration!(3, "0003_repos"),
@@ -51,6 +51,7 @@ const MIGRATIONS: [Migration; 7] = [
     migration!(5, "0005_pipelines"),
     migration!(6, "0006_job_changes"),
     migration!(7, "0007_test_splitting"),
+    migration!(8, "0008_filter_indexes"),
 ];
 
 impl Migration {

@@ -835,21 +835,38 @@ fn same_job(record: &JobRecord, job: &Job) -> Result<(), Fail> {
 /// for the rest of the transaction, and whether it was unknown: the
 /// first statements of every transition.
 async fn lock_job(tx: &mut Tx<'_>, job: &Job) -> Result<(JobRecord, bool), Fail> {
-    let values = JobValues::of(job);
-    let inserted = on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
-        .execute(c)
-        .await?
-        .rows_affected())
-        == 1;
-    let record = on!(tx.conn(), |c| {
-        let row = sqlx::query(LOCK_JOB)
-            .bind(job.id.as_str())
-            .fetch_one(c)
-            .await?;
-        job_from_row(&row)?
-    });
+    // Usually known (its queued copy came first): locked in one round
+    // trip; recorded first otherwise.
+    let (record, inserted) = match lock_row(tx, job).await? {
+        Some(record) => (record, false),
+        None => {
+            let values = JobValues::of(job);
+            let inserted = on!(tx.conn(), |c| bind_job!(sqlx::query(QUEUE_JOB), values)
+                .execute(c)
+                .await?
+                .rows_affected())
+                == 1;
+            let record = lock_row(tx, job)
+                .await?
+                .ok_or_else(|| Fail::Corrupt(format!("job {} vanished while recorded", job.id)))?;
+            (record, inserted)
+        }
+    };
     same_job(&record, job)?;
     Ok((record, inserted))
+}
+
+async fn lock_row(tx: &mut Tx<'_>, job: &Job) -> Result<Option<JobRecord>, Fail> {
+    Ok(on!(tx.conn(), |c| {
+        match sqlx::query(LOCK_JOB)
+            .bind(job.id.as_str())
+            .fetch_optional(c)
+            .await?
+        {
+            Some(row) => Some(job_from_row(&row)?),
+            None => None,
+        }
+    }))
 }
 
 /// Records `jobs` of a pipeline as `waiting` (unless known), for the
@@ -1175,12 +1192,30 @@ impl SqlStore {
         })
     }
 
-    async fn finish(&self, result: &JobResult) -> Result<Recorded, Fail> {
+    async fn finish_one(&self, result: &JobResult) -> Result<Recorded, Fail> {
+        let mut tx = self.pool.begin().await?;
+        let recorded = self.finish(&mut tx, result).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// Records `results` in one transaction, in order (one commit, one
+    /// sync to disk, for a whole batch of the results queue).
+    async fn finish_all(&self, results: &[JobResult]) -> Result<Vec<Recorded>, Fail> {
+        let mut tx = self.pool.begin().await?;
+        let mut recorded = Vec::with_capacity(results.len());
+        for result in results {
+            recorded.push(self.finish(&mut tx, result).await?);
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn finish(&self, tx: &mut Tx<'_>, result: &JobResult) -> Result<Recorded, Fail> {
         let id = result.job.id.as_str();
         let (log, truncated) = self.capped_output(&result.output, result.truncated);
         let reason = result.reason.as_deref().map(storable);
-        let mut tx = self.pool.begin().await?;
-        let (before, inserted) = lock_job(&mut tx, &result.job).await?;
+        let (before, inserted) = lock_job(tx, &result.job).await?;
         let outcome = on!(tx.conn(), |c| {
             let row = sqlx::query(FINISH_JOB)
                 .bind(id)
@@ -1212,13 +1247,18 @@ impl SqlStore {
                     .execute(c)
                     .await?
                     .rows_affected());
-                self.split_result(&mut tx, &record, result).await?;
+                self.split_result(tx, &record, result).await?;
                 let (record, pipeline) = match &result.plan {
                     Some(plan) if result.outcome == model::Outcome::Passed => {
-                        self.plan(&mut tx, &result.job, plan).await?
+                        self.plan(tx, &result.job, plan).await?
+                    }
+                    _ if record.pipeline == record.id => {
+                        // Its row is locked: `lock_job` above.
+                        let pipeline = self.advance_locked(tx, &record.pipeline).await?;
+                        (record, pipeline)
                     }
                     _ => {
-                        let pipeline = self.advance(&mut tx, &record.pipeline).await?;
+                        let pipeline = self.advance(tx, &record.pipeline).await?;
                         (record, pipeline)
                     }
                 };
@@ -1233,7 +1273,6 @@ impl SqlStore {
                 job_from_row(&row)?
             })),
         };
-        tx.commit().await?;
         Ok(recorded)
     }
 
@@ -1261,7 +1300,8 @@ impl SqlStore {
             .map(|spec| planning.planned(spec.clone()))
             .collect();
         insert_waiting(tx, &planned).await?;
-        let released = self.advance(tx, &planning.id).await?;
+        // The planning job's row is locked: its result's `lock_job`.
+        let released = self.advance_locked(tx, &planning.id).await?;
         let mut made = Vec::with_capacity(plan.jobs.len());
         for job in self.pipeline_jobs(tx.conn(), &planning.id).await? {
             if job.id == planning.id {
@@ -1474,6 +1514,22 @@ impl SqlStore {
     /// whose need failed, by [`model::pipeline::advance`]. In the caller's
     /// transaction, the pipeline locked first. Returns the jobs changed.
     async fn advance(&self, tx: &mut Tx<'_>, pipeline: &JobId) -> Result<Vec<JobRecord>, Fail> {
+        on!(tx.conn(), |c| sqlx::query(LOCK_PIPELINE)
+            .bind(pipeline.as_str())
+            .execute(c)
+            .await?
+            .rows_affected());
+        self.advance_locked(tx, pipeline).await
+    }
+
+    /// [`advance`](Self::advance) for a caller whose transaction holds
+    /// the pipeline's row already (the planning job's own result, or a
+    /// job that is its own pipeline): one round trip less per result.
+    async fn advance_locked(
+        &self,
+        tx: &mut Tx<'_>,
+        pipeline: &JobId,
+    ) -> Result<Vec<JobRecord>, Fail> {
         // A gate released ends at once (see `finish_gate`), which may
         // release its dependents: advance again until nothing changes.
         let mut changed = Vec::new();
@@ -1493,11 +1549,6 @@ impl SqlStore {
         tx: &mut Tx<'_>,
         pipeline: &JobId,
     ) -> Result<(Vec<JobRecord>, usize), Fail> {
-        on!(tx.conn(), |c| sqlx::query(LOCK_PIPELINE)
-            .bind(pipeline.as_str())
-            .execute(c)
-            .await?
-            .rows_affected());
         let jobs = self.pipeline_jobs(tx.conn(), pipeline).await?;
         if !jobs.iter().any(|job| job.status == JobStatus::Waiting) {
             return Ok((Vec::new(), 0));
@@ -2546,9 +2597,15 @@ impl Store for SqlStore {
     }
 
     async fn job_finished(&self, result: &JobResult) -> Result<Recorded, StoreError> {
-        self.finish(result)
+        self.finish_one(result)
             .await
             .map_err(self.failed("recording a result"))
+    }
+
+    async fn jobs_finished(&self, results: &[JobResult]) -> Result<Vec<Recorded>, StoreError> {
+        self.finish_all(results)
+            .await
+            .map_err(self.failed("recording results"))
     }
 
     async fn job_dead(&self, job: &Job, reason: &str, at_ms: u64) -> Result<Recorded, StoreError> {

@@ -267,6 +267,52 @@ conformance!(
 );
 
 conformance!(
+    async fn a_batch_of_results_is_recorded_in_order_in_one_transaction(backend) {
+        let store = backend.open().await;
+        let a = job("/r", "main", commit('a'));
+        let b = job("/r", "main", commit('b'));
+        store.job_queued(&a).await.expect("queued");
+        // b is unknown until its result: it is recorded from the result.
+        let recorded = store
+            .jobs_finished(&[
+                result(&a, Outcome::Passed, "r1"),
+                result(&b, Outcome::Failed, "r2"),
+                result(&a, Outcome::Failed, "r3"),
+            ])
+            .await
+            .expect("batch");
+        assert_eq!(recorded.len(), 3);
+        assert!(recorded[0].is_new() && recorded[1].is_new(), "{recorded:?}");
+        assert_eq!(recorded[0].record().status, JobStatus::Passed);
+        assert_eq!(recorded[1].record().status, JobStatus::Failed);
+        // The later result of a job in the same batch sees the earlier.
+        assert!(!recorded[2].is_new(), "{recorded:?}");
+        assert_eq!(recorded[2].record().duplicates, 1);
+        assert_eq!(
+            store.log(&a.id).await.expect("log").as_deref(),
+            Some("output of r1")
+        );
+
+        // All or nothing: a result that cannot be recorded (its id names
+        // another job) leaves the whole batch unrecorded.
+        let c = job("/r", "main", commit('c'));
+        let mut forged = job("/srv/forged", "dev", commit('d'));
+        forged.id = a.id.clone();
+        let err = store
+            .jobs_finished(&[
+                result(&c, Outcome::Passed, "r1"),
+                result(&forged, Outcome::Failed, "r2"),
+            ])
+            .await
+            .expect_err("a collision");
+        assert!(matches!(err, StoreError::Collision { .. }), "{err}");
+        assert!(store.job(&c.id).await.expect("read").is_none());
+        let a_now = store.job(&a.id).await.expect("read").expect("a");
+        assert_eq!((a_now.status, a_now.duplicates), (JobStatus::Passed, 1));
+    }
+);
+
+conformance!(
     async fn live_output_grows_the_log_until_the_result_replaces_it(backend) {
         let store = backend.open().await;
         let job = job("/r", "main", commit('e'));
