@@ -209,6 +209,29 @@ fn scenario_10_test_splitting() {
 }
 
 #[test]
+fn scenario_11_a_store_of_many_jobs_on_both_backends() {
+    let mut report = smoke(11, &[11]);
+    let section = report.section(11);
+    for backend in ["SQLite", "PostgreSQL"] {
+        let rows: Vec<_> = section
+            .rows
+            .iter()
+            .filter(|row| row.metric.contains(backend))
+            .collect();
+        assert_eq!(rows.len(), 9, "{backend}: {section:?}");
+        assert!(rows.iter().all(|row| row.target.is_some()), "{rows:?}");
+    }
+}
+
+#[test]
+fn scenario_12_recording_and_publishing_at_scale() {
+    let mut report = smoke(12, &[12]);
+    let section = report.section(12);
+    assert_eq!(section.rows.len(), 3, "{section:?}");
+    assert!(section.rows.iter().all(|row| row.target.is_some()));
+}
+
+#[test]
 fn log_lines_statistics_and_dates_are_parsed() {
     use harness::logs::{parse_line, parse_timestamp};
     let line = parse_line(

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use crate::harness::report::Report;
+use crate::harness::report::{Goal, Report};
 
 /// `value` formatted with `decimals`, or "?" when the scenario did not run.
 fn num(report: &Report, name: &str, decimals: usize) -> String {
@@ -22,7 +22,7 @@ fn verdicts(report: &Report) -> String {
         if let (Some(target), Some(summary)) = (&row.target, row.summary()) {
             let _ = writeln!(
                 out,
-                "- {} **{}** — {} (median {} {u}, max {} {u}; scenario {}).",
+                "- {} **{}** — {} (median {} {u},{} max {} {u}; scenario {}).",
                 if row.met() == Some(true) {
                     "✅"
                 } else {
@@ -35,6 +35,15 @@ fn verdicts(report: &Report) -> String {
                 },
                 row.metric_with_target(target),
                 row.unit.format(summary.median),
+                if matches!(target.goal, Goal::P99AtMost(_)) {
+                    format!(
+                        " p99 {} {},",
+                        row.unit.format(summary.p99),
+                        row.unit.suffix()
+                    )
+                } else {
+                    String::new()
+                },
                 row.unit.format(summary.max),
                 section.id,
                 u = row.unit.suffix(),
@@ -176,14 +185,12 @@ pub fn render(report: &Report) -> String {
         if let Some(rate) = report.get("throughput.observer_publish_per_s") {
             let _ = write!(
                 out,
-                "**The observer publishes {rate:.0} commits/s.** For a burst of commits it \
-                 publishes one job, waits for its confirm, then rewrites its state file with an \
-                 fsync — per commit. Publishing a poll's commits pipelined (all sent, then the \
-                 confirms awaited in order) and saving the state once, after the last \
-                 confirmed commit of the batch, keeps the same guarantee (the state never moves \
-                 past an unconfirmed commit) and would take 1,000 commits from {:.1} s to well \
-                 under a second.\n\n",
-                1000.0 / rate
+                "**The observer published {rate:.0} commits/s** here, sharing the cores with \
+                 four runners draining the same commits. It sends a poll's commits pipelined \
+                 and awaits the confirms in order, moving its state only past confirmed \
+                 commits; alone, a branch moving by 10,000 commits is published at {} \
+                 commits/s (scenario 12).\n\n",
+                n("scale.observer_per_s", 0)
             );
         }
     }
@@ -395,6 +402,46 @@ pub fn render(report: &Report) -> String {
             std::thread::available_parallelism()
                 .map(|c| c.get())
                 .unwrap_or(1),
+        );
+    }
+    // Scenarios 11 and 12.
+    if report.get("million.sqlite.ready_ms").is_some()
+        || report.get("scale.results.sqlite").is_some()
+    {
+        let _ = write!(
+            out,
+            "### A million jobs: every page is one index range; a results backlog: one \
+             transaction per batch\n\n\
+             On a million jobs every page the API serves is read newest first from one index: \
+             the first page, a page deep in history (`before=` is a keyset on `seq`, never an \
+             `OFFSET`), one job by its id, and every combination of the `status`, `repo` and \
+             `branch` filters (migration 0008 gave each combination its index; before it a \
+             filter matching few jobs of the large repository walked that repository's \
+             history: 0.35 s for `status=error&repo=…monorepo&branch=feature-101` on SQLite). \
+             `/metrics` reads no table: its counters are loaded once at start (one pass over \
+             the jobs, most of the {} ms from start to ready on SQLite, {} ms on PostgreSQL) \
+             and then moved by the job events. The dispatcher's memory does not grow with the \
+             store: nothing of it is cached beyond a page.\n\n\
+             Results are recorded in batches: every result already waiting in the dispatcher's \
+             prefetch (up to 64) goes into one transaction, then each is acked. From a backlog \
+             of 20,000 that records {} results/s on SQLite (810/s with a transaction per \
+             result) and {} on PostgreSQL (426/s before; 841/s batched, then 1,059/s with one \
+             round trip less per result: the job's row locked without first trying to insert \
+             it, and a job that is its own pipeline not locked twice). PostgreSQL stays under \
+             the 2,000/s target: each result is still five statements (lock the job, write its \
+             outcome, replace its log, count it on its runner, read its pipeline), each a round \
+             trip of about 0.2 ms here. Writing a batch's outcomes, logs and runner counts with \
+             one multi-row statement each would lift it; not done yet.\n\n\
+             Trivial jobs stay well under the 300 jobs/s target with 4 runners, and the \
+             per-job overhead over the 10 ms target (scenarios 2 and 3): on two shared cores \
+             the runner's processes per job (`git checkout`, `git clean`, `sh`) and three \
+             confirmed publishes are the ceiling (see Throughput). Reaching them needs a \
+             checkout without a git process (an in-process git library, or reusing the work \
+             tree when the commit did not change); not done yet.\n\n",
+            n("million.sqlite.ready_ms", 0),
+            n("million.postgresql.ready_ms", 0),
+            n("scale.results.sqlite", 0),
+            n("scale.results.postgresql", 0),
         );
     }
     out

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use broker::topology::TopologySettings;
 use broker::{BrokerConfig, Connector, Names, Transport};
-use model::Job;
+use model::{Job, JobResult};
 
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -77,21 +77,39 @@ impl Bus {
     /// Publishes `jobs` to the jobs exchange, up to 64 awaiting their
     /// confirm at once; returns when every one is confirmed.
     pub fn publish(&self, jobs: &[Job]) -> Duration {
+        self.publish_to(&self.names.jobs_exchange(), jobs, |_| String::new())
+    }
+
+    /// Publishes `results` to the results exchange as runners do.
+    pub fn publish_results(&self, results: &[JobResult]) -> Duration {
+        self.publish_to(&self.names.results_exchange(), results, |r| r.routing_key())
+    }
+
+    /// Publishes `messages` to `exchange`, up to 64 awaiting their confirm
+    /// at once; returns when every one is confirmed.
+    fn publish_to<T: serde::Serialize>(
+        &self,
+        exchange: &str,
+        messages: &[T],
+        routing_key: impl Fn(&T) -> String,
+    ) -> Duration {
         let started = Instant::now();
-        let exchange = self.names.jobs_exchange();
         let transport = &*self.transport;
         self.runtime.block_on(async {
-            for chunk in jobs.chunks(IN_FLIGHT) {
+            for chunk in messages.chunks(IN_FLIGHT) {
                 let mut confirms = Vec::with_capacity(chunk.len());
-                for job in chunk {
+                for message in chunk {
                     let confirm = transport
-                        .publish_in_flight(&exchange, "", job)
+                        .publish_in_flight(exchange, &routing_key(message), message)
                         .await
-                        .expect("the broker takes the job");
+                        .expect("the broker takes the message");
                     confirms.push(confirm);
                 }
                 for confirm in confirms {
-                    confirm.wait().await.expect("the broker confirms the job");
+                    confirm
+                        .wait()
+                        .await
+                        .expect("the broker confirms the message");
                 }
             }
         });

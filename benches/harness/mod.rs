@@ -12,6 +12,7 @@
 pub mod analysis;
 pub mod bus;
 pub mod fixture;
+pub mod generate;
 pub mod logs;
 pub mod markdown;
 pub mod node;
@@ -75,6 +76,16 @@ pub struct Sizes {
     /// The split suite: tests, and the unit of their durations in ms (see
     /// `scenario::splitting::suite`: about 1,000 units for 200 tests).
     pub split_suite: (usize, f64),
+    /// Jobs in the large store (a multiple of 4), and requests timed per
+    /// endpoint on it.
+    pub million_jobs: usize,
+    pub million_requests: usize,
+    /// Dashboard page loads timed on it.
+    pub million_renders: usize,
+    /// Results waiting in the dispatcher's queue when it starts.
+    pub prefilled_results: usize,
+    /// Commits a watched branch moves by at once.
+    pub branch_moves_by: usize,
 }
 
 /// Repositories registered and polled by one observer, and how long its
@@ -125,6 +136,11 @@ impl Sizes {
             pipeline_matrix_side: 8,
             pipeline_fanout_runners: 4,
             split_suite: (200, 60.0),
+            million_jobs: 1_000_000,
+            million_requests: 200,
+            million_renders: 20,
+            prefilled_results: 20_000,
+            branch_moves_by: 10_000,
         }
     }
 
@@ -163,6 +179,11 @@ impl Sizes {
             pipeline_matrix_side: 2,
             pipeline_fanout_runners: 2,
             split_suite: (40, 2.0),
+            million_jobs: 4_000,
+            million_requests: 5,
+            million_renders: 2,
+            prefilled_results: 50,
+            branch_moves_by: 20,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum Goal {
     MaxAtMost(f64),
     /// The median must reach the value (rates).
     MedianAtLeast(f64),
+    /// The 99th percentile must not exceed the value (latencies under a
+    /// tail bound).
+    P99AtMost(f64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +71,12 @@ impl Target {
         Some(Target {
             text: text.into(),
             goal: Goal::MaxAtMost(value),
+        })
+    }
+    pub fn p99_at_most(value: f64, text: &str) -> Option<Target> {
+        Some(Target {
+            text: text.into(),
+            goal: Goal::P99AtMost(value),
         })
     }
     pub fn at_least(value: f64, text: &str) -> Option<Target> {
@@ -113,6 +122,7 @@ impl Row {
             Goal::MedianAtMost(v) => summary.median <= v,
             Goal::MaxAtMost(v) => summary.max <= v,
             Goal::MedianAtLeast(v) => summary.median >= v,
+            Goal::P99AtMost(v) => summary.p99 <= v,
         })
     }
 
@@ -154,7 +164,7 @@ pub struct Report {
     pub facts: std::collections::BTreeMap<String, f64>,
 }
 
-pub const TITLES: [&str; 10] = [
+pub const TITLES: [&str; 12] = [
     "Commit to start and commit to outcome",
     "Per-job overhead",
     "Throughput",
@@ -165,6 +175,8 @@ pub const TITLES: [&str; 10] = [
     "Sandbox cost per job (issue 14)",
     "Pipelines (issue 16)",
     "Test splitting (issue 18)",
+    "A million jobs (issue 19)",
+    "Recording and publishing at scale (issue 19)",
 ];
 
 impl Default for Report {

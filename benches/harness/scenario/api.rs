@@ -61,7 +61,12 @@ fn fill_store(data_dir: &std::path::Path, count: usize) {
 }
 
 /// Times `n` GETs of `path` (after one untimed warm-up), in ms.
-fn time_requests(client: &reqwest::blocking::Client, base: &str, path: &str, n: usize) -> Vec<f64> {
+pub fn time_requests(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    path: &str,
+    n: usize,
+) -> Vec<f64> {
     let url = format!("{base}{path}");
     let get = || {
         let response = client.get(&url).send().expect("request");

@@ -1,15 +1,18 @@
 //! The six scenarios of issue 7, the pushes of issue 15, the sandbox of
-//! issue 14, the pipelines of issue 16 and the test splitting of issue 18. Each adds rows and details to a [`Report`]; [`run`] also notes
+//! issue 14, the pipelines of issue 16, the test splitting of issue 18
+//! and the million-job store of issue 19. Each adds rows and details to a [`Report`]; [`run`] also notes
 //! the load average and duration.
 
 pub mod api;
 pub mod failover;
 pub mod latency;
+pub mod million;
 pub mod overhead;
 pub mod pipelines;
 pub mod pushes;
 pub mod resources;
 pub mod sandbox;
+pub mod scale;
 pub mod splitting;
 pub mod throughput;
 
@@ -19,7 +22,7 @@ use crate::harness::system::load_average;
 use crate::harness::{Report, Sizes};
 
 /// The scenarios by number, in the order of the issues.
-pub const ALL: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+pub const ALL: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
 /// Runs scenario `id`, printing its progress to stderr.
 pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
@@ -38,6 +41,8 @@ pub fn run(id: u8, sizes: &Sizes, report: &mut Report) {
         8 => sandbox::run(sizes, report),
         9 => pipelines::run(sizes, report),
         10 => splitting::run(sizes, report),
+        11 => million::run(sizes, report),
+        12 => scale::run(sizes, report),
         _ => panic!("no scenario {id}"),
     }
     let seconds = clock.elapsed().as_secs_f64();
