@@ -422,16 +422,17 @@ pub fn render(report: &Report) -> String {
              the jobs, most of the {} ms from start to ready on SQLite, {} ms on PostgreSQL) \
              and then moved by the job events. The dispatcher's memory does not grow with the \
              store: nothing of it is cached beyond a page.\n\n\
-             Results are recorded in batches: every result already waiting in the dispatcher's \
-             prefetch (up to 64) goes into one transaction, then each is acked. From a backlog \
-             of 20,000 that records {} results/s on SQLite (810/s with a transaction per \
-             result) and {} on PostgreSQL (426/s before; 841/s batched, then 1,059/s with one \
-             round trip less per result: the job's row locked without first trying to insert \
-             it, and a job that is its own pipeline not locked twice). PostgreSQL stays under \
-             the 2,000/s target: each result is still five statements (lock the job, write its \
-             outcome, replace its log, count it on its runner, read its pipeline), each a round \
-             trip of about 0.2 ms here. Writing a batch's outcomes, logs and runner counts with \
-             one multi-row statement each would lift it; not done yet.\n\n\
+             Results are recorded in batches: up to 64 results already waiting in the \
+             dispatcher's prefetch (256, so the next batch arrives while one is recorded) go \
+             into one transaction, their logs and their runners' counts written with one \
+             statement each, then each result is acked. From a backlog of 20,000 that records \
+             {} results/s on SQLite (810/s with a transaction per result) and {} on \
+             PostgreSQL (426/s with a transaction per result). PostgreSQL stays under the \
+             2,000/s target: in a batch each result still takes three statements in turn (lock \
+             the job's row, write its outcome, read its pipeline to release what waits for \
+             it), about 0.2 ms each here, 0.7 ms per result (a batch of 64 took 43 ms; SQLite's \
+             21 ms). Folding those into one statement per result would lift it; not done \
+             yet.\n\n\
              Trivial jobs stay well under the 300 jobs/s target with 4 runners, and the \
              per-job overhead over the 10 ms target (scenarios 2 and 3): on two shared cores \
              the runner's processes per job (`git checkout`, `git clean`, `sh`) and three \

@@ -14,8 +14,8 @@
 //! Every message is acked only after the store committed it, so a
 //! dispatcher killed at any point loses nothing: unacked messages wait in
 //! its durable queues. Results that wait together (a backlog, a burst)
-//! are recorded together: one transaction per batch of up to the
-//! prefetch, which is what lets one dispatcher keep up with many runners.
+//! are recorded together: one transaction per batch of up to 64, which is
+//! what lets one dispatcher keep up with many runners.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,6 +34,12 @@ use crate::leases::{Expiry, Leases};
 
 /// Deliveries each dispatcher queue may have unacked at once.
 const PREFETCH: u16 = 64;
+/// The most results recorded in one transaction.
+const RESULTS_BATCH: usize = 64;
+/// The results queue's prefetch: several batches, so the next one is
+/// already here while one is being recorded (with only one batch unacked
+/// the broker could send nothing meanwhile, and batches would shrink).
+const RESULTS_PREFETCH: u16 = 4 * RESULTS_BATCH as u16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -74,7 +80,12 @@ impl Recorder {
             names.dispatcher_rejected_queue(),
             names.dispatcher_control_queue(),
         ] {
-            let deliveries = transport.consume(&queue, PREFETCH).await?;
+            let prefetch = if queue == names.dispatcher_results_queue() {
+                RESULTS_PREFETCH
+            } else {
+                PREFETCH
+            };
+            let deliveries = transport.consume(&queue, prefetch).await?;
             let recorder = self.clone();
             let transport = transport.clone();
             let shutdown = shutdown.clone();
@@ -228,7 +239,7 @@ impl Recorder {
     }
 
     /// The results queue, in batches: `first` and every delivery already
-    /// waiting behind it (up to the prefetch) are recorded in one
+    /// waiting behind it (up to [`RESULTS_BATCH`]) are recorded in one
     /// transaction, then acked. Returns whether the deliveries ended.
     async fn on_results(
         &self,
@@ -239,7 +250,7 @@ impl Recorder {
     ) -> Result<bool, RecordError> {
         let mut batch = vec![first];
         let mut ended = false;
-        while batch.len() < usize::from(PREFETCH) {
+        while batch.len() < RESULTS_BATCH {
             match deliveries.next().now_or_never() {
                 Some(Some(delivery)) => batch.push(delivery?),
                 Some(None) => {
@@ -268,7 +279,14 @@ impl Recorder {
         if results.is_empty() {
             return Ok(ended);
         }
-        match self.jobs.finished_all(&results).await {
+        let clock = Instant::now();
+        let outcome = self.jobs.finished_all(&results).await;
+        tracing::debug!(
+            results = results.len(),
+            ms = clock.elapsed().as_secs_f64() * 1000.0,
+            "results recorded together"
+        );
+        match outcome {
             Ok(recorded) => {
                 for ((delivery, result), recorded) in
                     deliveries_of.into_iter().zip(&results).zip(recorded)

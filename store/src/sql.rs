@@ -510,9 +510,6 @@ const RUNNER_SEEN: &str = "INSERT INTO runners (id, host, connection, current_jo
      host = excluded.host, connection = excluded.connection, current_job = excluded.current_job, \
      last_seen_ms = excluded.last_seen_ms, sandbox = excluded.sandbox, queues = excluded.queues";
 
-const RUNNER_DONE: &str = "UPDATE runners SET jobs_done = jobs_done + 1, \
-     current_job = CASE WHEN current_job = $2 THEN NULL ELSE current_job END WHERE id = $1";
-
 /// Commits in `[$1, $2)`: those starting with the hex prefix $1 ($2 is
 /// $1 followed by `g`, past every hex digit), so the index is used.
 const COMMITS_WITH_PREFIX: &str = "SELECT DISTINCT commit_id FROM jobs \
@@ -995,6 +992,78 @@ async fn job_by_id(conn: Conn<'_>, id: &str) -> Result<Option<JobRecord>, Fail> 
     }))
 }
 
+/// What recording a batch of outcomes writes besides the jobs' rows,
+/// gathered so each kind is one statement for the whole batch.
+#[derive(Default)]
+struct OutcomeWrites {
+    /// (job, its log), each job once: only a job's first result writes.
+    logs: Vec<(String, String)>,
+    /// Runner → the jobs it finished.
+    runners: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl OutcomeWrites {
+    fn log(&mut self, job: &str, text: String) {
+        self.logs.push((job.to_string(), text));
+    }
+
+    fn runner_done(&mut self, runner: &str, job: &str) {
+        self.runners
+            .entry(runner.to_string())
+            .or_default()
+            .push(job.to_string());
+    }
+
+    async fn flush(self, tx: &mut Tx<'_>) -> Result<(), Fail> {
+        if !self.logs.is_empty() {
+            let sql = replace_logs_sql(self.logs.len());
+            on!(tx.conn(), |c| {
+                let mut query = sqlx::query(&sql);
+                for (job, text) in &self.logs {
+                    query = query.bind(job.as_str()).bind(text.as_str());
+                }
+                query.execute(c).await?.rows_affected()
+            });
+        }
+        for (runner, jobs) in &self.runners {
+            let sql = runner_done_sql(jobs.len());
+            on!(tx.conn(), |c| {
+                let mut query = sqlx::query(&sql)
+                    .bind(runner.as_str())
+                    .bind(jobs.len() as i64);
+                for job in jobs {
+                    query = query.bind(job.as_str());
+                }
+                query.execute(c).await?.rows_affected()
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the logs of `rows` jobs at once (as [`REPLACE_LOG`]).
+fn replace_logs_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
+        .collect();
+    format!(
+        "INSERT INTO job_logs (job_id, text) VALUES {} \
+         ON CONFLICT (job_id) DO UPDATE SET text = excluded.text",
+        values.join(", ")
+    )
+}
+
+/// Jobs of one runner ($1) finished: its count grows by $2 (the number
+/// of jobs, bound as $3…), and its current job is cleared if it is one.
+fn runner_done_sql(jobs: usize) -> String {
+    let list: Vec<String> = (0..jobs).map(|n| format!("${}", n + 3)).collect();
+    format!(
+        "UPDATE runners SET jobs_done = jobs_done + $2, \
+         current_job = CASE WHEN current_job IN ({}) THEN NULL ELSE current_job END WHERE id = $1",
+        list.join(", ")
+    )
+}
+
 pub(crate) async fn replace_log(conn: Conn<'_>, id: &str, text: &str) -> Result<(), Fail> {
     on!(conn, |c| sqlx::query(REPLACE_LOG)
         .bind(id)
@@ -1193,25 +1262,34 @@ impl SqlStore {
     }
 
     async fn finish_one(&self, result: &JobResult) -> Result<Recorded, Fail> {
-        let mut tx = self.pool.begin().await?;
-        let recorded = self.finish(&mut tx, result).await?;
-        tx.commit().await?;
-        Ok(recorded)
+        let mut recorded = self.finish_all(std::slice::from_ref(result)).await?;
+        recorded
+            .pop()
+            .ok_or_else(|| Fail::Corrupt("a result recorded nothing".into()))
     }
 
     /// Records `results` in one transaction, in order (one commit, one
-    /// sync to disk, for a whole batch of the results queue).
+    /// sync to disk, for a whole batch of the results queue). The batch's
+    /// logs and runner counts are written last, a statement for all of
+    /// them, rather than a round trip per result.
     async fn finish_all(&self, results: &[JobResult]) -> Result<Vec<Recorded>, Fail> {
         let mut tx = self.pool.begin().await?;
         let mut recorded = Vec::with_capacity(results.len());
+        let mut writes = OutcomeWrites::default();
         for result in results {
-            recorded.push(self.finish(&mut tx, result).await?);
+            recorded.push(self.finish(&mut tx, result, &mut writes).await?);
         }
+        writes.flush(&mut tx).await?;
         tx.commit().await?;
         Ok(recorded)
     }
 
-    async fn finish(&self, tx: &mut Tx<'_>, result: &JobResult) -> Result<Recorded, Fail> {
+    async fn finish(
+        &self,
+        tx: &mut Tx<'_>,
+        result: &JobResult,
+        writes: &mut OutcomeWrites,
+    ) -> Result<Recorded, Fail> {
         let id = result.job.id.as_str();
         let (log, truncated) = self.capped_output(&result.output, result.truncated);
         let reason = result.reason.as_deref().map(storable);
@@ -1240,13 +1318,8 @@ impl SqlStore {
         });
         let recorded = match outcome {
             Some(record) => {
-                replace_log(tx.conn(), id, &log).await?;
-                on!(tx.conn(), |c| sqlx::query(RUNNER_DONE)
-                    .bind(result.runner.id.as_str())
-                    .bind(id)
-                    .execute(c)
-                    .await?
-                    .rows_affected());
+                writes.log(id, log.into_owned());
+                writes.runner_done(result.runner.id.as_str(), id);
                 self.split_result(tx, &record, result).await?;
                 let (record, pipeline) = match &result.plan {
                     Some(plan) if result.outcome == model::Outcome::Passed => {

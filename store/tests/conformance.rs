@@ -272,6 +272,14 @@ conformance!(
         let a = job("/r", "main", commit('a'));
         let b = job("/r", "main", commit('b'));
         store.job_queued(&a).await.expect("queued");
+        store
+            .runner_seen(&runner("r1"), Some(&a.id), 1)
+            .await
+            .expect("runner");
+        store
+            .runner_seen(&runner("r3"), None, 1)
+            .await
+            .expect("runner");
         // b is unknown until its result: it is recorded from the result.
         let recorded = store
             .jobs_finished(&[
@@ -292,6 +300,21 @@ conformance!(
             store.log(&a.id).await.expect("log").as_deref(),
             Some("output of r1")
         );
+        assert_eq!(
+            store.log(&b.id).await.expect("log").as_deref(),
+            Some("output of r2")
+        );
+        // Outcomes count on their runners (a duplicate does not), and a
+        // runner's current job is cleared by its outcome.
+        let runners = store.runners().await.expect("runners");
+        let of = |id: &str| {
+            runners
+                .iter()
+                .find(|r| r.id.as_str() == id)
+                .map(|r| (r.jobs_done, r.current_job.clone()))
+        };
+        assert_eq!(of("r1"), Some((1, None)));
+        assert_eq!(of("r3"), Some((0, None)));
 
         // All or nothing: a result that cannot be recorded (its id names
         // another job) leaves the whole batch unrecorded.
