@@ -1,4 +1,5 @@
-//! `cargo bench --bench scenarios`: Warren's benchmark (issues 7, 14, 15 and 16).
+//! `cargo bench --bench scenarios`: Warren's benchmark (issues 7, 14, 15,
+//! 16, 18 and 19).
 //!
 //! Runs the real `warren` binary against the RabbitMQ on 127.0.0.1:5672
 //! (and a private node of the same installation for the broker restart)

@@ -52,8 +52,8 @@ pub fn render(report: &Report, run: &Run, previous: Option<&Previous>) -> String
          refresh this file. Do not edit by hand: the next run overwrites it.*\n\n\
          The harness runs the real `warren` binary (release build) against the real RabbitMQ \
          on 127.0.0.1:5672 and real git repositories, and reports the median, p95 and max of \
-         every measurement against the targets of issues 7, 14, 15 and 16. `cargo test --test bench_smoke` runs \
-         every scenario once at a tiny size.\n\n\
+         every measurement against the targets of issues 7, 14, 15, 16, 18 and 19. `cargo test \
+         --test bench_smoke` runs every scenario once at a tiny size.\n\n\
          ## Machine and run\n\n\
          | | |\n|---|---|\n\
          | measured commit | {} |\n\
@@ -68,9 +68,9 @@ pub fn render(report: &Report, run: &Run, previous: Option<&Previous>) -> String
          sessions, against the same broker) ran at the same time, so the numbers are noisy and \
          on the pessimistic side; the load average per scenario is in its section. Compare \
          medians, and rerun before drawing conclusions from a single p95 or max.\n\n\
-         **Judging.** A target that names the median is judged on the median; bounds on \
-         recovery and memory must hold for every sample (the max); rates are judged on the \
-         measured rate. Whole-system runs (throughput, memory peaks) are repeated only a few \
+         **Judging.** A target that names the median is judged on the median, one that names \
+         the p99 on the p99 (given in the verdict); bounds on recovery, memory and page \
+         renders must hold for every sample (the max); rates are judged on the measured rate. Whole-system runs (throughput, memory peaks) are repeated only a few \
          times, so their n is small.\n\n",
         run.commit,
         run.started,

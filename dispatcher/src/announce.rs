@@ -15,7 +15,8 @@
 //! the delete loses the sends still queued, as a stop does (see `notify`).
 //!
 //! It wakes on this dispatcher's own events, on taking the duties over,
-//! and every [`POLL`] (for the changes another dispatcher recorded).
+//! and, on a store several dispatchers share, every [`POLL`] (for the
+//! changes another dispatcher recorded).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,20 +52,30 @@ pub fn event_of(change: JobChange) -> JobEvent {
 }
 
 /// Announces stored changes to `followers` while this dispatcher leads,
-/// until `stopping`.
+/// until `stopping`. `poll`: how often to look without an event of its
+/// own — [`POLL`] on a store other dispatchers may write (PostgreSQL);
+/// `None` on one only this dispatcher writes (SQLite), so that an idle
+/// dispatcher does not wake.
 pub async fn announce(
     store: Arc<dyn Store>,
     mut events: mpsc::UnboundedReceiver<JobEvent>,
     mut leader: watch::Receiver<bool>,
     followers: Vec<mpsc::UnboundedSender<JobEvent>>,
+    poll: Option<Duration>,
     stopping: CancellationToken,
 ) {
     loop {
+        let looked_for = async {
+            match poll {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stopping.cancelled() => return,
             changed = leader.changed() => if changed.is_err() { return },
             event = events.recv() => if event.is_none() { return },
-            _ = tokio::time::sleep(POLL) => {}
+            _ = looked_for => {}
         }
         // One read serves every event already waiting.
         while events.try_recv().is_ok() {}
@@ -152,6 +163,7 @@ mod tests {
             events,
             leader,
             vec![follower],
+            Some(POLL),
             stopping.clone(),
         ));
         // Not leading: a wake announces nothing.

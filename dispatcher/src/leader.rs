@@ -35,7 +35,9 @@ pub async fn follow(
 ) {
     loop {
         let now = store.try_lead().await;
-        let was = leads.send_replace(now);
+        // Followers wake only on a change, not on every check.
+        let was = *leads.borrow();
+        leads.send_if_modified(|leads| std::mem::replace(leads, now) != now);
         if now && !was {
             tracing::info!("this dispatcher holds the duties done once (lease expiry, the outbox, notifications and commit statuses)");
         } else if was && !now {

@@ -153,6 +153,11 @@ pub struct Expiry {
     pub tasks: Tasks,
     /// Whether this dispatcher holds the duties (acts on expiries).
     pub leader: tokio::sync::watch::Receiver<bool>,
+    /// Whether other dispatchers may record on the same store (PostgreSQL):
+    /// then the running jobs and runners' heartbeats they recorded are
+    /// read every time; on a store of its own (SQLite) once per session,
+    /// so an idle dispatcher does not wake the store.
+    pub shared_store: bool,
 }
 
 /// Every half second until `shutdown`, acts on the leases that expired
@@ -165,6 +170,7 @@ pub async fn watch(
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut tick = tokio::time::interval(WATCH_EVERY);
+    let mut adopted = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -178,12 +184,20 @@ pub async fn watch(
         if !*expiry.leader.borrow() {
             // Another dispatcher acts; forget what expired here.
             lock().take_expired(Instant::now());
+            adopted = false;
             continue;
         }
-        let running = store.running().await?;
-        let runners = store.runners().await?;
-        lock().adopt(&running, &runners, Instant::now());
+        if expiry.shared_store || !adopted {
+            let running = store.running().await?;
+            let runners = store.runners().await?;
+            lock().adopt(&running, &runners, Instant::now());
+            adopted = true;
+        }
         let expired = lock().take_expired(Instant::now());
+        if expired.is_empty() {
+            continue;
+        }
+        let runners = store.runners().await?;
         for lease in expired {
             let Some(job) = store.job(&lease.job_id).await? else {
                 continue;

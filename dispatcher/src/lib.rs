@@ -162,6 +162,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             bus.subscribe(),
             leader.clone(),
             vec![to_notifier, to_statuses],
+            config.store.is_postgres().then_some(announce::POLL),
             stopping.clone(),
         ),
     );
@@ -198,6 +199,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             management,
             tasks: tasks.clone(),
             leader: leader.clone(),
+            shared_store: config.store.is_postgres(),
         },
         max_message_bytes: config.broker.max_message_bytes,
         settings: config.broker.settings,

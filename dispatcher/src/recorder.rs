@@ -501,6 +501,7 @@ mod tests {
                     management: None,
                     tasks: Tasks::new(&shutdown),
                     leader: tokio::sync::watch::channel(true).1,
+                    shared_store: false,
                 },
                 max_message_bytes: 64 * 1024,
                 settings,
