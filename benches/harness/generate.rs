@@ -165,7 +165,9 @@ pub fn fill(store: &StoreAt, count: usize) {
     }
 }
 
-fn check(out: &std::process::Output, tool: &str, count: usize) {
+/// Fails unless `tool` succeeded and its last number (a `count(*)`) is at
+/// least `count`.
+pub fn check(out: &std::process::Output, tool: &str, count: usize) {
     assert!(
         out.status.success(),
         "{tool} failed: {}",

@@ -47,17 +47,7 @@ fn fill_store(data_dir: &std::path::Path, count: usize) {
         .unwrap_or_else(|e| {
             panic!("cannot run the sqlite3 command-line tool ({e}); install it: apt-get install -y sqlite3")
         });
-    assert!(
-        out.status.success(),
-        "sqlite3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: usize = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(rows >= count, "the store holds {rows} jobs, wanted {count}");
+    crate::harness::generate::check(&out, "sqlite3", count);
 }
 
 /// Times `n` GETs of `path` (after one untimed warm-up), in ms.
