@@ -20,12 +20,50 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::PgDatabase;
+
 /// Where the store is.
 pub enum StoreAt<'a> {
     /// The SQLite file.
     Sqlite(&'a Path),
-    /// A PostgreSQL database URL.
-    Postgres(&'a str),
+    /// A PostgreSQL database of the harness's own.
+    Postgres(&'a PgDatabase),
+}
+
+impl StoreAt<'_> {
+    /// Runs `sql` (statements separated by `;`) with the backend's
+    /// command-line tool, failing with its message; its output.
+    pub fn sql(&self, sql: &str) -> String {
+        match self {
+            StoreAt::Sqlite(path) => {
+                // Waits for a writer (the dispatcher) rather than failing.
+                let out = Command::new("sqlite3")
+                    .args(["-cmd", ".timeout 5000"])
+                    .arg(path)
+                    .arg(sql)
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!("cannot run the sqlite3 command-line tool ({e}); install it: apt-get install -y sqlite3")
+                    });
+                assert!(
+                    out.status.success(),
+                    "sqlite3 failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            }
+            StoreAt::Postgres(db) => db.query_value(sql),
+        }
+    }
+
+    /// The number `sql`'s output ends with (a `count(*)`, a sum).
+    pub fn count(&self, sql: &str) -> i64 {
+        let out = self.sql(sql);
+        out.lines()
+            .rev()
+            .find_map(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no number in the answer to {sql:?}: {out:?}"))
+    }
 }
 
 /// The repository most of the history belongs to.
@@ -99,12 +137,12 @@ pub fn fill(store: &StoreAt, count: usize) {
     let commits = count.div_ceil(4);
     let base_ms = now_ms.saturating_sub(commits as u64 * 1000 + 5000);
     let last = commits * 4 - 1;
-    match store {
-        StoreAt::Sqlite(path) => {
+    let sql = match store {
+        StoreAt::Sqlite(_) => {
             let hex = |value: &str, width: usize| format!("printf('%0{width}x', {value})");
             let select =
                 select_jobs(&hex, base_ms).replace("lpad_2", "printf('%02d', c % 100 - 80)");
-            let sql = format!(
+            format!(
                 "PRAGMA journal_mode=WAL;
                  BEGIN;
                  INSERT INTO jobs ({JOB_COLUMNS})
@@ -117,23 +155,15 @@ pub fn fill(store: &StoreAt, count: usize) {
                  COMMIT;
                  SELECT count(*) FROM jobs;",
                 log = log_text(),
-            );
-            let out = Command::new("sqlite3")
-                .arg(path)
-                .arg(&sql)
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run the sqlite3 command-line tool ({e}); install it: apt-get install -y sqlite3")
-                });
-            check(&out, "sqlite3", count);
+            )
         }
-        StoreAt::Postgres(url) => {
+        StoreAt::Postgres(_) => {
             let hex = |value: &str, width: usize| {
                 format!("lpad(to_hex(({value})::bigint), {width}, '0')")
             };
             let select =
                 select_jobs(&hex, base_ms).replace("lpad_2", "lpad((c % 100 - 80)::text, 2, '0')");
-            let sql = format!(
+            format!(
                 "BEGIN;
                  INSERT INTO jobs ({JOB_COLUMNS})
                  {select} FROM (SELECT i, i / 4 AS c, i % 4 AS k
@@ -145,38 +175,12 @@ pub fn fill(store: &StoreAt, count: usize) {
                  ANALYZE;
                  SELECT count(*) FROM jobs;",
                 log = log_text(),
-            );
-            let out = Command::new("psql")
-                .args([
-                    "-X",
-                    "-q",
-                    "-tA",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-d",
-                    url,
-                    "-c",
-                    &sql,
-                ])
-                .output()
-                .expect("run psql (Debian's postgresql-client)");
-            check(&out, "psql", count);
+            )
         }
-    }
-}
-
-/// Fails unless `tool` succeeded and its last number (a `count(*)`) is at
-/// least `count`.
-pub fn check(out: &std::process::Output, tool: &str, count: usize) {
+    };
+    let rows = store.count(&sql);
     assert!(
-        out.status.success(),
-        "{tool} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        rows >= count as i64,
+        "the store holds {rows} jobs, wanted {count}"
     );
-    let rows: usize = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(rows >= count, "the store holds {rows} jobs, wanted {count}");
 }

@@ -35,9 +35,11 @@ pub async fn follow(
 ) {
     loop {
         let now = store.try_lead().await;
-        // Followers wake only on a change, not on every check.
         let was = *leads.borrow();
-        leads.send_if_modified(|leads| std::mem::replace(leads, now) != now);
+        if now != was {
+            // Followers wake only on a change, not on every check.
+            leads.send_replace(now);
+        }
         if now && !was {
             tracing::info!("this dispatcher holds the duties done once (lease expiry, the outbox, notifications and commit statuses)");
         } else if was && !now {

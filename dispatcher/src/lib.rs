@@ -140,6 +140,9 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
     // Everything below stops on `stopping`: on shutdown, or when a lifetime
     // task died.
     let tasks = Tasks::new(&shutdown);
+    // Other dispatchers may record on a PostgreSQL store: what they
+    // recorded is looked for there (see `announce` and `leases`).
+    let shared_store = config.store.is_postgres();
     let stopping = tasks.stopping().clone();
     let (leads, leader) = tokio::sync::watch::channel(false);
     tasks.lifetime(
@@ -162,7 +165,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             bus.subscribe(),
             leader.clone(),
             vec![to_notifier, to_statuses],
-            config.store.is_postgres().then_some(announce::POLL),
+            shared_store.then_some(announce::POLL),
             stopping.clone(),
         ),
     );
@@ -199,7 +202,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyho
             management,
             tasks: tasks.clone(),
             leader: leader.clone(),
-            shared_store: config.store.is_postgres(),
+            shared_store,
         },
         max_message_bytes: config.broker.max_message_bytes,
         settings: config.broker.settings,

@@ -6,10 +6,10 @@
 //! would take minutes and measure the broker, not the API), and the
 //! dispatcher starts again on that store.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::{Dispatcher, Namespace, Scratch};
+use crate::harness::generate::StoreAt;
 use crate::harness::report::{Row, Target, Unit};
 use crate::harness::system::rss_mib;
 use crate::harness::{Report, Sizes};
@@ -40,14 +40,11 @@ fn fill_store(data_dir: &std::path::Path, count: usize) {
          SELECT count(*) FROM jobs;"
     );
     let db = data_dir.join("warren.db");
-    let out = Command::new("sqlite3")
-        .arg(&db)
-        .arg(&sql)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run the sqlite3 command-line tool ({e}); install it: apt-get install -y sqlite3")
-        });
-    crate::harness::generate::check(&out, "sqlite3", count);
+    let rows = StoreAt::Sqlite(&db).count(&sql);
+    assert!(
+        rows >= count as i64,
+        "the store holds {rows} jobs, wanted {count}"
+    );
 }
 
 /// Times `n` GETs of `path` (after one untimed warm-up), in ms.

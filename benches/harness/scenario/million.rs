@@ -96,10 +96,11 @@ fn measure(backend: &str, sizes: &Sizes, report: &mut Report) {
     );
     let count = sizes.million_jobs;
     let fill = Instant::now();
-    match &database {
-        Some(db) => generate::fill(&StoreAt::Postgres(&db.url), count),
-        None => generate::fill(&StoreAt::Sqlite(&sqlite_file), count),
-    }
+    let store = match &database {
+        Some(db) => StoreAt::Postgres(db),
+        None => StoreAt::Sqlite(&sqlite_file),
+    };
+    generate::fill(&store, count);
     let fill_seconds = fill.elapsed().as_secs_f64();
 
     let clock = Instant::now();

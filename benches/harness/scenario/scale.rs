@@ -10,6 +10,7 @@ use model::{JobResult, Outcome, RunnerId, RunnerInfo, SCHEMA_VERSION};
 use crate::common::{wait_for, Dispatcher, Namespace, PgDatabase, Scratch};
 use crate::harness::bus::{default_url, Bus};
 use crate::harness::fixture::{Setup, Warren};
+use crate::harness::generate::StoreAt;
 use crate::harness::logs;
 use crate::harness::report::{Row, Target, Unit};
 use crate::harness::repos::{add_commits, location, now_ms, small_repo};
@@ -50,22 +51,6 @@ fn metric(dispatcher: &Dispatcher, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Counts rows with `sql` in the dispatcher's store.
-fn count(database: Option<&PgDatabase>, sqlite: &std::path::Path, sql: &str) -> i64 {
-    let text = match database {
-        Some(db) => db.query_value(sql),
-        None => {
-            let out = std::process::Command::new("sqlite3")
-                .arg(sqlite)
-                .arg(sql)
-                .output()
-                .expect("run sqlite3");
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        }
-    };
-    text.parse().unwrap_or(-1)
-}
-
 /// `count` jobs recorded as queued, then their results waiting in the
 /// dispatcher's results queue while it is stopped; timed from its start
 /// to the last result recorded.
@@ -78,6 +63,10 @@ fn record_results(backend: &str, count_of: usize, report: &mut Report) {
         args.extend(["--store", db.url.as_str()]);
     }
     let sqlite = scratch.join("dispatcher-data").join("warren.db");
+    let store = match &database {
+        Some(db) => StoreAt::Postgres(db),
+        None => StoreAt::Sqlite(&sqlite),
+    };
     let mut dispatcher = Dispatcher::start(&ns, &scratch, &args);
     let bus = Bus::open(&ns.name, &default_url());
     let jobs: Vec<model::Job> = (0..count_of)
@@ -87,10 +76,7 @@ fn record_results(backend: &str, count_of: usize, report: &mut Report) {
     wait_for(
         &format!("{count_of} jobs recorded as queued"),
         Duration::from_secs(600),
-        || {
-            (count(database.as_ref(), &sqlite, "SELECT count(*) FROM jobs") == count_of as i64)
-                .then_some(())
-        },
+        || (store.count("SELECT count(*) FROM jobs") == count_of as i64).then_some(()),
     );
     dispatcher.proc.signal(libc::SIGTERM);
     dispatcher.proc.wait_exit(Duration::from_secs(30));
@@ -125,16 +111,8 @@ fn record_results(backend: &str, count_of: usize, report: &mut Report) {
         },
     );
     let seconds = clock.elapsed().as_secs_f64();
-    let passed = count(
-        database.as_ref(),
-        &sqlite,
-        "SELECT count(*) FROM jobs WHERE status = 'passed'",
-    );
-    let duplicates = count(
-        database.as_ref(),
-        &sqlite,
-        "SELECT COALESCE(SUM(duplicates), 0) FROM jobs",
-    );
+    let passed = store.count("SELECT count(*) FROM jobs WHERE status = 'passed'");
+    let duplicates = store.count("SELECT COALESCE(SUM(duplicates), 0) FROM jobs");
     assert_eq!(passed, count_of as i64, "every result recorded once");
     assert_eq!(duplicates, 0, "no result recorded twice");
     assert_eq!(
