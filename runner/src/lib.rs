@@ -527,12 +527,12 @@ impl Runner {
             runner: info.clone(),
             at_ms: started_at_ms,
         };
-        if let Err(err) = transport
-            .publish(&names.events_exchange(), started.routing_key(), &started)
-            .await
-        {
-            tracing::warn!(job = %job.id, "cannot announce the job ({err}); running it anyway");
-        }
+        // Its confirm is awaited once the job has run, not before: the
+        // checkout need not wait for the broker's disk. Confirms come in
+        // order, so the result is never the broker's before the start.
+        let announced = transport
+            .publish_in_flight(&names.events_exchange(), started.routing_key(), &started)
+            .await;
         tracing::info!(job = %job.id, commit = %job.commit, branch = %job.branch, "job running");
 
         let execution = self.tests.execute(
@@ -559,6 +559,12 @@ impl Runner {
             }
         };
         set_current(&self.current, None);
+        if let Err(err) = match announced {
+            Ok(confirm) => confirm.wait().await,
+            Err(err) => Err(err),
+        } {
+            tracing::warn!(job = %job.id, "cannot announce the job ({err}); ran it anyway");
+        }
         let result = match execution {
             None => return Ok(Next::Stop),
             Some(Execution::Cancelled) => {

@@ -853,6 +853,76 @@ async fn lock_job(tx: &mut Tx<'_>, job: &Job) -> Result<(JobRecord, bool), Fail>
     Ok((record, inserted))
 }
 
+/// The rows of a batch's known jobs, locked in one statement (as
+/// [`LOCK_JOB`] each), by id; unknown ids are missing.
+async fn lock_rows(tx: &mut Tx<'_>, ids: &[&str]) -> Result<HashMap<String, JobRecord>, Fail> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "UPDATE jobs SET repo = repo WHERE id IN ({}) RETURNING {}",
+        placeholders(1, ids.len()),
+        job_columns!()
+    );
+    let records = on!(tx.conn(), |c| {
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?
+    });
+    Ok(records
+        .into_iter()
+        .map(|record| (record.id.as_str().to_string(), record))
+        .collect())
+}
+
+/// Of `pipelines`, those with no job waiting: a result of a job that is
+/// its own pipeline there has nothing to release, and skips the read of
+/// the pipeline's jobs.
+async fn pipelines_without_waiting(
+    tx: &mut Tx<'_>,
+    pipelines: &[&str],
+) -> Result<std::collections::HashSet<String>, Fail> {
+    if pipelines.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT DISTINCT pipeline FROM jobs WHERE status = $1 AND pipeline IN ({})",
+        placeholders(2, pipelines.len())
+    );
+    let waiting: Vec<String> = on!(tx.conn(), |c| {
+        let mut query = sqlx::query(&sql).bind(JobStatus::Waiting.as_str());
+        for pipeline in pipelines {
+            query = query.bind(*pipeline);
+        }
+        query
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?
+    });
+    Ok(pipelines
+        .iter()
+        .filter(|p| !waiting.iter().any(|w| w == *p))
+        .map(|p| p.to_string())
+        .collect())
+}
+
+/// `$first, $first+1, …`, `count` of them.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn lock_row(tx: &mut Tx<'_>, job: &Job) -> Result<Option<JobRecord>, Fail> {
     Ok(on!(tx.conn(), |c| {
         match sqlx::query(LOCK_JOB)
@@ -990,6 +1060,16 @@ async fn job_by_id(conn: Conn<'_>, id: &str) -> Result<Option<JobRecord>, Fail> 
             None => None,
         }
     }))
+}
+
+/// What a batch of results found when it began, in its transaction.
+struct BatchLocks {
+    /// The batch's known jobs as they were, their rows locked; each is
+    /// taken by its first result.
+    rows: HashMap<String, JobRecord>,
+    /// Jobs of the batch that are their own pipeline, with no job waiting
+    /// in it.
+    calm: std::collections::HashSet<String>,
 }
 
 /// What recording a batch of outcomes writes besides the jobs' rows,
@@ -1272,12 +1352,34 @@ impl SqlStore {
     /// sync to disk, for a whole batch of the results queue). The batch's
     /// logs and runner counts are written last, a statement for all of
     /// them, rather than a round trip per result.
+    ///
+    /// The batch's known jobs are locked in one statement first, and the
+    /// pipelines of those that are their own pipeline looked at in one
+    /// more: a lone job (most of them) then costs one statement, its
+    /// outcome, instead of three.
     async fn finish_all(&self, results: &[JobResult]) -> Result<Vec<Recorded>, Fail> {
         let mut tx = self.pool.begin().await?;
+        let mut ids: Vec<&str> = results.iter().map(|r| r.job.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut batch = BatchLocks {
+            rows: lock_rows(&mut tx, &ids).await?,
+            calm: Default::default(),
+        };
+        let own: Vec<&str> = batch
+            .rows
+            .values()
+            .filter(|record| record.pipeline == record.id)
+            .map(|record| record.id.as_str())
+            .collect();
+        batch.calm = pipelines_without_waiting(&mut tx, &own).await?;
         let mut recorded = Vec::with_capacity(results.len());
         let mut writes = OutcomeWrites::default();
         for result in results {
-            recorded.push(self.finish(&mut tx, result, &mut writes).await?);
+            recorded.push(
+                self.finish(&mut tx, result, &mut batch, &mut writes)
+                    .await?,
+            );
         }
         writes.flush(&mut tx).await?;
         tx.commit().await?;
@@ -1288,12 +1390,20 @@ impl SqlStore {
         &self,
         tx: &mut Tx<'_>,
         result: &JobResult,
+        batch: &mut BatchLocks,
         writes: &mut OutcomeWrites,
     ) -> Result<Recorded, Fail> {
         let id = result.job.id.as_str();
         let (log, truncated) = self.capped_output(&result.output, result.truncated);
         let reason = result.reason.as_deref().map(storable);
-        let (before, inserted) = lock_job(tx, &result.job).await?;
+        // A job's second result in the batch sees what its first did.
+        let (before, inserted) = match batch.rows.remove(id) {
+            Some(record) => {
+                same_job(&record, &result.job)?;
+                (record, false)
+            }
+            None => lock_job(tx, &result.job).await?,
+        };
         let outcome = on!(tx.conn(), |c| {
             let row = sqlx::query(FINISH_JOB)
                 .bind(id)
@@ -1321,13 +1431,23 @@ impl SqlStore {
                 writes.log(id, log.into_owned());
                 writes.runner_done(result.runner.id.as_str(), id);
                 self.split_result(tx, &record, result).await?;
+                if result.plan.is_some() || record.spec.as_ref().is_some_and(|s| s.split.is_some())
+                {
+                    // It may add waiting jobs: look again from now on.
+                    batch.calm.clear();
+                }
                 let (record, pipeline) = match &result.plan {
                     Some(plan) if result.outcome == model::Outcome::Passed => {
                         self.plan(tx, &result.job, plan).await?
                     }
                     _ if record.pipeline == record.id => {
-                        // Its row is locked: `lock_job` above.
-                        let pipeline = self.advance_locked(tx, &record.pipeline).await?;
+                        // Its row is locked (above), so no job can have
+                        // joined its pipeline since the batch looked.
+                        let pipeline = if batch.calm.contains(id) {
+                            Vec::new()
+                        } else {
+                            self.advance_locked(tx, &record.pipeline).await?
+                        };
                         (record, pipeline)
                     }
                     _ => {
