@@ -218,8 +218,13 @@ fn scenario_11_a_store_of_many_jobs_on_both_backends() {
             .iter()
             .filter(|row| row.metric.contains(backend))
             .collect();
-        assert_eq!(rows.len(), 9, "{backend}: {section:?}");
+        assert_eq!(rows.len(), 12, "{backend}: {section:?}");
         assert!(rows.iter().all(|row| row.target.is_some()), "{rows:?}");
+        assert!(
+            rows.iter()
+                .any(|row| row.metric.contains("commit page of a 64-job pipeline")),
+            "issue 20's commit page: {rows:?}"
+        );
     }
 }
 

@@ -184,3 +184,69 @@ pub fn fill(store: &StoreAt, count: usize) {
         "the store holds {rows} jobs, wanted {count}"
     );
 }
+
+/// The commit of [`big_pipeline`].
+pub const BIG_PIPELINE_COMMIT: &str = "b16b16b16b16b16b16b16b16b16b16b16b16b16b";
+
+/// Adds, as the newest commit on `main` of the monorepo, a finished
+/// pipeline of 64 jobs: the planning job, `build` (a matrix of 8),
+/// `test` (48, each needing every build), `lint` (6) and `package`
+/// (needing every test and lint) over 8 runners, for the commit page's
+/// benchmark (issue 20). Returns the commit.
+pub fn big_pipeline(store: &StoreAt) -> &'static str {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let names =
+        |job: &str, n: usize| -> Vec<String> { (1..=n).map(|i| format!("{job} ({i})")).collect() };
+    let builds = names("build", 8);
+    let tests = names("test", 48);
+    let lints = names("lint", 6);
+    let json = |list: &[String]| {
+        let quoted: Vec<String> = list.iter().map(|n| format!("\"{n}\"")).collect();
+        format!("[{}]", quoted.join(","))
+    };
+    let mut jobs: Vec<(String, String)> = vec![("plan".into(), "[]".into())];
+    jobs.extend(builds.iter().map(|n| (n.clone(), "[]".to_string())));
+    jobs.extend(tests.iter().map(|n| (n.clone(), json(&builds))));
+    jobs.extend(lints.iter().map(|n| (n.clone(), "[]".to_string())));
+    let mut before_package = tests.clone();
+    before_package.extend(lints.iter().cloned());
+    jobs.push(("package".into(), json(&before_package)));
+    let pipeline = "b16b16b16b160000";
+    let start = now_ms - 120_000;
+    let rows: Vec<String> = jobs
+        .iter()
+        .enumerate()
+        .map(|(k, (name, needs))| {
+            let id = if k == 0 {
+                pipeline.to_string()
+            } else {
+                format!("b16b16b16b16{k:04x}")
+            };
+            let stage = match name.split(' ').next() {
+                Some("plan") => 0,
+                Some("build") | Some("lint") => 1,
+                Some("test") => 2,
+                _ => 3,
+            };
+            let queued = start + stage * 20_000;
+            let started = queued + 50 + (k as i64 % 8) * 400;
+            let finished = started + 3_000 + (k as i64 * 7_919 % 9) * 1_000;
+            format!(
+                "('{id}', '{MONOREPO}', 'main', '{BIG_PIPELINE_COMMIT}', 'A pipeline of 64 jobs', \
+                 'Warren Bench', 'passed', 1, 0, 'runner-{runner}', {queued}, {started}, {finished}, \
+                 {duration}, 0, NULL, 0, 'bwrap', '{name}', '{pipeline}', '{needs}')",
+                runner = k % 8,
+                duration = finished - started,
+            )
+        })
+        .collect();
+    store.sql(&format!(
+        "BEGIN; INSERT INTO jobs ({JOB_COLUMNS}) VALUES {}; DELETE FROM job_changes; COMMIT; \
+         SELECT count(*) FROM jobs WHERE pipeline = '{pipeline}';",
+        rows.join(", ")
+    ));
+    BIG_PIPELINE_COMMIT
+}

@@ -202,6 +202,21 @@ window.Warren = (function () {
     window.addEventListener('pagehide', () => source.close());
   }
 
+  // A page's heading for one commit: the title, the status badge and the
+  // line under it (repository · branch · commit · author). `ids`: the
+  // elements' ids {status, title, sub}; `c`: {status, repo, branch,
+  // commit, subject, author}.
+  function heading(ids, c) {
+    document.title = c.status + ' · ' + shortCommit(c.commit) + ' ' + (c.subject || '') + ' · Warren';
+    document.getElementById(ids.status).replaceChildren(badge(c.status));
+    document.getElementById(ids.title).textContent = c.subject || 'Commit ' + shortCommit(c.commit);
+    document.getElementById(ids.sub).replaceChildren(
+      el('span', { title: c.repo }, repoName(c.repo)), ' · ',
+      el('a', { href: '/?' + new URLSearchParams({ branch: c.branch }) }, c.branch), ' · ',
+      el('code', {}, shortCommit(c.commit)),
+      c.author ? ' · ' + c.author : '');
+  }
+
   function showError(message) {
     const box = document.getElementById('error');
     if (!box) return;
@@ -211,6 +226,6 @@ window.Warren = (function () {
 
   return {
     STATUSES, el, append, safeHref, statusClass, isTerminal, icon, badge, duration, elapsed,
-    time, ago, shortCommit, repoName, jobUrl, getJSON, everySecond, live, showError,
+    time, ago, shortCommit, repoName, jobUrl, getJSON, everySecond, live, heading, showError,
   };
 })();

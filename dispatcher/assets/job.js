@@ -33,15 +33,9 @@
 
   function render(j) {
     job = j;
-    document.title = j.status + ' · ' + W.shortCommit(j.commit) + ' ' + (j.subject || '') + ' · Warren';
-    document.getElementById('job-status').replaceChildren(W.badge(j.status));
-    document.getElementById('job-title').textContent = j.subject || 'Commit ' + W.shortCommit(j.commit);
-    document.getElementById('job-sub').replaceChildren(
-      el('span', { title: j.repo }, W.repoName(j.repo)), ' · ',
-      el('a', { href: '/?' + new URLSearchParams({ branch: j.branch }) }, j.branch), ' · ',
-      el('code', {}, W.shortCommit(j.commit)),
-      j.author ? ' · ' + j.author : '');
+    W.heading({ status: 'job-status', title: 'job-title', sub: 'job-sub' }, j);
     document.getElementById('raw-log').setAttribute('href', W.safeHref(j.log_url));
+    document.getElementById('commit-link').setAttribute('href', W.safeHref('/commits/' + encodeURIComponent(j.commit)));
     const waited = j.started_at_ms && j.enqueued_at_ms ? W.duration(j.started_at_ms - j.enqueued_at_ms) : '—';
     document.getElementById('fields').replaceChildren(
       ...field('Status', 'status', W.badge(j.status)),

@@ -6,12 +6,15 @@
 //! counters: read from the store once at start, then moved by the job
 //! events (see `events`). The current ones (jobs queued and running,
 //! runners online) are gauges that a sampler refreshes every few seconds
-//! with small indexed counts.
+//! with small indexed counts. The gauges' last hour is kept too, for the
+//! dashboard's load chart (`GET /api/trends`).
 
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use model::trends::LoadSample;
 use model::{JobRecord, JobStatus, Outcome};
 use store::{Histogram, Store, StoreError};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -40,11 +43,42 @@ struct Figures {
     runners_online: i64,
 }
 
+/// One load sample kept per this many milliseconds.
+pub const LOAD_EVERY_MS: i64 = 10_000;
+
+/// How far back load samples are kept.
+pub const LOAD_KEPT_MS: i64 = 3_600_000;
+
+/// The gauges over the last hour, oldest first.
+#[derive(Debug, Default)]
+struct LoadHistory(VecDeque<LoadSample>);
+
+impl LoadHistory {
+    fn add(&mut self, sample: LoadSample) {
+        if self
+            .0
+            .back()
+            .is_some_and(|last| sample.at_ms - last.at_ms < LOAD_EVERY_MS)
+        {
+            return;
+        }
+        self.0.push_back(sample);
+        while self
+            .0
+            .front()
+            .is_some_and(|first| sample.at_ms - first.at_ms > LOAD_KEPT_MS)
+        {
+            self.0.pop_front();
+        }
+    }
+}
+
 /// Warren's metrics. Shared by the event follower, the sampler and the
 /// HTTP handler.
 #[derive(Debug, Default)]
 pub struct Metrics {
     figures: Mutex<Figures>,
+    load: Mutex<LoadHistory>,
 }
 
 fn outcome_index(outcome: Outcome) -> usize {
@@ -94,6 +128,7 @@ impl Metrics {
         }
         Ok(Metrics {
             figures: Mutex::new(figures),
+            ..Metrics::default()
         })
     }
 
@@ -133,10 +168,33 @@ impl Metrics {
 
     /// The gauges, as last sampled.
     pub fn set_gauges(&self, queued: i64, running: i64, runners_online: i64) {
-        let mut figures = self.lock();
-        figures.queued = queued;
-        figures.running = running;
-        figures.runners_online = runners_online;
+        {
+            let mut figures = self.lock();
+            figures.queued = queued;
+            figures.running = running;
+            figures.runners_online = runners_online;
+        }
+        self.load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(LoadSample {
+                at_ms: model::now_ms() as i64,
+                queued,
+                running,
+                runners_online,
+            });
+    }
+
+    /// The gauges' samples of the last hour, one per [`LOAD_EVERY_MS`],
+    /// oldest first.
+    pub fn load_history(&self) -> Vec<LoadSample> {
+        self.load
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Every metric, in Prometheus' text format.
@@ -275,6 +333,27 @@ mod tests {
             allow_failure: false,
             spec: None,
         }
+    }
+
+    #[test]
+    fn the_load_history_keeps_one_sample_per_interval_for_an_hour() {
+        let mut history = LoadHistory::default();
+        let sample = |at_ms| LoadSample {
+            at_ms,
+            queued: at_ms,
+            running: 0,
+            runners_online: 1,
+        };
+        for at_ms in (0..2 * LOAD_KEPT_MS).step_by(2_000) {
+            history.add(sample(at_ms));
+        }
+        let kept: Vec<i64> = history.0.iter().map(|s| s.at_ms).collect();
+        assert_eq!(kept.len() as i64, LOAD_KEPT_MS / LOAD_EVERY_MS + 1);
+        assert!(
+            kept.windows(2).all(|w| w[1] - w[0] == LOAD_EVERY_MS),
+            "{kept:?}"
+        );
+        assert_eq!(kept.last(), Some(&(2 * LOAD_KEPT_MS - LOAD_EVERY_MS)));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod repo;
 mod sandbox;
 pub mod split;
 mod status;
+pub mod trends;
 
 pub use ids::{BranchName, CommitId, IdError, JobId, QueueName, RepoName, RepoUrl, RunnerId};
 pub use message::{

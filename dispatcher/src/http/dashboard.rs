@@ -1,4 +1,4 @@
-//! The dashboard: three static pages and their scripts, embedded in the
+//! The dashboard: four static pages and their scripts, embedded in the
 //! binary, that render the JSON API in the browser.
 //!
 //! The HTML holds no data at all. The scripts fetch `/api/…`, build the
@@ -11,8 +11,13 @@
 //! |---|---|
 //! | `/` | jobs, newest first; `?status=`, `?repo=` (a registered name or a URL), `?branch=`, `?before=<seq>` |
 //! | `/jobs/{id}` | one job (id or commit), its log, rerun |
+//! | `/commits/{sha}` | a commit's pipeline as a graph, and its timeline |
 //! | `/runners` | runners, queue depth, dead letters |
 //! | `/assets/{name}` | the CSS and scripts |
+//!
+//! The front page also draws trends (`/api/trends`). Charts are drawn by
+//! Chart.js, vendored in `assets/vendor/` with its licence and served
+//! from here like every other asset: nothing is loaded from elsewhere.
 //!
 //! Rerun: the job page POSTs to `/api/jobs/{id}/rerun`. If the dispatcher
 //! has an API token (`WARREN_API_TOKEN`), the first rerun prompts for it and
@@ -25,11 +30,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::{find_job, AppState};
+use super::{find_commit, find_job, AppState};
 
 const JOBS_PAGE: &str = include_str!("../../assets/index.html");
 const JOB_PAGE: &str = include_str!("../../assets/job.html");
 const RUNNERS_PAGE: &str = include_str!("../../assets/runners.html");
+const COMMIT_PAGE: &str = include_str!("../../assets/commit.html");
 
 /// `(name, content type, body)` of every asset under `/assets/`.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -54,6 +60,26 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../assets/job.js"),
     ),
     (
+        "commit.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/commit.js"),
+    ),
+    (
+        "charts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/charts.js"),
+    ),
+    (
+        "trends.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/trends.js"),
+    ),
+    (
+        "chart.umd.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/vendor/chart.umd.min.js"),
+    ),
+    (
         "runners.js",
         "text/javascript; charset=utf-8",
         include_str!("../../assets/runners.js"),
@@ -75,6 +101,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { page(StatusCode::OK, JOBS_PAGE) }))
         .route("/jobs/{id}", get(job_page))
+        .route("/commits/{sha}", get(commit_page))
         .route(
             "/runners",
             get(|| async { page(StatusCode::OK, RUNNERS_PAGE) }),
@@ -116,6 +143,14 @@ async fn job_page(State(state): State<AppState>, Path(id): Path<String>) -> Resp
     }
 }
 
+/// The commit page; 404 or 409 as the job page.
+async fn commit_page(State(state): State<AppState>, Path(sha): Path<String>) -> Response {
+    match find_commit(state.store().as_ref(), &sha).await {
+        Ok(_) => page(StatusCode::OK, COMMIT_PAGE),
+        Err(response) => page(response.status(), COMMIT_PAGE),
+    }
+}
+
 async fn asset(Path(name): Path<String>) -> Response {
     let Some((_, content_type, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
@@ -139,7 +174,7 @@ mod tests {
 
     #[test]
     fn pages_only_load_assets_that_exist() {
-        for page in [JOBS_PAGE, JOB_PAGE, RUNNERS_PAGE] {
+        for page in [JOBS_PAGE, JOB_PAGE, RUNNERS_PAGE, COMMIT_PAGE] {
             for reference in page.split("/assets/").skip(1) {
                 let name = reference.split('"').next().unwrap_or_default();
                 assert!(

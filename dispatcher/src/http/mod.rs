@@ -15,6 +15,7 @@ mod commits;
 mod dashboard;
 mod live;
 mod repos;
+mod trends;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(commits::routes())
         .merge(repos::routes())
+        .merge(trends::routes())
         .route("/api/events", get(live::events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
