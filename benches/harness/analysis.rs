@@ -432,7 +432,14 @@ pub fn render(report: &Report) -> String {
              statement and asks in one more which of those that are their own pipeline have \
              a job waiting in it, so a lone job's result is one statement, its outcome; on \
              PostgreSQL each statement is a round trip of about 0.2 ms here, which is what \
-             the batch saves.\n\n\
+             the batch saves. PostgreSQL still misses the 2,000/s target: the 64 outcome \
+             statements of a batch go one after the other, each rewriting the job's row and \
+             an entry in each of the table's twelve indexes (a change of an indexed status \
+             is never a heap-only update), its trigger writing the \
+             change row that the announcer reads and deletes again in transactions of its \
+             own; the cores were not saturated (about 30 % idle in a run watched with \
+             vmstat), so it is the round trips. Next: a batch's outcomes in one multi-row \
+             `UPDATE … FROM (VALUES …)`.\n\n\
              Trivial jobs stay well under the 300 jobs/s target with 4 runners, and the \
              per-job overhead over the 10 ms target (scenarios 2 and 3): on two shared cores \
              the runner's processes per job (`git checkout`, `git clean`, `sh`) and three \
