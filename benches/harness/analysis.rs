@@ -422,24 +422,24 @@ pub fn render(report: &Report) -> String {
              the jobs, most of the {} ms from start to ready on SQLite, {} ms on PostgreSQL) \
              and then moved by the job events. The dispatcher's memory does not grow with the \
              store: nothing of it is cached beyond a page.\n\n\
-             Results are recorded in batches: up to 64 results already waiting in the \
+             Results are recorded in batches: up to 128 results already waiting in the \
              dispatcher's prefetch (256, so the next batch arrives while one is recorded) go \
              into one transaction, their logs and their runners' counts written with one \
              statement each, then each result is acked. From a backlog of 20,000 that records \
              {} results/s on SQLite (810/s with a transaction per result) and {} on \
              PostgreSQL (426/s with a transaction per result; 1,148/s with batches whose \
-             results took three statements each). A batch locks all its known jobs in one \
-             statement and asks in one more which of those that are their own pipeline have \
-             a job waiting in it, so a lone job's result is one statement, its outcome; on \
-             PostgreSQL each statement is a round trip of about 0.2 ms here, which is what \
-             the batch saves. PostgreSQL still misses the 2,000/s target: the 64 outcome \
-             statements of a batch go one after the other, each rewriting the job's row and \
-             an entry in each of the table's twelve indexes (a change of an indexed status \
-             is never a heap-only update), its trigger writing the \
-             change row that the announcer reads and deletes again in transactions of its \
-             own; the cores were not saturated (about 30 % idle in a run watched with \
-             vmstat), so it is the round trips. Next: a batch's outcomes in one multi-row \
-             `UPDATE … FROM (VALUES …)`.\n\n\
+             results took three statements each, 64 to a batch). On PostgreSQL every \
+             statement is a round trip (about 0.2 ms here; the cores were not saturated, about \
+             30 % idle in a run watched with vmstat), so a batch now costs five whatever its \
+             size: all its known jobs locked in one `UPDATE … WHERE id IN (…)`; one query for \
+             which of those that are their own pipeline have a job waiting in it; the \
+             outcomes of every job whose result needs nothing else first (not a plan, not a \
+             part of a split job) in one `UPDATE … FROM (VALUES …)`; the logs; the runners' \
+             counts. Each result is then finished in order (released jobs, skips, plans, \
+             split tests), and up to 128 results make a batch. Each outcome still rewrites \
+             the job's row and an entry in each of the table's twelve indexes (a change of \
+             an indexed status is never a heap-only update) and its trigger writes the change \
+             row the announcer reads and deletes again.\n\n\
              Trivial jobs stay well under the 300 jobs/s target with 4 runners, and the \
              per-job overhead over the 10 ms target (scenarios 2 and 3): on two shared cores \
              the runner's processes per job (`git checkout`, `git clean`, `sh`) and three \

@@ -14,7 +14,7 @@
 //! Every message is acked only after the store committed it, so a
 //! dispatcher killed at any point loses nothing: unacked messages wait in
 //! its durable queues. Results that wait together (a backlog, a burst)
-//! are recorded together: one transaction per batch of up to 64, which is
+//! are recorded together: one transaction per batch of up to 128, which is
 //! what lets one dispatcher keep up with many runners.
 
 use std::sync::{Arc, Mutex};
@@ -34,12 +34,14 @@ use crate::leases::{Expiry, Leases};
 
 /// Deliveries each dispatcher queue may have unacked at once.
 const PREFETCH: u16 = 64;
-/// The most results recorded in one transaction.
-const RESULTS_BATCH: usize = 64;
-/// The results queue's prefetch: several batches, so the next one is
-/// already here while one is being recorded (with only one batch unacked
-/// the broker could send nothing meanwhile, and batches would shrink).
-const RESULTS_PREFETCH: u16 = 4 * RESULTS_BATCH as u16;
+/// The most results recorded in one transaction (a statement or two per
+/// batch, one commit: larger batches cost less per result).
+const RESULTS_BATCH: usize = 128;
+/// The results queue's prefetch: two batches, so the next one is already
+/// here while one is being recorded (with only one batch unacked the
+/// broker could send nothing meanwhile, and batches would shrink). It
+/// bounds the results held in memory at once.
+const RESULTS_PREFETCH: u16 = 2 * RESULTS_BATCH as u16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {

@@ -351,6 +351,22 @@ pub fn batch_name(name: &str, index: usize, count: usize) -> String {
     format!("{name} [{index}/{count}]")
 }
 
+/// Whether `name` is one of a split job's batches or retries (see
+/// [`batch_name`], [`retry_name`]): names that change from run to run.
+pub fn is_part_name(name: &str) -> bool {
+    let Some(open) = name.rfind(" [") else {
+        return false;
+    };
+    let Some(inner) = name[open + 2..].strip_suffix(']') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match inner.split_once('/') {
+        Some((index, count)) => digits(index) && digits(count),
+        None => inner.strip_prefix("retry ").is_some_and(digits),
+    }
+}
+
 /// The `index`th retry (from 1) of the split job `name`.
 pub fn retry_name(name: &str, index: usize) -> String {
     format!("{name} [retry {index}]")
@@ -409,6 +425,23 @@ pub fn shell_quote(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn batches_and_retries_are_told_by_their_names() {
+        assert!(is_part_name(&batch_name("unit", 3, 12)));
+        assert!(is_part_name(&retry_name("unit", 2)));
+        for name in [
+            "unit",
+            "unit [list]",
+            "test (a, b)",
+            "x [1/]",
+            "x [retry]",
+            "x [a/2]",
+        ] {
+            assert!(!is_part_name(name), "{name}");
+        }
+        assert_eq!(list_name("unit"), "unit [list]");
+    }
     use super::*;
 
     fn id(text: &str) -> TestId {

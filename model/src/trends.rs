@@ -78,13 +78,18 @@ pub struct LoadSample {
     pub runners_online: i64,
 }
 
-/// A job that ended with an outcome and a duration: a point of a trend.
-fn outcome_run(job: &JobRecord) -> Option<TrendRun> {
-    let outcome = matches!(
+/// Whether the job ended with an outcome (not canceled or skipped).
+fn has_outcome(job: &JobRecord) -> bool {
+    matches!(
         job.status,
         JobStatus::Passed | JobStatus::Failed | JobStatus::Error | JobStatus::Timeout
-    );
-    if !outcome {
+    )
+}
+
+/// A job that ended with an outcome and a duration: a point of a trend.
+/// (A split job's gate has no duration of its own: it ran nothing.)
+fn outcome_run(job: &JobRecord) -> Option<TrendRun> {
+    if !has_outcome(job) {
         return None;
     }
     Some(TrendRun {
@@ -97,11 +102,16 @@ fn outcome_run(job: &JobRecord) -> Option<TrendRun> {
 }
 
 /// Each name's last [`RUNS_PER_NAME`] runs among `newest_first` (jobs of
-/// one branch), at most [`NAMES_MAX`] names, the most recent first.
+/// one branch), at most [`NAMES_MAX`] names, the most recent first; a
+/// split job's batches and retries left out.
 pub fn durations(newest_first: &[JobRecord]) -> Vec<DurationTrend> {
     let mut order: Vec<&str> = Vec::new();
     let mut runs: BTreeMap<&str, Vec<TrendRun>> = BTreeMap::new();
-    for job in newest_first {
+    // A split job's batches are named anew each run: no trend of their own.
+    for job in newest_first
+        .iter()
+        .filter(|job| !crate::split::is_part_name(&job.name))
+    {
         let Some(run) = outcome_run(job) else {
             continue;
         };
@@ -150,12 +160,13 @@ pub fn median(mut values: Vec<i64>) -> i64 {
 /// Passed of ended jobs per UTC day, oldest first.
 pub fn pass_rate(jobs: &[JobRecord]) -> Vec<DayPassRate> {
     let mut days: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-    for run in jobs.iter().filter_map(outcome_run) {
-        let day = days
-            .entry(run.finished_at_ms.div_euclid(DAY_MS))
-            .or_default();
+    for job in jobs.iter().filter(|job| has_outcome(job)) {
+        let Some(finished_at_ms) = job.finished_at_ms else {
+            continue;
+        };
+        let day = days.entry(finished_at_ms.div_euclid(DAY_MS)).or_default();
         day.1 += 1;
-        if run.status == JobStatus::Passed {
+        if job.status == JobStatus::Passed {
             day.0 += 1;
         }
     }
@@ -238,6 +249,7 @@ mod tests {
         }
         jobs.insert(0, job(999, "test", JobStatus::Running, 0, 0));
         jobs.insert(0, job(998, "deploy", JobStatus::Canceled, 5, 5_000));
+        jobs.insert(0, job(997, "unit [2/4]", JobStatus::Passed, 5, 5_000));
         let trends = durations(&jobs);
         let names: Vec<&str> = trends.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
@@ -272,6 +284,10 @@ mod tests {
             job(3, "t", JobStatus::Canceled, 1, 20_000 * day + 7),
             job(4, "t", JobStatus::Passed, 1, 20_001 * day),
         ];
+        // A gate: an outcome without a duration of its own.
+        let mut gate = job(5, "t", JobStatus::Failed, 1, 20_000 * day + 9);
+        gate.duration_ms = None;
+        let jobs = [jobs, vec![gate]].concat();
         let rate = pass_rate(&jobs);
         assert_eq!(
             rate,
@@ -279,7 +295,7 @@ mod tests {
                 DayPassRate {
                     day: "2024-10-04".into(),
                     passed: 1,
-                    total: 2
+                    total: 3
                 },
                 DayPassRate {
                     day: "2024-10-05".into(),

@@ -1070,6 +1070,60 @@ struct BatchLocks {
     /// Jobs of the batch that are their own pipeline, with no job waiting
     /// in it.
     calm: std::collections::HashSet<String>,
+    /// Outcomes already written together (see `outcomes_together`): the
+    /// row as written, or `None` when the job had its outcome already.
+    outcomes: HashMap<String, Option<JobRecord>>,
+}
+
+/// Outcomes written by one statement at most (11 parameters each).
+const OUTCOMES_PER_STATEMENT: usize = 256;
+
+/// The outcomes of `rows` jobs in one statement, as [`FINISH_JOB`] for
+/// each: 11 parameters per job (id, status, runner, started, finished,
+/// duration, exit code, reason, truncated, log bytes, sandbox), then the
+/// two statuses a job may have to take an outcome. The same SQL on both
+/// backends (SQLite 3.33 has `UPDATE … FROM`); the casts give PostgreSQL
+/// the parameters' types.
+fn finish_jobs_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|n| {
+            let p = |k: usize| format!("${}", 11 * n + k);
+            format!(
+                "({}, {}, {}, CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT), \
+                 CAST({} AS BIGINT), {}, CAST({} AS BOOLEAN), CAST({} AS BIGINT), {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9),
+                p(10),
+                p(11)
+            )
+        })
+        .collect();
+    let returning: Vec<String> = job_columns!()
+        .split(", ")
+        .map(|column| format!("jobs.{column}"))
+        .collect();
+    format!(
+        "WITH v (id, status, runner, started_at_ms, finished_at_ms, duration_ms, exit_code, \
+         reason, truncated, log_bytes, sandbox) AS (VALUES {}) \
+         UPDATE jobs SET status = v.status, runner = v.runner, \
+         started_at_ms = v.started_at_ms, finished_at_ms = v.finished_at_ms, \
+         duration_ms = v.duration_ms, exit_code = v.exit_code, reason = v.reason, \
+         truncated = v.truncated, log_bytes = v.log_bytes, \
+         attempts = CASE WHEN jobs.attempts < 1 THEN 1 ELSE jobs.attempts END, \
+         sandbox = v.sandbox \
+         FROM v WHERE jobs.id = v.id AND jobs.status IN (${}, ${}) RETURNING {}",
+        values.join(", "),
+        11 * rows + 1,
+        11 * rows + 2,
+        returning.join(", ")
+    )
 }
 
 /// What recording a batch of outcomes writes besides the jobs' rows,
@@ -1365,6 +1419,7 @@ impl SqlStore {
         let mut batch = BatchLocks {
             rows: lock_rows(&mut tx, &ids).await?,
             calm: Default::default(),
+            outcomes: HashMap::new(),
         };
         let own: Vec<&str> = batch
             .rows
@@ -1373,6 +1428,7 @@ impl SqlStore {
             .map(|record| record.id.as_str())
             .collect();
         batch.calm = pipelines_without_waiting(&mut tx, &own).await?;
+        self.outcomes_together(&mut tx, results, &mut batch).await?;
         let mut recorded = Vec::with_capacity(results.len());
         let mut writes = OutcomeWrites::default();
         for result in results {
@@ -1384,6 +1440,78 @@ impl SqlStore {
         writes.flush(&mut tx).await?;
         tx.commit().await?;
         Ok(recorded)
+    }
+
+    /// Writes in one statement the outcomes of the batch's known jobs
+    /// whose results need nothing else first: a job's first result in the
+    /// batch, no plan, not a part of a split job (a gate released by a
+    /// batch's outcome must find every batch's tests already recorded).
+    /// Their rows, as written, go to `batch.outcomes`; the rest of each
+    /// result is done in order by [`finish`](Self::finish).
+    async fn outcomes_together(
+        &self,
+        tx: &mut Tx<'_>,
+        results: &[JobResult],
+        batch: &mut BatchLocks,
+    ) -> Result<(), Fail> {
+        let mut seen = std::collections::HashSet::new();
+        let mut together: Vec<&JobResult> = Vec::new();
+        for result in results {
+            let id = result.job.id.as_str();
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(record) = batch.rows.get(id) else {
+                continue;
+            };
+            same_job(record, &result.job)?;
+            if result.plan.is_none() && record.spec.as_ref().is_none_or(|s| s.split.is_none()) {
+                together.push(result);
+            }
+        }
+        for chunk in together.chunks(OUTCOMES_PER_STATEMENT) {
+            let sql = finish_jobs_sql(chunk.len());
+            let written = on!(tx.conn(), |c| {
+                let mut query = sqlx::query(&sql);
+                for result in chunk {
+                    let (log, truncated) = self.capped_output(&result.output, result.truncated);
+                    let reason = result.reason.as_deref().map(storable);
+                    query = query
+                        .bind(result.job.id.as_str())
+                        .bind(JobStatus::from(result.outcome).as_str())
+                        .bind(result.runner.id.as_str())
+                        .bind(ms(result.started_at_ms))
+                        .bind(ms(result.finished_at_ms))
+                        .bind(ms(result.duration_ms))
+                        .bind(result.exit_code.map(i64::from))
+                        .bind(reason.map(Cow::into_owned))
+                        .bind(truncated)
+                        .bind(log.len() as i64)
+                        .bind(result.runner.sandbox.as_str());
+                }
+                query
+                    .bind(JobStatus::Queued.as_str())
+                    .bind(JobStatus::Running.as_str())
+                    .fetch_all(c)
+                    .await?
+                    .iter()
+                    .map(job_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            });
+            for record in written {
+                batch
+                    .outcomes
+                    .insert(record.id.as_str().to_string(), Some(record));
+            }
+            // Those not written already had an outcome: duplicates.
+            for result in chunk {
+                batch
+                    .outcomes
+                    .entry(result.job.id.as_str().to_string())
+                    .or_insert(None);
+            }
+        }
+        Ok(())
     }
 
     async fn finish(
@@ -1404,28 +1532,31 @@ impl SqlStore {
             }
             None => lock_job(tx, &result.job).await?,
         };
-        let outcome = on!(tx.conn(), |c| {
-            let row = sqlx::query(FINISH_JOB)
-                .bind(id)
-                .bind(JobStatus::from(result.outcome).as_str())
-                .bind(result.runner.id.as_str())
-                .bind(ms(result.started_at_ms))
-                .bind(ms(result.finished_at_ms))
-                .bind(ms(result.duration_ms))
-                .bind(result.exit_code.map(i64::from))
-                .bind(reason.as_deref())
-                .bind(truncated)
-                .bind(log.len() as i64)
-                .bind(JobStatus::Queued.as_str())
-                .bind(JobStatus::Running.as_str())
-                .bind(result.runner.sandbox.as_str())
-                .fetch_optional(c)
-                .await?;
-            match row {
-                Some(row) => Some(job_from_row(&row)?),
-                None => None,
-            }
-        });
+        let outcome = match batch.outcomes.remove(id) {
+            Some(written) => written,
+            None => on!(tx.conn(), |c| {
+                let row = sqlx::query(FINISH_JOB)
+                    .bind(id)
+                    .bind(JobStatus::from(result.outcome).as_str())
+                    .bind(result.runner.id.as_str())
+                    .bind(ms(result.started_at_ms))
+                    .bind(ms(result.finished_at_ms))
+                    .bind(ms(result.duration_ms))
+                    .bind(result.exit_code.map(i64::from))
+                    .bind(reason.as_deref())
+                    .bind(truncated)
+                    .bind(log.len() as i64)
+                    .bind(JobStatus::Queued.as_str())
+                    .bind(JobStatus::Running.as_str())
+                    .bind(result.runner.sandbox.as_str())
+                    .fetch_optional(c)
+                    .await?;
+                match row {
+                    Some(row) => Some(job_from_row(&row)?),
+                    None => None,
+                }
+            }),
+        };
         let recorded = match outcome {
             Some(record) => {
                 writes.log(id, log.into_owned());

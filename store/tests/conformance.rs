@@ -1569,6 +1569,61 @@ conformance!(
     }
 );
 
+conformance!(
+    async fn a_batch_holding_every_need_of_a_job_releases_it_once(backend) {
+        // The outcomes of a batch are written together, then each result's
+        // pipeline is advanced in order: the job needing both is released
+        // by one of them, once, and a failed need in the same batch skips
+        // its dependent.
+        let store = backend.open().await;
+        let first = job("/r", "main", commit('a'));
+        let mut planning = result(&first, Outcome::Passed, "r1");
+        planning.plan = Some(model::Plan::new(vec![
+                spec("a", &[], "default", false),
+                spec("b", &[], "default", false),
+                spec("c", &["a", "b"], "default", false),
+                spec("d", &[], "default", false),
+                spec("e", &["d"], "default", false),
+            ]));
+        let recorded = store.job_finished(&planning).await.expect("plan");
+        let [a, b, d] = ["a", "b", "d"].map(|name| planned(&recorded, name).to_job());
+        let recorded = store
+            .jobs_finished(&[
+                result(&a, Outcome::Passed, "r1"),
+                result(&d, Outcome::Failed, "r2"),
+                result(&b, Outcome::Passed, "r2"),
+                result(&a, Outcome::Passed, "r3"),
+            ])
+            .await
+            .expect("batch");
+        let changed = |name: &str| -> usize {
+            recorded
+                .iter()
+                .map(|r| match r {
+                    Recorded::New { pipeline, .. } => pipeline.iter().filter(|j| j.name == name).count(),
+                    Recorded::Duplicate(_) => 0,
+                })
+                .sum()
+        };
+        assert_eq!(changed("c"), 1, "{recorded:?}");
+        assert_eq!(changed("e"), 1, "{recorded:?}");
+        assert!(!recorded[3].is_new(), "the second result of a: {recorded:?}");
+        assert_eq!(
+            statuses(store.as_ref(), &first).await,
+            vec![
+                ("plan".to_string(), JobStatus::Passed),
+                ("a".to_string(), JobStatus::Passed),
+                ("b".to_string(), JobStatus::Passed),
+                ("c".to_string(), JobStatus::Queued),
+                ("d".to_string(), JobStatus::Failed),
+                ("e".to_string(), JobStatus::Skipped),
+            ]
+        );
+        let outbox = store.outbox_pending(100).await.expect("outbox");
+        assert_eq!(outbox.len(), 4, "a, b, d, then c: {outbox:?}");
+    }
+);
+
 /// The pipeline of `first` as (name, status), oldest first.
 async fn statuses(store: &dyn store::Store, first: &Job) -> Vec<(String, JobStatus)> {
     store
