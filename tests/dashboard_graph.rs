@@ -404,6 +404,18 @@ fn the_commit_page_draws_the_pipeline_live_and_the_trends_match_the_api() {
     let errors = console_errors(&browser);
     assert!(errors.is_empty(), "the browser console: {errors:?}");
 
+    // Per repository: the same figures when asked for this repository,
+    // none for a registered-looking name that is no repository.
+    let of_repo = api
+        .get_json(&format!("/api/trends?repo={}", repo.path_str()))
+        .expect("trends of the repository");
+    assert_eq!(of_repo["repo"], repo.path_str(), "{of_repo}");
+    assert_eq!(of_repo["pass_rate"], trends["pass_rate"], "{of_repo}");
+    let unknown =
+        reqwest::blocking::get(format!("{}/api/trends?repo=no-such-repo", dispatcher.url))
+            .expect("GET /api/trends");
+    assert_eq!(unknown.status().as_u16(), 404);
+
     // Bad input is a JSON error naming the parameter.
     let bad = reqwest::blocking::get(format!("{}/api/trends?branch=..", dispatcher.url))
         .expect("GET /api/trends");
