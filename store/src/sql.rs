@@ -468,15 +468,6 @@ const START_JOB: &str = concat!(
     job_columns!()
 );
 
-/// The outcome, only if the job has none ($11, $12: queued, running).
-const FINISH_JOB: &str = concat!(
-    "UPDATE jobs SET status = $2, runner = $3, started_at_ms = $4, finished_at_ms = $5, ",
-    "duration_ms = $6, exit_code = $7, reason = $8, truncated = $9, log_bytes = $10, ",
-    "attempts = CASE WHEN attempts < 1 THEN 1 ELSE attempts END, sandbox = $13 ",
-    "WHERE id = $1 AND status IN ($11, $12) RETURNING ",
-    job_columns!()
-);
-
 const COUNT_DUPLICATE: &str = concat!(
     "UPDATE jobs SET duplicates = duplicates + 1 WHERE id = $1 RETURNING ",
     job_columns!()
@@ -1078,8 +1069,8 @@ struct BatchLocks {
 /// Outcomes written by one statement at most (11 parameters each).
 const OUTCOMES_PER_STATEMENT: usize = 256;
 
-/// The outcomes of `rows` jobs in one statement, as [`FINISH_JOB`] for
-/// each: 11 parameters per job (id, status, runner, started, finished,
+/// The outcomes of `rows` jobs in one statement, each only if the job
+/// has none yet: 11 parameters per job (id, status, runner, started, finished,
 /// duration, exit code, reason, truncated, log bytes, sandbox), then the
 /// two statuses a job may have to take an outcome. The same SQL on both
 /// backends (SQLite 3.33 has `UPDATE … FROM`); the casts give PostgreSQL
@@ -1470,34 +1461,7 @@ impl SqlStore {
             }
         }
         for chunk in together.chunks(OUTCOMES_PER_STATEMENT) {
-            let sql = finish_jobs_sql(chunk.len());
-            let written = on!(tx.conn(), |c| {
-                let mut query = sqlx::query(&sql);
-                for result in chunk {
-                    let (log, truncated) = self.capped_output(&result.output, result.truncated);
-                    let reason = result.reason.as_deref().map(storable);
-                    query = query
-                        .bind(result.job.id.as_str())
-                        .bind(JobStatus::from(result.outcome).as_str())
-                        .bind(result.runner.id.as_str())
-                        .bind(ms(result.started_at_ms))
-                        .bind(ms(result.finished_at_ms))
-                        .bind(ms(result.duration_ms))
-                        .bind(result.exit_code.map(i64::from))
-                        .bind(reason.map(Cow::into_owned))
-                        .bind(truncated)
-                        .bind(log.len() as i64)
-                        .bind(result.runner.sandbox.as_str());
-                }
-                query
-                    .bind(JobStatus::Queued.as_str())
-                    .bind(JobStatus::Running.as_str())
-                    .fetch_all(c)
-                    .await?
-                    .iter()
-                    .map(job_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            });
+            let written = self.write_outcomes(tx, chunk).await?;
             for record in written {
                 batch
                     .outcomes
@@ -1514,6 +1478,43 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Writes the outcomes of `results` (each job once) in one statement,
+    /// each only if its job has none yet; returns the rows written.
+    async fn write_outcomes(
+        &self,
+        tx: &mut Tx<'_>,
+        results: &[&JobResult],
+    ) -> Result<Vec<JobRecord>, Fail> {
+        let sql = finish_jobs_sql(results.len());
+        Ok(on!(tx.conn(), |c| {
+            let mut query = sqlx::query(&sql);
+            for result in results {
+                let (log, truncated) = self.capped_output(&result.output, result.truncated);
+                let reason = result.reason.as_deref().map(storable);
+                query = query
+                    .bind(result.job.id.as_str())
+                    .bind(JobStatus::from(result.outcome).as_str())
+                    .bind(result.runner.id.as_str())
+                    .bind(ms(result.started_at_ms))
+                    .bind(ms(result.finished_at_ms))
+                    .bind(ms(result.duration_ms))
+                    .bind(result.exit_code.map(i64::from))
+                    .bind(reason.map(Cow::into_owned))
+                    .bind(truncated)
+                    .bind(log.len() as i64)
+                    .bind(result.runner.sandbox.as_str());
+            }
+            query
+                .bind(JobStatus::Queued.as_str())
+                .bind(JobStatus::Running.as_str())
+                .fetch_all(c)
+                .await?
+                .iter()
+                .map(job_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
     async fn finish(
         &self,
         tx: &mut Tx<'_>,
@@ -1522,8 +1523,6 @@ impl SqlStore {
         writes: &mut OutcomeWrites,
     ) -> Result<Recorded, Fail> {
         let id = result.job.id.as_str();
-        let (log, truncated) = self.capped_output(&result.output, result.truncated);
-        let reason = result.reason.as_deref().map(storable);
         // A job's second result in the batch sees what its first did.
         let (before, inserted) = match batch.rows.remove(id) {
             Some(record) => {
@@ -1534,31 +1533,11 @@ impl SqlStore {
         };
         let outcome = match batch.outcomes.remove(id) {
             Some(written) => written,
-            None => on!(tx.conn(), |c| {
-                let row = sqlx::query(FINISH_JOB)
-                    .bind(id)
-                    .bind(JobStatus::from(result.outcome).as_str())
-                    .bind(result.runner.id.as_str())
-                    .bind(ms(result.started_at_ms))
-                    .bind(ms(result.finished_at_ms))
-                    .bind(ms(result.duration_ms))
-                    .bind(result.exit_code.map(i64::from))
-                    .bind(reason.as_deref())
-                    .bind(truncated)
-                    .bind(log.len() as i64)
-                    .bind(JobStatus::Queued.as_str())
-                    .bind(JobStatus::Running.as_str())
-                    .bind(result.runner.sandbox.as_str())
-                    .fetch_optional(c)
-                    .await?;
-                match row {
-                    Some(row) => Some(job_from_row(&row)?),
-                    None => None,
-                }
-            }),
+            None => self.write_outcomes(tx, &[result]).await?.pop(),
         };
         let recorded = match outcome {
             Some(record) => {
+                let (log, _) = self.capped_output(&result.output, result.truncated);
                 writes.log(id, log.into_owned());
                 writes.runner_done(result.runner.id.as_str(), id);
                 self.split_result(tx, &record, result).await?;

@@ -46,11 +46,10 @@ async fn show_trends(
         before: None,
         limit: None,
     };
-    let mut query = match list.query(state.store().as_ref()).await {
+    let query = match list.query(state.store().as_ref()).await {
         Ok(query) => query,
         Err(response) => return response,
     };
-    query.limit = PAGE_MAX;
     let scope = match newest(&state, query.clone(), PASS_RATE_JOBS).await {
         Ok(jobs) => jobs,
         Err(response) => return response,
@@ -60,23 +59,23 @@ async fn show_trends(
         .branch
         .clone()
         .or_else(|| scope.first().map(|job| job.branch.clone()));
-    let of_branch = match &branch {
+    let durations = match &branch {
         Some(branch) if query.branch.is_none() => {
             let query = JobQuery {
                 branch: Some(branch.clone()),
                 ..query.clone()
             };
             match newest(&state, query, DURATION_JOBS).await {
-                Ok(jobs) => jobs,
+                Ok(jobs) => trends::durations(&jobs),
                 Err(response) => return response,
             }
         }
-        _ => scope.iter().take(DURATION_JOBS).cloned().collect(),
+        _ => trends::durations(&scope[..scope.len().min(DURATION_JOBS)]),
     };
     Json(TrendsView {
         repo: query.repo,
         branch,
-        durations: trends::durations(&of_branch),
+        durations,
         pass_rate: trends::pass_rate(&scope),
         load: state.metrics.load_history(),
     })
