@@ -59,8 +59,13 @@ fn scenario_1_commit_to_start_and_outcome() {
 #[test]
 fn scenario_2_per_job_overhead() {
     let report = smoke(2, &[2]);
-    assert_eq!(report.sections[1].rows.len(), 4);
+    assert_eq!(report.sections[1].rows.len(), 5);
     assert!(report.sections[1].details.contains("checkout"));
+    // Warren's own part, on a runner without a sandbox.
+    assert!(report.sections[1]
+        .rows
+        .iter()
+        .any(|r| r.metric.contains("--sandbox none") && !r.samples.is_empty()));
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! The runner's git is [`Git::sealed`]: it works in clones that a test has
 //! been able to write to, so nothing there may make it run a command.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -115,7 +116,14 @@ impl Git {
 
     /// Runs `git [-C dir] ARGS...` and returns its stdout, trimmed at the end.
     pub async fn run(&self, args: &[&str]) -> Result<String> {
-        let mut command = Command::new("git");
+        let path = match &self.env {
+            Some(env) => env
+                .iter()
+                .find(|(key, _)| key == "PATH")
+                .map(|(_, value)| OsString::from(value)),
+            None => std::env::var_os("PATH"),
+        };
+        let mut command = Command::new(program(path.as_deref()));
         if self.sealed {
             // The user's attributes file (`~/.config/git/attributes`) is
             // read even without a global config, and can re-encode or
@@ -208,6 +216,44 @@ impl Git {
 
 /// The command as errors show it: without leading `-c key=value` config
 /// overrides, so that a reason reads "git clone … timed out".
+/// The git found on `path` (the PATH git is started with), by absolute
+/// path, remembered for the last PATH asked about; plain `git` if none is
+/// found (the spawn then says so). Named by path, git is started with
+/// posix_spawn, which borrows this process's memory until the exec; by
+/// name with an environment of its own, the standard library forks instead,
+/// copying the page tables of the whole process (the runner's every job
+/// paid that), and searches the PATH again each time.
+fn program(path: Option<&OsStr>) -> PathBuf {
+    static FOUND: Mutex<Option<(OsString, PathBuf)>> = Mutex::new(None);
+    let Some(path) = path else {
+        return PathBuf::from("git");
+    };
+    if let Ok(found) = FOUND.lock() {
+        if let Some((searched, program)) = found.as_ref() {
+            if searched == path {
+                return program.clone();
+            }
+        }
+    }
+    let Some(program) = std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join("git"))
+        .find(|candidate| is_executable(candidate))
+    else {
+        return PathBuf::from("git");
+    };
+    if let Ok(mut found) = FOUND.lock() {
+        *found = Some((path.to_owned(), program.clone()));
+    }
+    program
+}
+
+/// Whether `path` is a file that may be executed.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 fn shown_command(args: &[&str]) -> String {
     let mut rest = args;
     while let ["-c", _, tail @ ..] = rest {
@@ -243,6 +289,24 @@ impl Drop for GroupGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_is_named_by_its_path_on_the_path_it_is_started_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = dir.path().join("git");
+        std::fs::write(&fake, "#!/bin/sh\n").expect("write");
+        let path = |dirs: &[&Path]| std::env::join_paths(dirs).expect("a PATH");
+        // Not executable: passed over.
+        assert_eq!(program(Some(&path(&[dir.path()]))), PathBuf::from("git"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert_eq!(program(Some(&path(&[empty.path(), dir.path()]))), fake);
+        // Another PATH is searched anew, not answered from the last one.
+        assert_eq!(program(Some(&path(&[empty.path()]))), PathBuf::from("git"));
+        // Relative folders are never searched.
+        assert_eq!(program(Some(OsStr::new("."))), PathBuf::from("git"));
+    }
 
     #[tokio::test]
     async fn runs_git_and_reports_failures_with_context() {

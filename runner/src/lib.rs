@@ -36,6 +36,7 @@ mod process;
 pub mod repo_files;
 pub mod sandbox;
 pub mod supervisor;
+mod tidy;
 mod workspace;
 
 use std::collections::VecDeque;
@@ -583,11 +584,11 @@ impl Runner {
         self.pending = Some(result.clone());
         let publish_clock = std::time::Instant::now();
         self.publish_result(transport, &result).await?;
-        let publish_ms = publish_clock.elapsed().as_millis() as u64;
+        let publish_ms = millis(publish_clock.elapsed());
         self.pending = None;
         let ack_clock = std::time::Instant::now();
         ack(delivery).await;
-        let ack_ms = ack_clock.elapsed().as_millis() as u64;
+        let ack_ms = millis(ack_clock.elapsed());
         tracing::info!(
             job = %job.id,
             outcome = result.outcome.as_str(),
@@ -627,6 +628,12 @@ impl Runner {
 /// escaping can make output grow several times), marking it truncated. A
 /// plan too large for a message even without output (256 jobs of long
 /// commands) makes the planning job an `error` that says so.
+/// A duration in milliseconds to 10 µs, as the runner's timing lines give
+/// it: whole milliseconds would hide the small steps of a job.
+pub(crate) fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
 fn fit_to_cap(result: &mut JobResult, cap: usize) {
     let budget = cap.saturating_sub(16 * 1024);
     let mut shrunk = false;
@@ -733,7 +740,7 @@ async fn execute(
         _ = cancel.cancelled() => return Execution::Cancelled,
     };
     let dir = match checkout {
-        Ok(dir) => dir,
+        Ok(checkout) => checkout.dir,
         Err(err) => {
             tracing::warn!(job = %job.id, "cannot prepare the checkout: {err}");
             return finish(
@@ -949,7 +956,7 @@ async fn execute(
             )
         }
         Ok(run) => {
-            tracing::debug!(job = %job.id, test_ms = run.duration.as_millis() as u64, "test timings");
+            tracing::debug!(job = %job.id, test_ms = millis(run.duration), "test timings");
             let output = format!("{header}{}", run.output);
             let sandbox_failed = matches!(run.ending, Ending::Exited(_))
                 && run

@@ -1,6 +1,7 @@
 //! The runner's clones: one per repository under the workdir, brought to the
 //! exact commit of each job (fetched if needed, checked out detached and
-//! forced, untracked files cleaned).
+//! forced, untracked files cleaned — unless the tree provably holds none,
+//! see `tidy.rs`).
 //!
 //! A clone that cannot be brought to a clean state is thrown away and cloned
 //! again, so one broken job never taints the ones after it.
@@ -13,9 +14,11 @@
 //! the repository config is rewritten from the job alone, and the files
 //! that make git run commands or read from elsewhere are removed.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use git::Git;
@@ -23,6 +26,7 @@ use model::{CommitId, Job, RepoUrl};
 use sha2::{Digest, Sha256};
 
 use crate::process::scrubbed_env;
+use crate::tidy::TreeState;
 
 /// Tries for an operation that talks to the remote (clone, fetch).
 const REMOTE_TRIES: u32 = 3;
@@ -52,6 +56,16 @@ pub enum PrepareError {
     Broken(String),
 }
 
+/// A job's prepared clone.
+#[derive(Debug)]
+pub struct Checkout {
+    /// The clone's work tree, at the job's commit.
+    pub dir: PathBuf,
+    /// Whether `git clean` ran (it is skipped when the tree was left as the
+    /// previous checkout made it).
+    pub cleaned: bool,
+}
+
 /// The folder holding the runner's clones.
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -59,6 +73,9 @@ pub struct Workspace {
     /// How the workspace runs git, before the job's environment is added:
     /// see [`Workspace::git_for`].
     git: Git,
+    /// Each clone's state right after its last checkout and clean; taken
+    /// out when the next checkout starts, so a failed one leaves none.
+    tidy: Arc<Mutex<HashMap<PathBuf, TreeState>>>,
 }
 
 impl Workspace {
@@ -66,6 +83,7 @@ impl Workspace {
         Workspace {
             root,
             git: Git::anywhere().sealed(),
+            tidy: Arc::default(),
         }
     }
 
@@ -95,7 +113,7 @@ impl Workspace {
     }
 
     /// Brings the clone of `job.repo` to `job.commit` and returns its path.
-    pub async fn checkout(&self, job: &Job) -> Result<PathBuf, PrepareError> {
+    pub async fn checkout(&self, job: &Job) -> Result<Checkout, PrepareError> {
         match self.try_checkout(job).await {
             Err(PrepareError::Broken(reason)) => {
                 tracing::warn!(job = %job.id, %reason, "workspace broken; cloning again");
@@ -106,7 +124,7 @@ impl Workspace {
         }
     }
 
-    async fn try_checkout(&self, job: &Job) -> Result<PathBuf, PrepareError> {
+    async fn try_checkout(&self, job: &Job) -> Result<Checkout, PrepareError> {
         let clock = std::time::Instant::now();
         let dir = self.clone_dir(&job.repo);
         let anywhere = self.git_for(job);
@@ -146,11 +164,13 @@ impl Workspace {
             remote(&anywhere, &job.repo, &clone, Some(&dir)).await?;
         }
         seal_git_dir(&dir, job, shared.as_deref()).map_err(PrepareError::Broken)?;
+        // Before the checkout changes it: is the tree as the last one left it?
+        let tidy = self.still_tidy(&dir).await;
         let git = anywhere.in_dir(&dir);
         let broken = |e: git::GitError| PrepareError::Broken(e.to_string());
         // Optimistic: most commits are already here (a shared clone sees
         // them at once), and every git process costs a few milliseconds.
-        let mut fetch_ms = 0;
+        let mut fetched = Duration::ZERO;
         if let Err(first) = checkout(&git, &job.commit).await {
             // Either the commit is new (fetch it) or the clone is broken.
             if let Err(unreachable) = remote(
@@ -167,7 +187,7 @@ impl Workspace {
                     Err(err) => err,
                 });
             }
-            fetch_ms = clock.elapsed().as_millis() as u64;
+            fetched = clock.elapsed();
             if let Err(second) = checkout(&git, &job.commit).await {
                 if !self.classify(&git, &job.commit).await? {
                     // Some servers serve unadvertised commits by id.
@@ -184,12 +204,52 @@ impl Workspace {
                 }
             }
         }
-        let checkout_ms = clock.elapsed().as_millis() as u64 - fetch_ms;
-        git.run(&["clean", "-ffdxq"]).await.map_err(broken)?;
-        let clean_ms = clock.elapsed().as_millis() as u64 - fetch_ms - checkout_ms;
+        let checked_out = clock.elapsed();
+        if !tidy {
+            git.run(&["clean", "-ffdxq"]).await.map_err(broken)?;
+        }
+        let cleaned = clock.elapsed();
+        self.remember_tidy(&dir).await;
         // The per-job overhead, for the benchmarks (RUST_LOG=warren_runner=debug).
-        tracing::debug!(job = %job.id, fetch_ms, checkout_ms, clean_ms, "checkout timings");
-        Ok(dir)
+        tracing::debug!(
+            job = %job.id,
+            fetch_ms = crate::millis(fetched),
+            checkout_ms = crate::millis(checked_out - fetched),
+            clean_ms = crate::millis(cleaned - checked_out),
+            cleaned = !tidy,
+            "checkout timings"
+        );
+        Ok(Checkout {
+            dir,
+            cleaned: !tidy,
+        })
+    }
+
+    /// Whether the clone at `dir` is in the state its last checkout and
+    /// clean left (then `git clean` has nothing to remove). The remembered
+    /// state is used once.
+    async fn still_tidy(&self, dir: &Path) -> bool {
+        let remembered = self.tidy.lock().ok().and_then(|mut map| map.remove(dir));
+        let Some(remembered) = remembered else {
+            return false;
+        };
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || TreeState::of(&dir) == Some(remembered))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Remembers the state of the clone at `dir`, just checked out and
+    /// clean, for the next job's [`Workspace::still_tidy`].
+    async fn remember_tidy(&self, dir: &Path) {
+        let path = dir.to_path_buf();
+        let state = tokio::task::spawn_blocking(move || TreeState::of(&path))
+            .await
+            .ok()
+            .flatten();
+        if let (Some(state), Ok(mut map)) = (state, self.tidy.lock()) {
+            map.insert(dir.to_path_buf(), state);
+        }
     }
 
     /// After a checkout failed: whether the clone has the commit (so the
@@ -446,11 +506,86 @@ mod tests {
         let (repo, head, _work, ws) = fixture().await;
         let job =
             Job::try_new(repo.path().to_str().expect("utf8"), "main", &head).expect("a valid job");
-        let dir = ws.checkout(&job).await.expect("checkout");
+        let dir = ws.checkout(&job).await.expect("checkout").dir;
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
         std::fs::write(dir.join("junk"), "x").expect("junk");
-        let again = ws.checkout(&job).await.expect("again");
+        let again = ws.checkout(&job).await.expect("again").dir;
         assert!(!again.join("junk").exists());
+    }
+
+    #[tokio::test]
+    async fn the_clean_is_skipped_only_while_the_tree_is_as_the_last_checkout_left_it() {
+        let (repo, first, _work, ws) = fixture().await;
+        let location = repo.path().to_str().expect("utf8");
+        let job = |commit: &str| Job::try_new(location, "main", commit).expect("a valid job");
+        // The first checkout of a clone always cleans.
+        assert!(ws.checkout(&job(&first)).await.expect("first").cleaned);
+        let second = commit_in(repo.path(), "2", &[]).await;
+        let prepared = ws.checkout(&job(&second)).await.expect("second");
+        assert!(!prepared.cleaned, "nothing was left to clean");
+        assert_eq!(
+            std::fs::read_to_string(prepared.dir.join("a")).expect("a"),
+            "2"
+        );
+        // A tracked file changed in place: checkout's business, no clean.
+        std::fs::write(prepared.dir.join("a"), "changed").expect("write");
+        let prepared = ws.checkout(&job(&first)).await.expect("back");
+        assert!(!prepared.cleaned);
+        assert_eq!(
+            std::fs::read_to_string(prepared.dir.join("a")).expect("a"),
+            "1"
+        );
+        // An ignored file in a new folder: cleaned, then skipped again.
+        std::fs::create_dir(prepared.dir.join("target")).expect("mkdir");
+        std::fs::write(prepared.dir.join("target/out"), "x").expect("write");
+        let prepared = ws.checkout(&job(&second)).await.expect("after the build");
+        assert!(prepared.cleaned);
+        assert!(!prepared.dir.join("target").exists());
+        assert!(!ws.checkout(&job(&first)).await.expect("again").cleaned);
+    }
+
+    #[tokio::test]
+    async fn a_file_untracked_by_editing_the_index_is_still_cleaned() {
+        // The attack: drop a file from the index, so that it stays in the
+        // tree (same paths as before) but the next checkout leaves it
+        // behind as untracked, planted into a commit that does not have it.
+        let (repo, _, _work, ws) = fixture().await;
+        let location = repo.path().to_str().expect("utf8");
+        std::fs::write(repo.path().join("planted"), "from an earlier job").expect("write");
+        Git::new(repo.path())
+            .run(&["add", "planted"])
+            .await
+            .expect("add");
+        let with = commit_in(repo.path(), "2", &[]).await;
+        Git::new(repo.path())
+            .run(&["rm", "-q", "planted"])
+            .await
+            .expect("rm");
+        let without = commit_in(repo.path(), "3", &[]).await;
+        let job = |commit: &str| Job::try_new(location, "main", commit).expect("a valid job");
+        let untrack = |dir: PathBuf| async move {
+            Git::new(&dir)
+                .run(&["rm", "-q", "--cached", "planted"])
+                .await
+                .expect("untrack");
+        };
+        // The probe works: without a clean, git's checkout keeps the file.
+        let dir = ws.checkout(&job(&with)).await.expect("with").dir;
+        untrack(dir.clone()).await;
+        Git::new(&dir)
+            .run(&["checkout", "-q", "--force", "--detach", &without])
+            .await
+            .expect("plain checkout");
+        assert!(dir.join("planted").exists(), "the probe plants nothing");
+        // Through the workspace it is cleaned.
+        let dir = ws.checkout(&job(&with)).await.expect("with").dir;
+        untrack(dir.clone()).await;
+        let prepared = ws.checkout(&job(&without)).await.expect("without");
+        assert!(prepared.cleaned);
+        assert!(
+            !prepared.dir.join("planted").exists(),
+            "planted file survived"
+        );
     }
 
     #[tokio::test]
@@ -460,7 +595,8 @@ mod tests {
         let dir = ws
             .checkout(&Job::try_new(location, "main", &head).expect("a valid job"))
             .await
-            .expect("checkout");
+            .expect("checkout")
+            .dir;
         assert_eq!(
             std::fs::read_to_string(dir.join(".git/objects/info/alternates")).expect("alternates"),
             format!("{location}/.git/objects\n")
@@ -469,7 +605,8 @@ mod tests {
         let dir = ws
             .checkout(&Job::try_new(location, "main", &next).expect("a valid job"))
             .await
-            .expect("checkout without fetch");
+            .expect("checkout without fetch")
+            .dir;
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "2");
         // A fetch would have moved the remote-tracking branch to `next`.
         let tracking = Git::new(&dir)
@@ -498,7 +635,8 @@ mod tests {
         let dir = ws
             .checkout(&Job::try_new(location, "main", &amended).expect("a valid job"))
             .await
-            .expect("checkout after the prune");
+            .expect("checkout after the prune")
+            .dir;
         assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "3");
     }
 
@@ -591,13 +729,18 @@ mod tests {
         let dir = ws
             .checkout(&Job::try_new(location, "main", &first).expect("a valid job"))
             .await
-            .expect("first checkout");
+            .expect("first checkout")
+            .dir;
         let second = commit_in(repo.path(), "2", &[]).await;
         let marker = work.path().join("fired");
         plant(&dir, &marker, &second, &first).await;
 
         let job = Job::try_new(location, "main", &second).expect("a valid job");
-        let dir = ws.checkout(&job).await.expect("checkout after the plant");
+        let dir = ws
+            .checkout(&job)
+            .await
+            .expect("checkout after the plant")
+            .dir;
         assert!(
             !marker.exists(),
             "planted code ran: {}",
@@ -685,14 +828,18 @@ mod tests {
             },
         ];
         for replace in replace_git_dir {
-            let dir = ws.checkout(&job).await.expect("checkout");
+            let dir = ws.checkout(&job).await.expect("checkout").dir;
             replace(&dir);
-            let dir = ws.checkout(&job).await.expect("checkout after the swap");
+            let dir = ws
+                .checkout(&job)
+                .await
+                .expect("checkout after the swap")
+                .dir;
             assert!(is_real_dir(&dir.join(".git")));
             assert_eq!(std::fs::read_to_string(dir.join("a")).expect("a"), "1");
         }
         // The clone folder itself replaced by a symlink: the target is left alone.
-        let dir = ws.checkout(&job).await.expect("checkout");
+        let dir = ws.checkout(&job).await.expect("checkout").dir;
         std::fs::remove_dir_all(&dir).expect("rm");
         std::os::unix::fs::symlink(&elsewhere, &dir).expect("symlink");
         ws.checkout(&job).await.expect("checkout after the swap");

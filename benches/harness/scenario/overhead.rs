@@ -5,8 +5,11 @@
 //! - announce: `started` event published and confirmed (job received →
 //!   "job running" logged),
 //! - fetch (when the commit is new: the first checkout, which fails, and
-//!   `git fetch`), checkout and clean,
-//! - process: `sh -c true` spawned, waited for and its output drained,
+//!   `git fetch`), checkout and clean (skipped when the last job left the
+//!   tree as its checkout made it),
+//! - process: `warren supervise` → `bwrap` → `sh -c true` spawned, waited
+//!   for and its output drained (without `bwrap` on a `--sandbox none`
+//!   runner),
 //! - result publish with confirm, and ack,
 //! - other: the rest (reading `.warren-test`, building the result, logging).
 //!
@@ -88,9 +91,12 @@ fn table(parts: &[Parts]) -> String {
                 "checkout (`git checkout --force --detach`)",
                 column(|p| p.checkout),
             ),
-            ("clean (`git clean -ffdxq`)", column(|p| p.clean)),
             (
-                "process start (`sh -c true`, waited, drained)",
+                "clean (`git clean -ffdxq`, when the tree changed)",
+                column(|p| p.clean),
+            ),
+            (
+                "test process (`warren supervise` → sandbox → `sh -c true`, waited, drained)",
                 column(|p| p.process),
             ),
             ("result publish with confirm", column(|p| p.publish)),
@@ -157,11 +163,32 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
 
     // B: jobs by URL queued at once for commits made together; the first
     // job fetches them all, the others find their commit present.
-    let commits = add_commits(&repo.path, sizes.overhead_warm + 1, "warm");
-    let jobs: Vec<_> = commits.iter().map(|c| Bus::job(&url_location, c)).collect();
-    warren.bus.publish(&jobs);
-    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
-    warren.wait_recorded(&ids, Duration::from_secs(120));
+    let queued_at_once = |warren: &Warren| -> (Vec<Parts>, Option<Parts>, Vec<f64>) {
+        let commits = add_commits(&repo.path, sizes.overhead_warm + 1, "warm");
+        let jobs: Vec<_> = commits.iter().map(|c| Bus::job(&url_location, c)).collect();
+        warren.bus.publish(&jobs);
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        warren.wait_recorded(&ids, Duration::from_secs(120));
+        let lines = warren.all_runner_lines();
+        let api = warren.api_jobs();
+        let mut warm: Vec<Parts> = ids
+            .iter()
+            .filter_map(|id| {
+                let started = api.get(id.as_str())?["started_at_ms"].as_f64()?;
+                parts_of(id, &lines, started)
+            })
+            .collect();
+        warm.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
+        // Back to back: from one job's ack to the next one's (the whole
+        // cycle, including the next delivery after the ack: prefetch is 1).
+        let cycle: Vec<f64> = warm
+            .windows(2)
+            .map(|w| w[1].finished_at - w[0].finished_at)
+            .collect();
+        let first = (!warm.is_empty()).then(|| warm.remove(0));
+        (warm, first, cycle)
+    };
+    let (warm, warm_fetched_all, cycle) = queued_at_once(&warren);
 
     let lines = warren.all_runner_lines();
     let api = warren.api_jobs();
@@ -177,21 +204,27 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     };
     let shared = parts(&shared_ids);
     let fetched = parts(&fetched_ids);
-    let mut warm = parts(&ids);
-    warm.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
-    // Back to back: from one job's ack to the next one's (the whole cycle,
-    // including the next delivery after the ack: prefetch is 1).
-    let cycle: Vec<f64> = warm
-        .windows(2)
-        .map(|w| w[1].finished_at - w[0].finished_at)
-        .collect();
-    let warm_fetched_all = if warm.is_empty() {
-        None
-    } else {
-        Some(warm.remove(0))
-    };
 
-    for (mode, parts) in [("shared", &shared), ("fetch", &fetched), ("warm", &warm)] {
+    // B again on a runner without a sandbox: Warren's own part of a job,
+    // to which the sandbox adds its cost (scenario 8).
+    let bare = Warren::start(
+        "bench-overhead-bare",
+        Setup::new(1, "true").runner_args(&["--sandbox", "none"]),
+    );
+    let warmup = Bus::job(&url_location, &head);
+    bare.bus.publish(std::slice::from_ref(&warmup));
+    bare.wait_recorded(&[warmup.id.to_string()], Duration::from_secs(60));
+    let (bare_warm, _, _) = queued_at_once(&bare);
+    // The repository is in the first deployment's scratch folder.
+    drop(bare);
+    drop(warren);
+
+    for (mode, parts) in [
+        ("shared", &shared),
+        ("fetch", &fetched),
+        ("warm", &warm),
+        ("bare", &bare_warm),
+    ] {
         let medians: [(&str, Part); 9] = [
             ("announce", |p| p.announce),
             ("fetch", |p| p.fetch),
@@ -242,6 +275,15 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     report.add(
         2,
         Row::new(
+            "per-job overhead, commit already fetched (by URL), runner with `--sandbox none`",
+            Unit::Ms,
+            bare_warm.iter().map(|p| p.total).collect(),
+        )
+        .target(Target::median_at_most(10.0, "≤ 10 ms median (issue 19)")),
+    );
+    report.add(
+        2,
+        Row::new(
             "back-to-back cycle per job (ack to next ack), queue full",
             Unit::Ms,
             cycle,
@@ -258,6 +300,9 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
              **A, by URL** — {} jobs the same way, so every job fetches:\n\n{}\n\
              **B** — {} jobs by URL queued at once for commits the runner already fetched \
              (the first job of the batch, which fetched them all, is left out{}):\n\n{}\n\
+             **B without a sandbox** — the same on a second runner started with \
+             `--sandbox none` ({} jobs): Warren's own part of a job, to which the sandbox \
+             adds its cost (scenario 8):\n\n{}\n\
              For scale, on this machine starting a process and waiting for it costs \
              {git_start:.1} ms for `git --version` and {sh_start:.1} ms for `sh -c true` \
              (medians of 30, from the harness).",
@@ -273,6 +318,8 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
                 ))
                 .unwrap_or_default(),
             table(&warm),
+            bare_warm.len(),
+            table(&bare_warm),
         ),
     );
 }

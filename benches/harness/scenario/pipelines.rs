@@ -146,7 +146,7 @@ struct Gap {
     /// Previous job's end → its runner logged it finished (the result
     /// published and confirmed, the job acked).
     runner_done: f64,
-    /// The runner's `publish_ms` and `ack_ms` of the previous job (whole ms).
+    /// The runner's `publish_ms` and `ack_ms` of the previous job.
     publish: f64,
     ack: f64,
     /// Whether the next job ran on the previous job's runner.
@@ -558,11 +558,11 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
                         column(g, |g| g.runner_done),
                     ),
                     (
-                        "of that: the runner's `publish_ms` (result published, confirm awaited; whole ms)",
+                        "of that: the runner's `publish_ms` (result published, confirm awaited)",
                         column(g, |g| g.publish),
                     ),
                     (
-                        "of that: the runner's `ack_ms` (whole ms)",
+                        "of that: the runner's `ack_ms`",
                         column(g, |g| g.ack),
                     ),
                     (

@@ -13,7 +13,7 @@
 //! job's cgroup is removed). That holds everything the variants do
 //! differently; the rest of the job (announce, checkout, publish, ack) is
 //! the same in all three and is scenario 2's. The runner's `test_ms` (the
-//! supervisor's start to its end, whole milliseconds) and the result's
+//! supervisor's start to its end) and the result's
 //! `duration_ms` (checkout included, whole milliseconds) are shown beside it.
 //! The variants take turns in rounds, so a change in the machine's load
 //! falls on all three alike. The sandbox's cost is the difference of the
@@ -72,7 +72,7 @@ const ROUND: usize = 10;
 struct Times {
     /// `checkout timings` → `test timings` (log timestamps, µs).
     step: f64,
-    /// The runner's `test_ms` (whole ms).
+    /// The runner's `test_ms`.
     process: f64,
     /// The result's `duration_ms` (whole ms).
     duration: f64,
@@ -293,7 +293,7 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
                         column(times, |t| t.step),
                     ),
                     (
-                        "of it the test process (`test_ms`: supervisor started → ended, drained; whole ms)",
+                        "of it the test process (`test_ms`: supervisor started → ended, drained)",
                         column(times, |t| t.process),
                     ),
                     (

@@ -366,6 +366,10 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
         per_job(|d| d.cpu_broker),
     );
     report.fact(
+        "throughput.cpu_ms_per_job.total",
+        per_job(|d| d.cpu_runners + d.cpu_runner_children + d.cpu_dispatcher + d.cpu_broker),
+    );
+    report.fact(
         "throughput.machine_busy",
         median(&runs.iter().map(|d| d.machine_busy).collect::<Vec<_>>()),
     );
