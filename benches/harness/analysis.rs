@@ -471,7 +471,8 @@ pub fn render(report: &Report) -> String {
              an indexed status is never a heap-only update) and its trigger writes the change \
              row the announcer reads and deletes again.\n\n\
              Trivial jobs stay well under the 300 jobs/s target with 4 runners, and the \
-             per-job overhead over the 10 ms target (scenarios 2 and 3). At 300 jobs/s two \
+             per-job overhead with the default sandbox over the 10 ms target (scenarios 2 \
+             and 3). At 300 jobs/s two \
              cores allow 6.7 ms of CPU per job in all; a job costs about {} ms here \
              (Throughput): the processes it starts (`git checkout`, `warren supervise`, \
              `bwrap`, `sh`) {} ms, the runner {} ms, the dispatcher {} ms, RabbitMQ {} ms \

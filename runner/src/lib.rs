@@ -64,7 +64,7 @@ pub use process::{
 };
 pub use repo_files::{RepoConfig, REPO_COMMAND_FILE, REPO_CONFIG_FILE};
 pub use sandbox::{Isolation, JobSandbox, Network, SandboxChoice};
-pub use workspace::{PrepareError, Workspace};
+pub use workspace::{Checkout, PrepareError, Workspace};
 
 /// Default cap on captured test output.
 pub const DEFAULT_OUTPUT_CAP: usize = 1024 * 1024;
