@@ -214,8 +214,6 @@ impl Git {
     }
 }
 
-/// The command as errors show it: without leading `-c key=value` config
-/// overrides, so that a reason reads "git clone … timed out".
 /// The git found on `path` (the PATH git is started with), by absolute
 /// path, remembered for the last PATH asked about; plain `git` if none is
 /// found (the spawn then says so). Named by path, git is started with
@@ -254,6 +252,8 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// The command as errors show it: without leading `-c key=value` config
+/// overrides, so that a reason reads "git clone … timed out".
 fn shown_command(args: &[&str]) -> String {
     let mut rest = args;
     while let ["-c", _, tail @ ..] = rest {

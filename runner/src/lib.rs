@@ -624,16 +624,16 @@ impl Runner {
     }
 }
 
-/// Shrinks a result's output until the encoded message fits the cap (JSON
-/// escaping can make output grow several times), marking it truncated. A
-/// plan too large for a message even without output (256 jobs of long
-/// commands) makes the planning job an `error` that says so.
 /// A duration in milliseconds to 10 µs, as the runner's timing lines give
 /// it: whole milliseconds would hide the small steps of a job.
 pub(crate) fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
+/// Shrinks a result's output until the encoded message fits the cap (JSON
+/// escaping can make output grow several times), marking it truncated. A
+/// plan too large for a message even without output (256 jobs of long
+/// commands) makes the planning job an `error` that says so.
 fn fit_to_cap(result: &mut JobResult, cap: usize) {
     let budget = cap.saturating_sub(16 * 1024);
     let mut shrunk = false;
