@@ -233,11 +233,7 @@ fn program(path: Option<&OsStr>) -> PathBuf {
             }
         }
     }
-    let Some(program) = std::env::split_paths(path)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join("git"))
-        .find(|candidate| is_executable(candidate))
-    else {
+    let Some(program) = find_program("git", path) else {
         return PathBuf::from("git");
     };
     if let Ok(mut found) = FOUND.lock() {
@@ -246,10 +242,18 @@ fn program(path: Option<&OsStr>) -> PathBuf {
     program
 }
 
-/// Whether `path` is a file that may be executed.
-fn is_executable(path: &Path) -> bool {
+/// The program `name` on `path` (a PATH value), by absolute path: the
+/// first executable file of that name in one of its absolute folders
+/// (relative ones, such as `.`, are never searched).
+pub fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// The command as errors show it: without leading `-c key=value` config

@@ -298,14 +298,7 @@ impl JobSandbox {
 
 /// `bwrap` on the PATH.
 fn find_bwrap() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bwrap"))
-        .find(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    git::find_program("bwrap", &std::env::var_os("PATH").unwrap_or_default())
 }
 
 /// An empty folder of our own under the temp folder.

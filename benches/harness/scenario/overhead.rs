@@ -74,6 +74,35 @@ fn parts_of(id: &str, lines: &[Line], started_at_ms: f64) -> Option<Parts> {
     })
 }
 
+/// The parts of each list of jobs, from the runners' log lines and the
+/// API's `started_at_ms`, both read once; a job missing from either is left
+/// out.
+fn parts_in<const N: usize>(warren: &Warren, lists: [&[String]; N]) -> [Vec<Parts>; N] {
+    let lines = warren.all_runner_lines();
+    let api = warren.api_jobs();
+    lists.map(|ids| {
+        ids.iter()
+            .filter_map(|id| {
+                let started = api.get(id.as_str())?["started_at_ms"].as_f64()?;
+                parts_of(id, &lines, started)
+            })
+            .collect()
+    })
+}
+
+/// Jobs run back to back, in the order they ended: all but the first (the
+/// one that fetched every commit), that first one, and the cycle from each
+/// job's ack to the next one's (the next delivery included: prefetch is 1).
+fn back_to_back(mut jobs: Vec<Parts>) -> (Vec<Parts>, Option<Parts>, Vec<f64>) {
+    jobs.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
+    let cycle = jobs
+        .windows(2)
+        .map(|w| w[1].finished_at - w[0].finished_at)
+        .collect();
+    let first = (!jobs.is_empty()).then(|| jobs.remove(0));
+    (jobs, first, cycle)
+}
+
 fn table(parts: &[Parts]) -> String {
     let column = |f: fn(&Parts) -> f64| parts.iter().map(f).collect::<Vec<f64>>();
     breakdown_table(
@@ -163,47 +192,17 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
 
     // B: jobs by URL queued at once for commits made together; the first
     // job fetches them all, the others find their commit present.
-    let queued_at_once = |warren: &Warren| -> (Vec<Parts>, Option<Parts>, Vec<f64>) {
+    let queued_at_once = |warren: &Warren| -> Vec<String> {
         let commits = add_commits(&repo.path, sizes.overhead_warm + 1, "warm");
         let jobs: Vec<_> = commits.iter().map(|c| Bus::job(&url_location, c)).collect();
         warren.bus.publish(&jobs);
         let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
         warren.wait_recorded(&ids, Duration::from_secs(120));
-        let lines = warren.all_runner_lines();
-        let api = warren.api_jobs();
-        let mut warm: Vec<Parts> = ids
-            .iter()
-            .filter_map(|id| {
-                let started = api.get(id.as_str())?["started_at_ms"].as_f64()?;
-                parts_of(id, &lines, started)
-            })
-            .collect();
-        warm.sort_by(|a, b| a.finished_at.total_cmp(&b.finished_at));
-        // Back to back: from one job's ack to the next one's (the whole
-        // cycle, including the next delivery after the ack: prefetch is 1).
-        let cycle: Vec<f64> = warm
-            .windows(2)
-            .map(|w| w[1].finished_at - w[0].finished_at)
-            .collect();
-        let first = (!warm.is_empty()).then(|| warm.remove(0));
-        (warm, first, cycle)
+        ids
     };
-    let (warm, warm_fetched_all, cycle) = queued_at_once(&warren);
-
-    let lines = warren.all_runner_lines();
-    let api = warren.api_jobs();
-    let started = |id: &str| {
-        api.get(id)
-            .and_then(|j| j["started_at_ms"].as_f64())
-            .unwrap_or(f64::NAN)
-    };
-    let parts = |ids: &[String]| -> Vec<Parts> {
-        ids.iter()
-            .filter_map(|id| parts_of(id, &lines, started(id)))
-            .collect()
-    };
-    let shared = parts(&shared_ids);
-    let fetched = parts(&fetched_ids);
+    let warm_ids = queued_at_once(&warren);
+    let [shared, fetched, warm] = parts_in(&warren, [&shared_ids, &fetched_ids, &warm_ids]);
+    let (warm, warm_fetched_all, cycle) = back_to_back(warm);
 
     // B again on a runner without a sandbox: Warren's own part of a job,
     // to which the sandbox adds its cost (scenario 8).
@@ -214,7 +213,8 @@ pub fn run(sizes: &Sizes, report: &mut Report) {
     let warmup = Bus::job(&url_location, &head);
     bare.bus.publish(std::slice::from_ref(&warmup));
     bare.wait_recorded(&[warmup.id.to_string()], Duration::from_secs(60));
-    let (bare_warm, _, _) = queued_at_once(&bare);
+    let [bare_warm] = parts_in(&bare, [&queued_at_once(&bare)]);
+    let (bare_warm, _, _) = back_to_back(bare_warm);
     // The repository is in the first deployment's scratch folder.
     drop(bare);
     drop(warren);
